@@ -1,0 +1,858 @@
+//! Configuration: a TOML file, read in two stages.
+//!
+//! Stage one ([`raw`]) deserializes each section on its own with unknown
+//! fields rejected; stage two (this module) checks values and their relations
+//! and builds the typed [`Config`]. Both stages collect every mistake they find
+//! as a [`Diagnostic`] with a line and column and a hint, so an operator fixes
+//! a file in one pass rather than one error per restart.
+
+mod raw;
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::decode::{PayloadFormat, TimestampUnit};
+use crate::topic::{OutputTemplate, TopicTemplate};
+use raw::*;
+
+/// The validated configuration of one gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub sources: Vec<SourceConfig>,
+    pub sensors: Vec<SensorRule>,
+    pub pipeline: PipelineConfig,
+    pub upstream: UpstreamConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Names this gateway upstream; part of every summary and of the
+    /// deduplication key `(gateway, seq)`.
+    pub id: String,
+    pub state_dir: PathBuf,
+    /// How often counters are written to the log.
+    pub metrics_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Mqtt(MqttSourceConfig),
+}
+
+/// A broker address, `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttSourceConfig {
+    pub name: String,
+    pub broker: BrokerAddr,
+    pub client_id: String,
+    pub template: TopicTemplate,
+    pub topics: Vec<String>,
+    pub qos: rumqttc::QoS,
+    pub keep_alive: Duration,
+    pub reconnect_backoff_max: Duration,
+    pub credentials: Option<(String, String)>,
+    pub payload: PayloadFormat,
+}
+
+/// Which window statistics a sensor reports. `count`, the window bounds and
+/// the sensor id are always present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatSet {
+    pub min: bool,
+    pub max: bool,
+    pub mean: bool,
+    pub std: bool,
+    pub first_last: bool,
+}
+
+impl StatSet {
+    pub const ALL: StatSet = StatSet {
+        min: true,
+        max: true,
+        mean: true,
+        std: true,
+        first_last: true,
+    };
+    const NAMES: &'static [&'static str] = &["count", "min", "max", "mean", "std", "first_last"];
+}
+
+/// Settings for the sensors whose id matches a glob pattern.
+#[derive(Debug, Clone)]
+pub struct SensorRule {
+    pub pattern: String,
+    pub matcher: globset::GlobMatcher,
+    /// Readings outside `[min, max]` are dropped and counted.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub window: Duration,
+    pub stats: StatSet,
+    pub unit: Option<String>,
+}
+
+impl SensorRule {
+    /// More literal characters means a more specific pattern.
+    pub fn specificity(&self) -> usize {
+        self.pattern
+            .chars()
+            .filter(|c| !matches!(c, '*' | '?' | '[' | ']' | '{' | '}'))
+            .count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Messages held between the sources and the processing core.
+    pub channel_capacity: usize,
+    /// The window length of sensors that no rule matches.
+    pub default_window: Duration,
+    /// How long after a window's end a reading is still merged into it.
+    pub allowed_lateness: Duration,
+    pub max_sensors: usize,
+    pub max_payload_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub broker: BrokerAddr,
+    pub client_id: String,
+    pub summary_topic: OutputTemplate,
+    pub qos: rumqttc::QoS,
+    pub keep_alive: Duration,
+    pub reconnect_backoff_max: Duration,
+    /// QoS 1 publishes awaiting PUBACK at once.
+    pub inflight: u16,
+    /// Bytes of encoded summaries held in memory while upstream is away.
+    pub queue_max_bytes: u64,
+    pub shutdown_grace: Duration,
+    pub credentials: Option<(String, String)>,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM CA bundle; the system roots are not used, so it is required.
+    pub ca_file: PathBuf,
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+/// One mistake in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_diagnostics(path, diagnostics))]
+    Invalid {
+        path: PathBuf,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+fn render_diagnostics(path: &Path, diags: &[Diagnostic]) -> String {
+    let mut out = format!(
+        "{} has {} mistake{}:",
+        path.display(),
+        diags.len(),
+        if diags.len() == 1 { "" } else { "s" }
+    );
+    for d in diags {
+        out.push_str(&format!(
+            "\n{}:{}:{}: {}",
+            path.display(),
+            d.line,
+            d.column,
+            d.message
+        ));
+        if let Some(h) = &d.hint {
+            out.push_str(&format!("\n    hint: {h}"));
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text`; `path` is used in messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cx = Cx {
+            text,
+            diags: Vec::new(),
+        };
+        let config = cx.build();
+        match config {
+            Some(c) if cx.diags.is_empty() => Ok(c),
+            _ => {
+                cx.diags.sort_by_key(|d| (d.line, d.column));
+                cx.diags.dedup();
+                Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    diagnostics: cx.diags,
+                })
+            }
+        }
+    }
+
+    /// The configuration as the gateway will run it, defaults filled in, in
+    /// the file's own syntax.
+    pub fn render_effective(&self) -> String {
+        use std::fmt::Write;
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let q = |q: rumqttc::QoS| q as u8;
+        let mut s = String::new();
+        let g = &self.gateway;
+        let _ = writeln!(s, "[gateway]\nid = {:?}\nstate_dir = {:?}\nmetrics_interval = {:?}\n", g.id, g.state_dir, d(g.metrics_interval));
+        for src in &self.sources {
+            match src {
+                SourceConfig::Mqtt(m) => {
+                    let _ = writeln!(
+                        s,
+                        "[[source]]\nkind = \"mqtt\"\nname = {:?}\nbroker = \"{}\"\nclient_id = {:?}\ntopic_template = {:?}\ntopics = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}",
+                        m.name, m.broker, m.client_id, m.template.as_str(), m.topics, q(m.qos), d(m.keep_alive), d(m.reconnect_backoff_max)
+                    );
+                    match &m.payload {
+                        PayloadFormat::Number => {
+                            let _ = writeln!(s, "payload = {{ format = \"number\" }}\n");
+                        }
+                        PayloadFormat::Json {
+                            value_field,
+                            timestamp_field,
+                            timestamp_unit,
+                            sequence_field,
+                        } => {
+                            let _ = writeln!(
+                                s,
+                                "payload = {{ format = \"json\", value_field = {:?}, timestamp_field = {:?}, timestamp_unit = {:?}, sequence_field = {:?} }}\n",
+                                value_field,
+                                timestamp_field.as_deref().unwrap_or(""),
+                                unit_name(*timestamp_unit),
+                                sequence_field.as_deref().unwrap_or("")
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for r in &self.sensors {
+            let _ = writeln!(s, "[[sensor]]\nmatch = {:?}", r.pattern);
+            if let Some(min) = r.min {
+                let _ = writeln!(s, "min = {min:?}");
+            }
+            if let Some(max) = r.max {
+                let _ = writeln!(s, "max = {max:?}");
+            }
+            let st = r.stats;
+            let stats: Vec<&str> = [
+                (true, "count"),
+                (st.min, "min"),
+                (st.max, "max"),
+                (st.mean, "mean"),
+                (st.std, "std"),
+                (st.first_last, "first_last"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+            let _ = writeln!(s, "window = {:?}\nstats = {:?}", d(r.window), stats);
+            if let Some(u) = &r.unit {
+                let _ = writeln!(s, "unit = {u:?}");
+            }
+            s.push('\n');
+        }
+        let p = &self.pipeline;
+        let _ = writeln!(
+            s,
+            "[pipeline]\nchannel_capacity = {}\ndefault_window = {:?}\nallowed_lateness = {:?}\nmax_sensors = {}\nmax_payload_bytes = {}\n",
+            p.channel_capacity, d(p.default_window), d(p.allowed_lateness), p.max_sensors, p.max_payload_bytes
+        );
+        let u = &self.upstream;
+        let _ = writeln!(
+            s,
+            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nqueue_max_bytes = {}\nshutdown_grace = {:?}",
+            u.broker, u.client_id, u.summary_topic.as_str(), q(u.qos), d(u.keep_alive), d(u.reconnect_backoff_max), u.inflight, u.queue_max_bytes, d(u.shutdown_grace)
+        );
+        if let Some(t) = &u.tls {
+            let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
+        }
+        s
+    }
+
+    /// Every label name the sources define, for output templates.
+    pub fn label_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for s in &self.sources {
+            match s {
+                SourceConfig::Mqtt(m) => {
+                    for n in m.template.names() {
+                        if !names.iter().any(|x| x == n) {
+                            names.push(n.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+}
+
+fn unit_name(u: TimestampUnit) -> &'static str {
+    match u {
+        TimestampUnit::Seconds => "s",
+        TimestampUnit::Milliseconds => "ms",
+        TimestampUnit::Microseconds => "us",
+    }
+}
+
+const SECTIONS: &[&str] = &["gateway", "source", "sensor", "pipeline", "upstream"];
+const SOURCE_KINDS: &[&str] = &["mqtt"];
+
+/// The validation context: the text (for line numbers) and what went wrong.
+struct Cx<'a> {
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl<'a> Cx<'a> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        let (line, column) = line_col(self.text, span.start);
+        self.diags.push(Diagnostic {
+            line,
+            column,
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn toml_error(&mut self, e: toml::de::Error, fallback: Range<usize>) {
+        let span = e.span().unwrap_or(fallback);
+        let message = e.message().trim().to_owned();
+        let hint = if message.starts_with("unknown field") {
+            Some("remove the field or fix its spelling; the accepted names are listed above".to_owned())
+        } else if message.starts_with("missing field") {
+            Some("add the field; it has no default".to_owned())
+        } else if message.starts_with("invalid type") {
+            Some("check the value's type: strings need quotes, durations are strings such as \"10s\"".to_owned())
+        } else {
+            None
+        };
+        self.at(span, message, hint);
+    }
+
+    fn section<T: for<'de> Deserialize<'de>>(&mut self, value: Spanned<DeValue<'a>>) -> Option<T> {
+        let span = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.toml_error(e, span);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.at(
+                        s.span(),
+                        format!("`{}` is not a duration: {e}", s.get_ref()),
+                        Some("write a number and a unit, such as \"500ms\", \"10s\" or \"5m\"".into()),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn qos(&mut self, v: &Option<Spanned<u8>>, default: rumqttc::QoS) -> rumqttc::QoS {
+        match v.as_ref().map(|q| (*q.get_ref(), q.span())) {
+            None => default,
+            Some((0, _)) => rumqttc::QoS::AtMostOnce,
+            Some((1, _)) => rumqttc::QoS::AtLeastOnce,
+            Some((2, _)) => rumqttc::QoS::ExactlyOnce,
+            Some((n, span)) => {
+                self.at(span, format!("QoS {n} does not exist"), Some("use 0, 1 or 2".into()));
+                default
+            }
+        }
+    }
+
+    fn broker(&mut self, v: &Spanned<String>, tls: bool) -> BrokerAddr {
+        let text = v.get_ref().trim();
+        let stripped = text
+            .strip_prefix("mqtts://")
+            .or_else(|| text.strip_prefix("mqtt://"))
+            .or_else(|| text.strip_prefix("tcp://"))
+            .unwrap_or(text);
+        let default_port = if tls { 8883 } else { 1883 };
+        let parsed = match stripped.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => port.parse::<u16>().ok().filter(|p| *p != 0).map(|p| (host, p)),
+            Some(_) => None,
+            None if !stripped.is_empty() && !stripped.contains('/') => Some((stripped, default_port)),
+            None => None,
+        };
+        match parsed {
+            Some((host, port)) => BrokerAddr {
+                host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                port,
+            },
+            None => {
+                self.at(
+                    v.span(),
+                    format!("`{text}` is not a broker address"),
+                    Some("write host:port, such as \"127.0.0.1:1883\" or \"broker.plant.local:8883\"".into()),
+                );
+                BrokerAddr {
+                    host: String::new(),
+                    port: default_port,
+                }
+            }
+        }
+    }
+
+    fn positive<T: Copy + PartialOrd + Default + fmt::Display>(&mut self, v: &Option<Spanned<T>>, name: &str, default: T) -> T {
+        match v {
+            None => default,
+            Some(s) if *s.get_ref() > T::default() => *s.get_ref(),
+            Some(s) => {
+                self.at(s.span(), format!("`{name}` must be greater than 0"), None);
+                default
+            }
+        }
+    }
+
+    fn build(&mut self) -> Option<Config> {
+        let root = match DeTable::parse(self.text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.toml_error(e, 0..0);
+                return None;
+            }
+        };
+        let mut gateway = None;
+        let mut sources = Vec::new();
+        let mut rules = Vec::new();
+        let mut pipeline = None;
+        let mut upstream = None;
+        let mut saw_source = false;
+        let mut saw_gateway = false;
+        let mut saw_upstream = false;
+        for (key, value) in root.into_inner() {
+            let key_span = key.span();
+            match key.get_ref().as_ref() {
+                "gateway" => {
+                    saw_gateway = true;
+                    gateway = self.section::<RawGateway>(value);
+                }
+                "pipeline" => pipeline = self.section::<RawPipeline>(value),
+                "upstream" => {
+                    saw_upstream = true;
+                    upstream = self.section::<RawUpstream>(value);
+                }
+                "source" => {
+                    saw_source = true;
+                    for item in self.array_of_tables(value, "source") {
+                        if let Some(s) = self.source(item) {
+                            sources.push(s);
+                        }
+                    }
+                }
+                "sensor" => {
+                    for item in self.array_of_tables(value, "sensor") {
+                        if let Some(r) = self.section::<RawSensorRule>(item) {
+                            rules.push(r);
+                        }
+                    }
+                }
+                other => {
+                    let hint = did_you_mean(other, SECTIONS)
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| format!("known sections: {}", SECTIONS.join(", ")));
+                    self.at(key_span, format!("unknown section `{other}`"), Some(hint));
+                }
+            }
+        }
+        let end = self.text.len()..self.text.len();
+        if !saw_source {
+            self.at(end.clone(), "no `[[source]]` is configured, so the gateway would read nothing", Some("add a `[[source]]` with `kind = \"mqtt\"`".into()));
+        }
+        // Check every section that parsed before giving up on a missing one,
+        // so that all mistakes are reported together.
+        let gateway = gateway.map(|g| self.gateway(g));
+        let rules = rules.into_iter().filter_map(|r| self.rule(r)).collect();
+        let pipeline = self.pipeline(pipeline);
+        let Some(gateway) = gateway else {
+            if !saw_gateway {
+                self.at(0..0, "the `[gateway]` section is missing", Some("add `[gateway]` with `id = \"...\"`".into()));
+            }
+            return None;
+        };
+        let Some(upstream) = upstream else {
+            if !saw_upstream {
+                self.at(end, "the `[upstream]` section is missing", Some("add `[upstream]` with `broker = \"host:port\"`".into()));
+            }
+            return None;
+        };
+        let mut config = Config {
+            gateway,
+            sources,
+            sensors: rules,
+            pipeline,
+            upstream: UpstreamConfig {
+                broker: BrokerAddr {
+                    host: String::new(),
+                    port: 0,
+                },
+                client_id: String::new(),
+                summary_topic: OutputTemplate::parse("x", &[]).ok()?,
+                qos: rumqttc::QoS::AtLeastOnce,
+                keep_alive: Duration::ZERO,
+                reconnect_backoff_max: Duration::ZERO,
+                inflight: 1,
+                queue_max_bytes: 0,
+                shutdown_grace: Duration::ZERO,
+                credentials: None,
+                tls: None,
+            },
+        };
+        config.upstream = self.upstream(upstream, &config.gateway.id, &config.label_names())?;
+        Some(config)
+    }
+
+    fn array_of_tables(&mut self, value: Spanned<DeValue<'a>>, name: &str) -> Vec<Spanned<DeValue<'a>>> {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Array(items) => items.into_iter().collect(),
+            _ => {
+                self.at(span, format!("`{name}` must be a list of tables"), Some(format!("write each one under a `[[{name}]]` header")));
+                Vec::new()
+            }
+        }
+    }
+
+    fn source(&mut self, item: Spanned<DeValue<'a>>) -> Option<SourceConfig> {
+        let span = item.span();
+        let kind = match item.get_ref() {
+            DeValue::Table(t) => t
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == "kind")
+                .map(|(_, v)| (v.get_ref().as_str().map(str::to_owned), v.span())),
+            _ => None,
+        };
+        match kind {
+            Some((Some(k), _)) if k == "mqtt" => {
+                let raw = self.section::<RawMqttSource>(item)?;
+                Some(SourceConfig::Mqtt(self.mqtt_source(raw)))
+            }
+            Some((k, kspan)) => {
+                let hint = format!("known kinds: {}", SOURCE_KINDS.join(", "));
+                self.at(kspan, format!("unknown source kind `{}`", k.unwrap_or_default()), Some(hint));
+                None
+            }
+            None => {
+                self.at(span, "a `[[source]]` has no `kind`", Some("add `kind = \"mqtt\"`".into()));
+                None
+            }
+        }
+    }
+
+    fn gateway(&mut self, raw: RawGateway) -> GatewayConfig {
+        let id = raw.id.get_ref().trim().to_owned();
+        if id.is_empty() || id.contains(['/', '+', '#']) {
+            self.at(raw.id.span(), format!("`{id}` is not a usable gateway id"), Some("use a non-empty name without `/`, `+` or `#`, such as \"press-line-1\"".into()));
+        }
+        GatewayConfig {
+            id,
+            state_dir: raw
+                .state_dir
+                .map(|s| PathBuf::from(s.into_inner()))
+                .unwrap_or_else(|| PathBuf::from("/var/lib/sensor-gateway")),
+            metrics_interval: self.duration(&raw.metrics_interval, Duration::from_secs(60)),
+        }
+    }
+
+    fn mqtt_source(&mut self, raw: RawMqttSource) -> MqttSourceConfig {
+        let template = match TopicTemplate::parse(raw.topic_template.get_ref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.at(raw.topic_template.span(), format!("bad topic_template: {e}"), Some("example: \"plant/{line}/{machine}/{sensor}\"".into()));
+                None
+            }
+        };
+        let template = template.unwrap_or_else(|| TopicTemplate::parse("{invalid}").expect("a literal valid template"));
+        let topics = match raw.topics {
+            Some(list) => list
+                .into_iter()
+                .map(|t| {
+                    if t.get_ref().is_empty() {
+                        self.at(t.span(), "an empty topic filter", None);
+                    }
+                    t.into_inner()
+                })
+                .collect(),
+            None => vec![template.subscription_filter()],
+        };
+        let payload = match raw.payload {
+            None => PayloadFormat::json_default(),
+            Some(p) => match p.format.get_ref().as_str() {
+                "number" => PayloadFormat::Number,
+                "json" => {
+                    let unit = match p.timestamp_unit.as_ref().map(|u| (u.get_ref().as_str(), u.span())) {
+                        None | Some(("ms", _)) => TimestampUnit::Milliseconds,
+                        Some(("s", _)) => TimestampUnit::Seconds,
+                        Some(("us", _)) => TimestampUnit::Microseconds,
+                        Some((other, span)) => {
+                            self.at(span, format!("unknown timestamp_unit `{other}`"), Some("use \"s\", \"ms\" or \"us\"; RFC 3339 strings are recognised by themselves".into()));
+                            TimestampUnit::Milliseconds
+                        }
+                    };
+                    PayloadFormat::Json {
+                        value_field: p.value_field.unwrap_or_else(|| "value".into()),
+                        timestamp_field: Some(p.timestamp_field.unwrap_or_else(|| "ts".into())).filter(|s| !s.is_empty()),
+                        timestamp_unit: unit,
+                        sequence_field: Some(p.sequence_field.unwrap_or_else(|| "seq".into())).filter(|s| !s.is_empty()),
+                    }
+                }
+                other => {
+                    self.at(p.format.span(), format!("unknown payload format `{other}`"), Some("use \"json\" or \"number\"".into()));
+                    PayloadFormat::json_default()
+                }
+            },
+        };
+        let name = raw.name.map(|n| n.into_inner()).unwrap_or_else(|| "mqtt".into());
+        MqttSourceConfig {
+            client_id: raw
+                .client_id
+                .map(|c| c.into_inner())
+                .unwrap_or_else(|| format!("sensor-gateway-{name}")),
+            name,
+            broker: self.broker(&raw.broker, false),
+            template,
+            topics,
+            qos: self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce),
+            keep_alive: self.duration(&raw.keep_alive, Duration::from_secs(30)),
+            reconnect_backoff_max: self.duration(&raw.reconnect_backoff_max, Duration::from_secs(30)),
+            credentials: credentials(raw.username, raw.password),
+            payload,
+        }
+    }
+
+    fn rule(&mut self, raw: RawSensorRule) -> Option<SensorRule> {
+        let matcher = match globset::GlobBuilder::new(raw.pattern.get_ref()).literal_separator(false).build() {
+            Ok(g) => Some(g.compile_matcher()),
+            Err(e) => {
+                self.at(raw.pattern.span(), format!("`{}` is not a valid glob: {}", raw.pattern.get_ref(), e.kind()), Some("use `*` for any text, such as \"line1/*/temperature\"".into()));
+                None
+            }
+        };
+        let min = raw.min.as_ref().map(|m| *m.get_ref());
+        let max = raw.max.as_ref().map(|m| *m.get_ref());
+        if let (Some(lo), Some(hi)) = (&raw.min, &raw.max) {
+            if lo.get_ref() >= hi.get_ref() {
+                self.at(hi.span(), format!("`max` ({}) must be greater than `min` ({})", hi.get_ref(), lo.get_ref()), Some("swap them, or widen the range".into()));
+            }
+        }
+        for v in [&raw.min, &raw.max].into_iter().flatten() {
+            if !v.get_ref().is_finite() {
+                self.at(v.span(), "a range limit must be a finite number", None);
+            }
+        }
+        let window = self.duration(&raw.window, Duration::from_secs(10));
+        if let Some(w) = &raw.window {
+            if window < Duration::from_millis(100) {
+                self.at(w.span(), "`window` must be at least 100ms", None);
+            }
+        }
+        let mut stats = StatSet::ALL;
+        if let Some(list) = &raw.stats {
+            stats = StatSet {
+                min: false,
+                max: false,
+                mean: false,
+                std: false,
+                first_last: false,
+            };
+            for name in list.get_ref() {
+                match name.as_str() {
+                    "count" => {}
+                    "min" => stats.min = true,
+                    "max" => stats.max = true,
+                    "mean" => stats.mean = true,
+                    "std" => stats.std = true,
+                    "first_last" => stats.first_last = true,
+                    other => {
+                        let hint = did_you_mean(other, StatSet::NAMES)
+                            .map(|s| format!("did you mean `{s}`?"))
+                            .unwrap_or_else(|| format!("known statistics: {}", StatSet::NAMES.join(", ")));
+                        self.at(list.span(), format!("unknown statistic `{other}`"), Some(hint));
+                    }
+                }
+            }
+        }
+        Some(SensorRule {
+            pattern: raw.pattern.into_inner(),
+            matcher: matcher?,
+            min,
+            max,
+            window,
+            stats,
+            unit: raw.unit,
+        })
+    }
+
+    fn pipeline(&mut self, raw: Option<RawPipeline>) -> PipelineConfig {
+        let raw = raw.unwrap_or(RawPipeline {
+            channel_capacity: None,
+            default_window: None,
+            allowed_lateness: None,
+            max_sensors: None,
+            max_payload_bytes: None,
+        });
+        PipelineConfig {
+            channel_capacity: self.positive(&raw.channel_capacity, "channel_capacity", 4096),
+            default_window: self.duration(&raw.default_window, Duration::from_secs(10)),
+            allowed_lateness: self.duration(&raw.allowed_lateness, Duration::from_secs(2)),
+            max_sensors: self.positive(&raw.max_sensors, "max_sensors", 100_000),
+            max_payload_bytes: self.positive(&raw.max_payload_bytes, "max_payload_bytes", 4096),
+        }
+    }
+
+    fn upstream(&mut self, raw: RawUpstream, gateway_id: &str, labels: &[String]) -> Option<UpstreamConfig> {
+        let tls = raw.tls.as_ref().map(|t| {
+            let ca = match &t.ca_file {
+                Some(ca) => PathBuf::from(ca.get_ref()),
+                None => PathBuf::new(),
+            };
+            if t.ca_file.is_none() {
+                self.at(0..0, "`[upstream.tls]` needs `ca_file`", Some("point it at the PEM file of the CA that signed the broker's certificate".into()));
+            }
+            let client_auth = match (&t.client_cert_file, &t.client_key_file) {
+                (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
+                (None, None) => None,
+                (Some(c), None) => {
+                    self.at(c.span(), "`client_cert_file` is set without `client_key_file`", Some("set both or neither".into()));
+                    None
+                }
+                (None, Some(k)) => {
+                    self.at(k.span(), "`client_key_file` is set without `client_cert_file`", Some("set both or neither".into()));
+                    None
+                }
+            };
+            TlsConfig { ca_file: ca, client_auth }
+        });
+        let topic_text = raw
+            .summary_topic
+            .clone()
+            .map(|t| (t.get_ref().clone(), t.span()))
+            .unwrap_or_else(|| ("gateways/{gateway}/summary/{sensor}".into(), raw.broker.span()));
+        let summary_topic = match OutputTemplate::parse(&topic_text.0, labels) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.at(topic_text.1, format!("bad summary_topic: {e}"), None);
+                None
+            }
+        };
+        let qos = self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce);
+        if let Some(q) = &raw.qos {
+            if qos != rumqttc::QoS::AtLeastOnce {
+                self.at(q.span(), "upstream QoS must be 1", Some("summaries are delivered at least once: the gateway counts a summary delivered only on the broker's PUBACK".into()));
+            }
+        }
+        let queue_max_bytes = self.positive(&raw.queue_max_bytes, "queue_max_bytes", 8 * 1024 * 1024);
+        Some(UpstreamConfig {
+            broker: self.broker(&raw.broker, tls.is_some()),
+            client_id: raw
+                .client_id
+                .map(|c| c.into_inner())
+                .unwrap_or_else(|| format!("sensor-gateway-{gateway_id}")),
+            summary_topic: summary_topic?,
+            qos,
+            keep_alive: self.duration(&raw.keep_alive, Duration::from_secs(30)),
+            reconnect_backoff_max: self.duration(&raw.reconnect_backoff_max, Duration::from_secs(30)),
+            inflight: self.positive(&raw.inflight, "inflight", 32),
+            queue_max_bytes,
+            shutdown_grace: self.duration(&raw.shutdown_grace, Duration::from_secs(5)),
+            credentials: credentials(raw.username, raw.password),
+            tls,
+        })
+    }
+}
+
+fn credentials(user: Option<String>, password: Option<String>) -> Option<(String, String)> {
+    user.map(|u| (u, password.unwrap_or_default()))
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let col = offset - before.iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// The closest known name within two edits, for "did you mean".
+fn did_you_mean<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let cost = usize::from(ca != *cb);
+                cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    known
+        .iter()
+        .map(|k| (distance(word, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,92 @@
+//! Stage one of configuration: the TOML file as written, field by field.
+//!
+//! Every struct rejects unknown fields, so a typo is an error with a line
+//! number rather than a silently ignored setting. Values that need checking
+//! against each other are kept `Spanned` so that stage two can point at them.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub id: Spanned<String>,
+    pub state_dir: Option<Spanned<String>>,
+    pub metrics_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttSource {
+    /// Always `"mqtt"` here; the loader reads it first to choose this struct.
+    #[allow(dead_code)]
+    pub kind: String,
+    pub name: Option<Spanned<String>>,
+    pub broker: Spanned<String>,
+    pub client_id: Option<Spanned<String>>,
+    pub topic_template: Spanned<String>,
+    pub topics: Option<Vec<Spanned<String>>>,
+    pub qos: Option<Spanned<u8>>,
+    pub keep_alive: Option<Spanned<String>>,
+    pub reconnect_backoff_max: Option<Spanned<String>>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub payload: Option<RawPayload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPayload {
+    pub format: Spanned<String>,
+    pub value_field: Option<String>,
+    pub timestamp_field: Option<String>,
+    pub timestamp_unit: Option<Spanned<String>>,
+    pub sequence_field: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSensorRule {
+    #[serde(rename = "match")]
+    pub pattern: Spanned<String>,
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
+    pub window: Option<Spanned<String>>,
+    pub stats: Option<Spanned<Vec<String>>>,
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub channel_capacity: Option<Spanned<usize>>,
+    pub default_window: Option<Spanned<String>>,
+    pub allowed_lateness: Option<Spanned<String>>,
+    pub max_sensors: Option<Spanned<usize>>,
+    pub max_payload_bytes: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub broker: Spanned<String>,
+    pub client_id: Option<Spanned<String>>,
+    pub summary_topic: Option<Spanned<String>>,
+    pub qos: Option<Spanned<u8>>,
+    pub keep_alive: Option<Spanned<String>>,
+    pub reconnect_backoff_max: Option<Spanned<String>>,
+    pub inflight: Option<Spanned<u16>>,
+    pub queue_max_bytes: Option<Spanned<u64>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca_file: Option<Spanned<String>>,
+    pub client_cert_file: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
+}

@@ -1,0 +1,123 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    match Config::parse(text, Path::new("test.toml")) {
+        Ok(c) => Ok(c),
+        Err(ConfigError::Invalid { diagnostics, .. }) => Err(diagnostics),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+const MINIMAL: &str = r#"
+[gateway]
+id = "gw-1"
+
+[[source]]
+kind = "mqtt"
+broker = "127.0.0.1:1883"
+topic_template = "plant/{line}/{machine}/{sensor}"
+
+[upstream]
+broker = "127.0.0.1:1884"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.gateway.id, "gw-1");
+    let SourceConfig::Mqtt(m) = &c.sources[0];
+    assert_eq!(m.topics, vec!["plant/+/+/+".to_owned()]);
+    assert_eq!(m.payload, PayloadFormat::json_default());
+    assert_eq!(c.upstream.broker, BrokerAddr { host: "127.0.0.1".into(), port: 1884 });
+    assert_eq!(c.upstream.summary_topic.as_str(), "gateways/{gateway}/summary/{sensor}");
+    assert_eq!(c.upstream.reconnect_backoff_max, Duration::from_secs(30));
+    assert_eq!(c.upstream.inflight, 32);
+    // The effective config is itself a valid config that means the same.
+    let again = parse(&c.render_effective()).unwrap();
+    assert_eq!(again.render_effective(), c.render_effective());
+}
+
+#[test]
+fn three_mistakes_are_all_reported_with_lines() {
+    let text = r#"
+[gateway]
+id = "gw-1"
+metrics_interval = "often"
+
+[[source]]
+kind = "mqtt"
+broker = "127.0.0.1:1883"
+topic_template = "plant/{line}/{machine}/{sensor}"
+qos = 1
+
+[[sensor]]
+match = "*/temperature"
+min = 200.0
+max = -40.0
+
+[upstream]
+brokr = "127.0.0.1:1884"
+"#;
+    let diags = parse(text).unwrap_err();
+    let lines: Vec<usize> = diags.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![4, 15, 18], "{diags:#?}");
+    assert!(diags[0].message.contains("not a duration"));
+    assert!(diags[1].message.contains("greater than `min`"));
+    assert!(diags[2].message.contains("unknown field `brokr`"));
+    assert!(diags.iter().all(|d| d.hint.is_some()), "{diags:#?}");
+}
+
+#[test]
+fn unknown_sections_kinds_and_stats_are_named() {
+    let text = format!(
+        "{MINIMAL}\n[upstrem]\nx = 1\n\n[[source]]\nkind = \"modbus\"\n\n[[sensor]]\nmatch = \"*\"\nstats = [\"mean\", \"stdev\"]\n"
+    );
+    let diags = parse(&text).unwrap_err();
+    let msgs: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+    assert!(msgs.iter().any(|m| m.contains("unknown section `upstrem`")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("unknown source kind `modbus`")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("unknown statistic `stdev`")), "{msgs:?}");
+    let upstrem = diags.iter().find(|d| d.message.contains("upstrem")).unwrap();
+    assert_eq!(upstrem.hint.as_deref(), Some("did you mean `upstream`?"));
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let diags = parse("[gateway]\nid = = 1\n").unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].line, 2);
+}
+
+#[test]
+fn bad_values_in_every_section() {
+    let text = r#"
+[gateway]
+id = "a/b"
+
+[[source]]
+kind = "mqtt"
+broker = "no-port:"
+topic_template = "plant/#"
+qos = 3
+
+[upstream]
+broker = "127.0.0.1:1884"
+summary_topic = "gw/{gatway}/{sensor}"
+qos = 0
+"#;
+    let diags = parse(text).unwrap_err();
+    let lines: Vec<usize> = diags.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![3, 7, 8, 9, 13, 14], "{diags:#?}");
+}
+
+#[test]
+fn missing_sections_are_reported() {
+    let diags = parse("[gateway]\nid = \"g\"\n").unwrap_err();
+    assert!(diags.iter().any(|d| d.message.contains("[upstream]")), "{diags:#?}");
+}
+
+#[test]
+fn line_col_counts_from_one() {
+    assert_eq!(line_col("ab\ncd", 0), (1, 1));
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+}

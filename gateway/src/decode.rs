@@ -1,0 +1,320 @@
+//! Payload decoding: the bytes of one MQTT message to a value, a timestamp and
+//! a sequence number.
+//!
+//! Pure and synchronous. The JSON decoder visits the object once, borrowing
+//! keys, and picks out only the configured fields; unknown fields are skipped
+//! without being built. Every failure is a [`DecodeError`] variant, so the
+//! caller can count it under its own name.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// How a source's payloads are laid out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// A JSON object such as `{"value": 21.5, "ts": 1700000000000, "seq": 7}`.
+    Json {
+        value_field: String,
+        timestamp_field: Option<String>,
+        timestamp_unit: TimestampUnit,
+        sequence_field: Option<String>,
+    },
+    /// The payload is a bare number in ASCII, such as `21.5`.
+    Number,
+}
+
+impl PayloadFormat {
+    pub fn json_default() -> Self {
+        PayloadFormat::Json {
+            value_field: "value".into(),
+            timestamp_field: Some("ts".into()),
+            timestamp_unit: TimestampUnit::Milliseconds,
+            sequence_field: Some("seq".into()),
+        }
+    }
+}
+
+/// The unit of a numeric timestamp. String timestamps are always RFC 3339.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampUnit {
+    #[serde(rename = "s")]
+    Seconds,
+    #[serde(rename = "ms")]
+    Milliseconds,
+    #[serde(rename = "us")]
+    Microseconds,
+}
+
+/// A decoded payload; the timestamp is absent when the payload has none.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decoded {
+    pub value: f64,
+    pub ts_ms: Option<i64>,
+    pub seq: Option<u64>,
+}
+
+/// Why a payload was not decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not valid UTF-8")]
+    NotUtf8,
+    #[error("payload is not a number")]
+    NotANumber,
+    #[error("payload is not a JSON object: {0}")]
+    Json(String),
+    #[error("payload has no `{0}` field")]
+    MissingValue(String),
+    #[error("field `{0}` is not a number")]
+    ValueNotNumber(String),
+    #[error("timestamp field `{0}` is neither a number nor an RFC 3339 time")]
+    BadTimestamp(String),
+    #[error("sequence field `{0}` is not a non-negative integer")]
+    BadSequence(String),
+}
+
+impl DecodeError {
+    /// A short stable name, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::NotUtf8 => "not_utf8",
+            DecodeError::NotANumber => "not_a_number",
+            DecodeError::Json(_) => "json_syntax",
+            DecodeError::MissingValue(_) => "missing_value",
+            DecodeError::ValueNotNumber(_) => "value_not_number",
+            DecodeError::BadTimestamp(_) => "bad_timestamp",
+            DecodeError::BadSequence(_) => "bad_sequence",
+        }
+    }
+}
+
+/// Decodes one payload according to `format`.
+pub fn decode(format: &PayloadFormat, payload: &[u8]) -> Result<Decoded, DecodeError> {
+    match format {
+        PayloadFormat::Number => {
+            let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
+            let value = text.trim().parse::<f64>().map_err(|_| DecodeError::NotANumber)?;
+            Ok(Decoded {
+                value,
+                ts_ms: None,
+                seq: None,
+            })
+        }
+        PayloadFormat::Json {
+            value_field,
+            timestamp_field,
+            timestamp_unit,
+            sequence_field,
+        } => {
+            let seed = JsonSeed {
+                value_field,
+                timestamp_field: timestamp_field.as_deref(),
+                unit: *timestamp_unit,
+                sequence_field: sequence_field.as_deref(),
+            };
+            let mut de = serde_json::Deserializer::from_slice(payload);
+            let found = seed.deserialize(&mut de).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => classify_data_error(&e.to_string()),
+                _ => DecodeError::Json(e.to_string()),
+            })?;
+            de.end().map_err(|e| DecodeError::Json(e.to_string()))?;
+            let value = found
+                .value
+                .ok_or_else(|| DecodeError::MissingValue(value_field.clone()))?;
+            Ok(Decoded {
+                value,
+                ts_ms: found.ts_ms,
+                seq: found.seq,
+            })
+        }
+    }
+}
+
+/// Errors raised inside the visitor travel through serde as custom messages
+/// with a recognisable prefix; this turns them back into variants.
+fn classify_data_error(msg: &str) -> DecodeError {
+    let field = |prefix: &str| {
+        msg.strip_prefix(prefix)
+            .and_then(|rest| rest.split('\u{1f}').next())
+            .map(str::to_owned)
+    };
+    if let Some(f) = field("value\u{1f}") {
+        DecodeError::ValueNotNumber(f)
+    } else if let Some(f) = field("ts\u{1f}") {
+        DecodeError::BadTimestamp(f)
+    } else if let Some(f) = field("seq\u{1f}") {
+        DecodeError::BadSequence(f)
+    } else {
+        DecodeError::Json(msg.to_owned())
+    }
+}
+
+struct JsonSeed<'a> {
+    value_field: &'a str,
+    timestamp_field: Option<&'a str>,
+    unit: TimestampUnit,
+    sequence_field: Option<&'a str>,
+}
+
+#[derive(Default)]
+struct Found {
+    value: Option<f64>,
+    ts_ms: Option<i64>,
+    seq: Option<u64>,
+}
+
+impl<'de> DeserializeSeed<'de> for JsonSeed<'_> {
+    type Value = Found;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// A JSON scalar we may want: a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar<'a> {
+    Num(f64),
+    #[serde(borrow)]
+    Str(Cow<'a, str>),
+    Other(IgnoredAny),
+}
+
+impl<'de> Visitor<'de> for JsonSeed<'_> {
+    type Value = Found;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+        use serde::de::Error;
+        let mut found = Found::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == self.value_field {
+                match map.next_value::<Option<f64>>() {
+                    Ok(Some(v)) => found.value = Some(v),
+                    _ => return Err(A::Error::custom(format!("value\u{1f}{key}"))),
+                }
+            } else if Some(key.as_ref()) == self.timestamp_field {
+                let ts = match map.next_value::<Scalar>() {
+                    Ok(Scalar::Num(n)) => number_to_ms(n, self.unit),
+                    Ok(Scalar::Str(s)) => rfc3339_to_ms(&s),
+                    _ => None,
+                };
+                match ts {
+                    Some(ms) => found.ts_ms = Some(ms),
+                    None => return Err(A::Error::custom(format!("ts\u{1f}{key}"))),
+                }
+            } else if Some(key.as_ref()) == self.sequence_field {
+                match map.next_value::<u64>() {
+                    Ok(s) => found.seq = Some(s),
+                    Err(_) => return Err(A::Error::custom(format!("seq\u{1f}{key}"))),
+                }
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn number_to_ms(n: f64, unit: TimestampUnit) -> Option<i64> {
+    let ms = match unit {
+        TimestampUnit::Seconds => n * 1000.0,
+        TimestampUnit::Milliseconds => n,
+        TimestampUnit::Microseconds => n / 1000.0,
+    };
+    // Years 1970 to 2500 cover every plausible measurement; anything else is
+    // a unit mistake that would silently misplace the reading.
+    if ms.is_finite() && (0.0..16_725_225_600_000.0).contains(&ms) {
+        Some(ms.round() as i64)
+    } else {
+        None
+    }
+}
+
+fn rfc3339_to_ms(s: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json() -> PayloadFormat {
+        PayloadFormat::json_default()
+    }
+
+    #[test]
+    fn decodes_json_with_all_fields_and_skips_others() {
+        let d = decode(
+            &json(),
+            br#"{"unit":"C","value":21.5,"nested":{"a":[1,2]},"ts":1700000000123,"seq":9}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            Decoded {
+                value: 21.5,
+                ts_ms: Some(1_700_000_000_123),
+                seq: Some(9)
+            }
+        );
+    }
+
+    #[test]
+    fn rfc3339_and_unit_conversion() {
+        let d = decode(&json(), br#"{"value":1,"ts":"2023-11-14T22:13:20.5Z"}"#).unwrap();
+        assert_eq!(d.ts_ms, Some(1_700_000_000_500));
+        let secs = PayloadFormat::Json {
+            value_field: "v".into(),
+            timestamp_field: Some("t".into()),
+            timestamp_unit: TimestampUnit::Seconds,
+            sequence_field: None,
+        };
+        let d = decode(&secs, br#"{"v":-3,"t":1700000000.25}"#).unwrap();
+        assert_eq!(d.ts_ms, Some(1_700_000_000_250));
+        assert_eq!(d.value, -3.0);
+    }
+
+    #[test]
+    fn every_bad_payload_has_its_own_error() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "json_syntax"),
+            (b"[1,2]", "json_syntax"),
+            (br#"{"value":1"#, "json_syntax"),
+            (br#"{"value":1} trailing"#, "json_syntax"),
+            (br#"{"other":1}"#, "missing_value"),
+            (br#"{"value":"hot"}"#, "value_not_number"),
+            (br#"{"value":null}"#, "value_not_number"),
+            (br#"{"value":1,"ts":"yesterday"}"#, "bad_timestamp"),
+            (br#"{"value":1,"ts":-5}"#, "bad_timestamp"),
+            (br#"{"value":1,"seq":-1}"#, "bad_sequence"),
+        ];
+        for (payload, kind) in cases {
+            let err = decode(&json(), payload).unwrap_err();
+            assert_eq!(err.kind(), *kind, "{}", String::from_utf8_lossy(payload));
+        }
+    }
+
+    #[test]
+    fn bare_numbers() {
+        assert_eq!(decode(&PayloadFormat::Number, b" 42.5\n").unwrap().value, 42.5);
+        assert!(decode(&PayloadFormat::Number, b"NaN").unwrap().value.is_nan());
+        assert_eq!(
+            decode(&PayloadFormat::Number, b"4x").unwrap_err(),
+            DecodeError::NotANumber
+        );
+        assert_eq!(
+            decode(&PayloadFormat::Number, &[0xff, 0xfe]).unwrap_err(),
+            DecodeError::NotUtf8
+        );
+    }
+}

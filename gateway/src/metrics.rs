@@ -1,0 +1,226 @@
+//! Counters and gauges: every outcome the gateway can have, by name.
+//!
+//! One [`Metrics`] is shared by all tasks through an `Arc`; updates are
+//! relaxed atomic adds, so the processing core can count without locks. The
+//! names follow Prometheus conventions and are rendered by
+//! [`Metrics::render_prometheus`], which the periodic log line and the
+//! `--metrics-file` snapshot use. Each rejection reason has its own counter so
+//! that "nothing is lost silently" can be checked by adding them up:
+//! `received = accepted + sum(rejected)`.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Why a message or reading did not enter a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reject {
+    /// The payload exceeds `max_payload_bytes`.
+    Oversize,
+    /// The topic does not fit the source's template.
+    UnknownTopic,
+    /// The sensor limit (`max_sensors`) is reached.
+    SensorLimit,
+    NotUtf8,
+    NotANumber,
+    JsonSyntax,
+    MissingValue,
+    ValueNotNumber,
+    BadTimestamp,
+    BadSequence,
+    /// NaN or infinite.
+    NonFinite,
+    /// Outside the sensor rule's `[min, max]`.
+    OutOfRange,
+    /// Its window was already emitted.
+    Late,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 13] = [
+        Reject::Oversize,
+        Reject::UnknownTopic,
+        Reject::SensorLimit,
+        Reject::NotUtf8,
+        Reject::NotANumber,
+        Reject::JsonSyntax,
+        Reject::MissingValue,
+        Reject::ValueNotNumber,
+        Reject::BadTimestamp,
+        Reject::BadSequence,
+        Reject::NonFinite,
+        Reject::OutOfRange,
+        Reject::Late,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::Oversize => "oversize",
+            Reject::UnknownTopic => "unknown_topic",
+            Reject::SensorLimit => "sensor_limit",
+            Reject::NotUtf8 => "not_utf8",
+            Reject::NotANumber => "not_a_number",
+            Reject::JsonSyntax => "json_syntax",
+            Reject::MissingValue => "missing_value",
+            Reject::ValueNotNumber => "value_not_number",
+            Reject::BadTimestamp => "bad_timestamp",
+            Reject::BadSequence => "bad_sequence",
+            Reject::NonFinite => "non_finite",
+            Reject::OutOfRange => "out_of_range",
+            Reject::Late => "late",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// All of the gateway's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub messages_received: AtomicU64,
+    pub readings_accepted: AtomicU64,
+    rejected: [AtomicU64; 13],
+    pub summaries_produced: AtomicU64,
+    pub source_connections: AtomicU64,
+    pub source_disconnects: AtomicU64,
+    pub upstream_published: AtomicU64,
+    pub upstream_acked: AtomicU64,
+    pub upstream_retransmitted: AtomicU64,
+    pub upstream_dropped_queue_full: AtomicU64,
+    pub upstream_dropped_oversize: AtomicU64,
+    pub upstream_connections: AtomicU64,
+    pub upstream_disconnects: AtomicU64,
+    pub upstream_connected: AtomicI64,
+    pub upstream_queue_records: AtomicI64,
+    pub upstream_queue_bytes: AtomicI64,
+    /// Summaries still queued when the gateway stopped (not delivered).
+    pub upstream_undelivered_at_shutdown: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn reject(&self, reason: Reject) {
+        self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, reason: Reject) -> u64 {
+        self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        Reject::ALL.iter().map(|r| self.rejected(*r)).sum()
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(2048);
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let g = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter("gateway_messages_received_total", "Messages read from all sources.", c(&self.messages_received));
+        counter("gateway_readings_accepted_total", "Readings merged into a window.", c(&self.readings_accepted));
+        counter("gateway_summaries_produced_total", "Window summaries produced.", c(&self.summaries_produced));
+        counter("gateway_source_connections_total", "Successful source broker connections.", c(&self.source_connections));
+        counter("gateway_source_disconnects_total", "Source broker connections lost.", c(&self.source_disconnects));
+        counter("gateway_upstream_published_total", "Publishes sent upstream, retransmissions included.", c(&self.upstream_published));
+        counter("gateway_upstream_acked_total", "Records acknowledged by the upstream broker (delivered).", c(&self.upstream_acked));
+        counter("gateway_upstream_retransmitted_total", "Records sent again after a reconnect.", c(&self.upstream_retransmitted));
+        counter("gateway_upstream_connections_total", "Successful upstream connections.", c(&self.upstream_connections));
+        counter("gateway_upstream_disconnects_total", "Upstream connections lost or refused.", c(&self.upstream_disconnects));
+        counter("gateway_upstream_undelivered_at_shutdown_total", "Records still queued when the gateway stopped.", c(&self.upstream_undelivered_at_shutdown));
+        let _ = writeln!(s, "# HELP gateway_readings_rejected_total Messages or readings dropped, by reason.\n# TYPE gateway_readings_rejected_total counter");
+        for r in Reject::ALL {
+            let _ = writeln!(s, "gateway_readings_rejected_total{{reason=\"{}\"}} {}", r.name(), self.rejected(r));
+        }
+        let _ = writeln!(s, "# HELP gateway_upstream_dropped_total Records dropped before delivery, by reason.\n# TYPE gateway_upstream_dropped_total counter");
+        let _ = writeln!(s, "gateway_upstream_dropped_total{{reason=\"queue_full\"}} {}", c(&self.upstream_dropped_queue_full));
+        let _ = writeln!(s, "gateway_upstream_dropped_total{{reason=\"oversize\"}} {}", c(&self.upstream_dropped_oversize));
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge("gateway_upstream_connected", "1 while the upstream broker is connected.", g(&self.upstream_connected));
+        gauge("gateway_upstream_queue_records", "Records waiting for delivery.", g(&self.upstream_queue_records));
+        gauge("gateway_upstream_queue_bytes", "Bytes of records waiting for delivery.", g(&self.upstream_queue_bytes));
+        s
+    }
+
+    /// A one-line summary for the periodic log line.
+    pub fn one_line(&self) -> String {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "received={} accepted={} rejected={} summaries={} delivered={} queued={} dropped={} upstream_connected={}",
+            c(&self.messages_received),
+            c(&self.readings_accepted),
+            self.rejected_total(),
+            c(&self.summaries_produced),
+            c(&self.upstream_acked),
+            self.upstream_queue_records.load(Ordering::Relaxed),
+            c(&self.upstream_dropped_queue_full) + c(&self.upstream_dropped_oversize),
+            self.upstream_connected.load(Ordering::Relaxed) == 1,
+        )
+    }
+}
+
+/// Keeps a noisy event from flooding the log: the first occurrence is logged,
+/// then at most one line per interval per reason, carrying how many were
+/// suppressed in between. Time is passed in.
+#[derive(Debug)]
+pub struct LogLimiter {
+    interval_ms: i64,
+    last_ms: [i64; 13],
+    suppressed: [u64; 13],
+}
+
+impl LogLimiter {
+    pub fn new(interval_ms: i64) -> Self {
+        Self {
+            interval_ms,
+            last_ms: [i64::MIN; 13],
+            suppressed: [0; 13],
+        }
+    }
+
+    /// `Some(suppressed_since_last)` when this occurrence should be logged.
+    pub fn allow(&mut self, reason: Reject, now_ms: i64) -> Option<u64> {
+        let i = reason.index();
+        if self.last_ms[i] == i64::MIN || now_ms.saturating_sub(self.last_ms[i]) >= self.interval_ms {
+            self.last_ms[i] = now_ms;
+            Some(std::mem::take(&mut self.suppressed[i]))
+        } else {
+            self.suppressed[i] += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_logs_first_then_once_per_interval() {
+        let mut l = LogLimiter::new(1000);
+        assert_eq!(l.allow(Reject::Late, 0), Some(0));
+        assert_eq!(l.allow(Reject::Late, 10), None);
+        assert_eq!(l.allow(Reject::Late, 20), None);
+        assert_eq!(l.allow(Reject::NonFinite, 30), Some(0));
+        assert_eq!(l.allow(Reject::Late, 1000), Some(2));
+    }
+
+    #[test]
+    fn prometheus_text_names_every_reason() {
+        let m = Metrics::new();
+        m.reject(Reject::OutOfRange);
+        let text = m.render_prometheus();
+        assert!(text.contains("gateway_readings_rejected_total{reason=\"out_of_range\"} 1"));
+        for r in Reject::ALL {
+            assert!(text.contains(&format!("reason=\"{}\"", r.name())));
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The event model: what a reading is, and how sensors are named cheaply.
+//!
+//! A sensor is identified on the wire by a topic (or, later, a serial node and
+//! channel). The gateway interns each distinct identity once, in a
+//! [`SensorRegistry`], and from then on passes a [`SensorKey`] (a `u32`) around.
+//! A [`Reading`] is therefore `Copy` and costs no heap allocation on the hot path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A compact handle to a sensor interned in a [`SensorRegistry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SensorKey(pub u32);
+
+impl SensorKey {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// One measurement, after decoding and before validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub sensor: SensorKey,
+    /// Event time in milliseconds since the Unix epoch: from the payload when
+    /// it carries one, otherwise the gateway's receive time.
+    pub ts_ms: i64,
+    pub value: f64,
+    /// The source's own sequence number, when the payload carries one.
+    pub seq: Option<u64>,
+}
+
+/// What the gateway knows about an interned sensor.
+#[derive(Debug, Clone)]
+pub struct SensorInfo {
+    /// The sensor id: the named segments of the topic template joined by `/`,
+    /// e.g. `line1/press-3/temperature`.
+    pub id: Arc<str>,
+    /// The named segments, in template order, e.g. `[("line", "line1"), ...]`.
+    /// Names are shared with the template that produced them.
+    pub labels: Vec<(Arc<str>, Box<str>)>,
+}
+
+/// Why a new sensor could not be interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("the sensor limit ({0}) is reached")]
+    Full(usize),
+}
+
+/// Interns sensor identities.
+///
+/// Lookups by wire name (`&str`) allocate nothing; a name is copied only the
+/// first time it is seen. The number of sensors is bounded so that a
+/// misbehaving publisher cannot grow the gateway's memory without limit.
+#[derive(Debug)]
+pub struct SensorRegistry {
+    /// Wire name (per source) to key. The source index keeps two sources that
+    /// publish the same topic apart only when their templates differ, which
+    /// the key already encodes, so the map is keyed by name alone.
+    by_wire_name: HashMap<Box<str>, SensorKey>,
+    by_id: HashMap<Arc<str>, SensorKey>,
+    sensors: Vec<SensorInfo>,
+    max_sensors: usize,
+}
+
+impl SensorRegistry {
+    pub fn new(max_sensors: usize) -> Self {
+        Self {
+            by_wire_name: HashMap::new(),
+            by_id: HashMap::new(),
+            sensors: Vec::new(),
+            max_sensors,
+        }
+    }
+
+    /// The key for a wire name already seen.
+    pub fn lookup(&self, wire_name: &str) -> Option<SensorKey> {
+        self.by_wire_name.get(wire_name).copied()
+    }
+
+    /// Interns `info` under `wire_name`. Two wire names that map to the same
+    /// sensor id share one key.
+    pub fn insert(&mut self, wire_name: &str, info: SensorInfo) -> Result<SensorKey, RegistryError> {
+        if let Some(key) = self.by_id.get(&info.id).copied() {
+            self.by_wire_name.insert(wire_name.into(), key);
+            return Ok(key);
+        }
+        if self.sensors.len() >= self.max_sensors {
+            return Err(RegistryError::Full(self.max_sensors));
+        }
+        let key = SensorKey(self.sensors.len() as u32);
+        self.by_id.insert(info.id.clone(), key);
+        self.by_wire_name.insert(wire_name.into(), key);
+        self.sensors.push(info);
+        Ok(key)
+    }
+
+    pub fn info(&self, key: SensorKey) -> &SensorInfo {
+        &self.sensors[key.index()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.sensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> SensorInfo {
+        SensorInfo {
+            id: id.into(),
+            labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn same_id_under_two_wire_names_shares_a_key() {
+        let mut reg = SensorRegistry::new(10);
+        let a = reg.insert("plant/l1/m1/t", info("l1/m1/t")).unwrap();
+        let b = reg.insert("plant/l1/m1/t/", info("l1/m1/t")).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(reg.len(), 1);
+        assert_eq!(reg.lookup("plant/l1/m1/t/"), Some(a));
+    }
+
+    #[test]
+    fn registry_is_bounded() {
+        let mut reg = SensorRegistry::new(1);
+        reg.insert("a", info("a")).unwrap();
+        assert_eq!(reg.insert("b", info("b")), Err(RegistryError::Full(1)));
+    }
+}

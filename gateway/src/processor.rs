@@ -1,0 +1,422 @@
+//! The processing core: raw messages in, encoded summaries out.
+//!
+//! [`Processor`] is synchronous and does no I/O; the caller passes the current
+//! time into every call. It resolves a topic to an interned sensor, decodes
+//! the payload, drops and counts what is invalid (NaN, out of range, late),
+//! keeps per-sensor tumbling windows on event time, and renders each closed
+//! window as a [`Record`] for upstream, numbered with the gateway's
+//! monotonically increasing sequence number.
+//!
+//! Window closing: a window `[start, end)` of a sensor is emitted when that
+//! sensor's newest event time reaches `end + allowed_lateness` (the event
+//! watermark), or when the sensor has been silent for `window +
+//! allowed_lateness` of gateway time (so a sensor that stops still reports its
+//! last window). A reading whose window was already emitted is late: it is
+//! counted and dropped, never merged into a later window.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::{Config, SensorRule, StatSet};
+use crate::decode::{self, DecodeError, PayloadFormat};
+use crate::metrics::{LogLimiter, Metrics, Reject};
+use crate::model::{Reading, RegistryError, SensorKey, SensorRegistry};
+use crate::topic::{OutputTemplate, TopicTemplate};
+use crate::window::WindowStats;
+
+/// Version of the summary JSON layout; bumped on any incompatible change.
+pub const SUMMARY_SCHEMA: u32 = 1;
+
+/// One message as a source received it.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Index of the source in the configuration.
+    pub source: usize,
+    pub topic: String,
+    pub payload: bytes::Bytes,
+    /// Gateway time of arrival, ms since the Unix epoch.
+    pub received_ms: i64,
+}
+
+/// What upstream receives: a topic and an encoded payload, numbered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// How a source's messages are interpreted.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    pub template: TopicTemplate,
+    pub payload: PayloadFormat,
+}
+
+/// Settings of the core, extracted from [`Config`].
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    pub gateway_id: String,
+    pub sources: Vec<SourceSpec>,
+    pub rules: Vec<SensorRule>,
+    pub default_window_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub max_sensors: usize,
+    pub max_payload_bytes: usize,
+    pub summary_topic: OutputTemplate,
+}
+
+impl CoreSettings {
+    pub fn from_config(config: &Config) -> Self {
+        CoreSettings {
+            gateway_id: config.gateway.id.clone(),
+            sources: config
+                .sources
+                .iter()
+                .map(|s| match s {
+                    crate::config::SourceConfig::Mqtt(m) => SourceSpec {
+                        template: m.template.clone(),
+                        payload: m.payload.clone(),
+                    },
+                })
+                .collect(),
+            rules: config.sensors.clone(),
+            default_window_ms: config.pipeline.default_window.as_millis() as i64,
+            allowed_lateness_ms: config.pipeline.allowed_lateness.as_millis() as i64,
+            max_sensors: config.pipeline.max_sensors,
+            max_payload_bytes: config.pipeline.max_payload_bytes,
+            summary_topic: config.upstream.summary_topic.clone(),
+        }
+    }
+}
+
+/// Per-sensor state. Windows are few (the current one and those still within
+/// the allowed lateness), so a small vector sorted by start is enough.
+#[derive(Debug)]
+struct SensorState {
+    rule: Option<u32>,
+    window_ms: i64,
+    range: (f64, f64),
+    stats: StatSet,
+    /// Upstream topic, rendered once.
+    topic: Arc<str>,
+    open: Vec<(i64, WindowStats)>,
+    max_event_ms: i64,
+    last_arrival_ms: i64,
+    /// Windows ending at or before this were emitted; older readings are late.
+    closed_until_ms: i64,
+}
+
+/// The synchronous processing core.
+pub struct Processor {
+    settings: CoreSettings,
+    registry: SensorRegistry,
+    sensors: Vec<SensorState>,
+    metrics: Arc<Metrics>,
+    next_seq: u64,
+    limiter: LogLimiter,
+}
+
+impl Processor {
+    /// `next_seq` is the sequence number the next record gets; it continues
+    /// from what was handed out before a restart.
+    pub fn new(settings: CoreSettings, metrics: Arc<Metrics>, next_seq: u64) -> Self {
+        Self {
+            registry: SensorRegistry::new(settings.max_sensors),
+            settings,
+            sensors: Vec::new(),
+            metrics,
+            next_seq: next_seq.max(1),
+            limiter: LogLimiter::new(10_000),
+        }
+    }
+
+    pub fn registry(&self) -> &SensorRegistry {
+        &self.registry
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Takes one raw message; closed windows are appended to `out`.
+    pub fn ingest(&mut self, msg: &RawMessage, now_ms: i64, out: &mut Vec<Record>) {
+        self.metrics.messages_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.to_reading(msg) {
+            Ok(reading) => self.record(reading, now_ms, out),
+            Err(reason) => self.rejected(reason, &msg.topic, None, now_ms),
+        }
+    }
+
+    fn to_reading(&mut self, msg: &RawMessage) -> Result<Reading, Reject> {
+        if msg.payload.len() > self.settings.max_payload_bytes {
+            return Err(Reject::Oversize);
+        }
+        if msg.source >= self.settings.sources.len() {
+            return Err(Reject::UnknownTopic);
+        }
+        let sensor = match self.registry.lookup(&msg.topic) {
+            Some(k) => k,
+            None => {
+                let info = self.settings.sources[msg.source]
+                    .template
+                    .resolve(&msg.topic)
+                    .ok_or(Reject::UnknownTopic)?;
+                let key = self.registry.insert(&msg.topic, info).map_err(|e| match e {
+                    RegistryError::Full(_) => Reject::SensorLimit,
+                })?;
+                if key.index() == self.sensors.len() {
+                    self.add_sensor_state(key);
+                }
+                key
+            }
+        };
+        let spec = &self.settings.sources[msg.source];
+        let decoded = decode::decode(&spec.payload, &msg.payload).map_err(|e| match e {
+            DecodeError::NotUtf8 => Reject::NotUtf8,
+            DecodeError::NotANumber => Reject::NotANumber,
+            DecodeError::Json(_) => Reject::JsonSyntax,
+            DecodeError::MissingValue(_) => Reject::MissingValue,
+            DecodeError::ValueNotNumber(_) => Reject::ValueNotNumber,
+            DecodeError::BadTimestamp(_) => Reject::BadTimestamp,
+            DecodeError::BadSequence(_) => Reject::BadSequence,
+        })?;
+        Ok(Reading {
+            sensor,
+            ts_ms: decoded.ts_ms.unwrap_or(msg.received_ms),
+            value: decoded.value,
+            seq: decoded.seq,
+        })
+    }
+
+    fn add_sensor_state(&mut self, key: SensorKey) {
+        let info = self.registry.info(key);
+        let rule = best_rule(&self.settings.rules, &info.id);
+        let (window_ms, range, stats) = match rule.map(|i| &self.settings.rules[i as usize]) {
+            Some(r) => (
+                r.window.as_millis() as i64,
+                (r.min.unwrap_or(f64::NEG_INFINITY), r.max.unwrap_or(f64::INFINITY)),
+                r.stats,
+            ),
+            None => (
+                self.settings.default_window_ms,
+                (f64::NEG_INFINITY, f64::INFINITY),
+                StatSet::ALL,
+            ),
+        };
+        let topic = self.settings.summary_topic.render(&self.settings.gateway_id, info).into();
+        self.sensors.push(SensorState {
+            rule,
+            window_ms: window_ms.max(1),
+            range,
+            stats,
+            topic,
+            open: Vec::with_capacity(2),
+            max_event_ms: i64::MIN,
+            last_arrival_ms: i64::MIN,
+            closed_until_ms: i64::MIN,
+        });
+    }
+
+    /// Validates a decoded reading and merges it into its window.
+    pub fn record(&mut self, r: Reading, now_ms: i64, out: &mut Vec<Record>) {
+        let Some(state) = self.sensors.get_mut(r.sensor.index()) else {
+            return;
+        };
+        let reject = if !r.value.is_finite() {
+            Some(Reject::NonFinite)
+        } else if r.value < state.range.0 || r.value > state.range.1 {
+            Some(Reject::OutOfRange)
+        } else if r.ts_ms < state.closed_until_ms {
+            Some(Reject::Late)
+        } else {
+            None
+        };
+        if let Some(reason) = reject {
+            let id = self.registry.info(r.sensor).id.clone();
+            self.rejected(reason, &id, Some(r.value), now_ms);
+            return;
+        }
+        let start = r.ts_ms - r.ts_ms.rem_euclid(state.window_ms);
+        match state.open.binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(i) => state.open[i].1.push(r.value, r.ts_ms),
+            Err(i) => {
+                let mut w = WindowStats::new();
+                w.push(r.value, r.ts_ms);
+                state.open.insert(i, (start, w));
+            }
+        }
+        state.max_event_ms = state.max_event_ms.max(r.ts_ms);
+        state.last_arrival_ms = now_ms;
+        self.metrics.readings_accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let watermark = state.max_event_ms - self.settings.allowed_lateness_ms;
+        self.close_sensor(r.sensor, watermark, out);
+    }
+
+    /// Emits every window that is complete at `now_ms` (by watermark or
+    /// because its sensor went quiet).
+    pub fn flush_due(&mut self, now_ms: i64, out: &mut Vec<Record>) {
+        let lateness = self.settings.allowed_lateness_ms;
+        for i in 0..self.sensors.len() {
+            let s = &self.sensors[i];
+            if s.open.is_empty() {
+                continue;
+            }
+            let idle = now_ms.saturating_sub(s.last_arrival_ms) >= s.window_ms + lateness;
+            let watermark = if idle { i64::MAX } else { s.max_event_ms - lateness };
+            self.close_sensor(SensorKey(i as u32), watermark, out);
+        }
+    }
+
+    /// Emits every open window, complete or not; used at shutdown.
+    pub fn flush_all(&mut self, out: &mut Vec<Record>) {
+        for i in 0..self.sensors.len() {
+            self.close_sensor(SensorKey(i as u32), i64::MAX, out);
+        }
+    }
+
+    /// Emits the windows of `key` that end at or before `watermark`.
+    fn close_sensor(&mut self, key: SensorKey, watermark: i64, out: &mut Vec<Record>) {
+        let state = &mut self.sensors[key.index()];
+        let n = state
+            .open
+            .iter()
+            .take_while(|(start, _)| start.saturating_add(state.window_ms) <= watermark)
+            .count();
+        if n == 0 {
+            return;
+        }
+        let window_ms = state.window_ms;
+        let closing: Vec<(i64, WindowStats)> = state.open.drain(..n).collect();
+        if let Some((start, _)) = closing.last() {
+            state.closed_until_ms = state.closed_until_ms.max(start + window_ms);
+        }
+        let stats = state.stats;
+        let topic = state.topic.clone();
+        let unit = state
+            .rule
+            .and_then(|r| self.settings.rules[r as usize].unit.clone());
+        for (start, w) in closing {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let info = self.registry.info(key);
+            let summary = SummaryJson {
+                schema: SUMMARY_SCHEMA,
+                kind: "summary",
+                gateway: &self.settings.gateway_id,
+                seq,
+                sensor: &info.id,
+                labels: Labels(&info.labels),
+                unit: unit.as_deref(),
+                window_start_ms: start,
+                window_end_ms: start + window_ms,
+                count: w.count,
+                min: stats.min.then_some(w.min),
+                max: stats.max.then_some(w.max),
+                mean: stats.mean.then(|| w.mean()),
+                std: stats.std.then(|| w.std_dev()),
+                first_ts_ms: stats.first_last.then_some(w.first_ts_ms),
+                last_ts_ms: stats.first_last.then_some(w.last_ts_ms),
+            };
+            // Serializing plain numbers and strings into a Vec cannot fail.
+            let payload = serde_json::to_vec(&summary).unwrap_or_default();
+            self.metrics.summaries_produced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            out.push(Record {
+                seq,
+                topic: topic.to_string(),
+                payload,
+            });
+        }
+    }
+
+    fn rejected(&mut self, reason: Reject, what: &str, value: Option<f64>, now_ms: i64) {
+        self.metrics.reject(reason);
+        if let Some(suppressed) = self.limiter.allow(reason, now_ms) {
+            tracing::warn!(
+                reason = reason.name(),
+                sensor_or_topic = what,
+                value,
+                similar_suppressed = suppressed,
+                "Dropped a reading: {}.",
+                reject_sentence(reason)
+            );
+        }
+    }
+}
+
+fn reject_sentence(r: Reject) -> &'static str {
+    match r {
+        Reject::Oversize => "the payload is larger than pipeline.max_payload_bytes",
+        Reject::UnknownTopic => "the topic does not fit the source's topic_template",
+        Reject::SensorLimit => "pipeline.max_sensors distinct sensors are already known",
+        Reject::NotUtf8 => "the payload is not UTF-8 text",
+        Reject::NotANumber => "the payload is not a number",
+        Reject::JsonSyntax => "the payload is not a JSON object",
+        Reject::MissingValue => "the JSON object has no value field",
+        Reject::ValueNotNumber => "the value field is not a number",
+        Reject::BadTimestamp => "the timestamp field is not a valid time",
+        Reject::BadSequence => "the sequence field is not a non-negative integer",
+        Reject::NonFinite => "the value is NaN or infinite",
+        Reject::OutOfRange => "the value is outside the sensor rule's min..max",
+        Reject::Late => "its window was already sent (raise pipeline.allowed_lateness to accept later readings)",
+    }
+}
+
+/// The most specific rule whose pattern matches `id`; ties go to the rule
+/// that comes first in the file.
+fn best_rule(rules: &[SensorRule], id: &str) -> Option<u32> {
+    let mut best: Option<(usize, u32)> = None;
+    for (i, r) in rules.iter().enumerate() {
+        if r.matcher.is_match(id) {
+            let spec = r.specificity();
+            if best.is_none_or(|(b, _)| spec > b) {
+                best = Some((spec, i as u32));
+            }
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+#[derive(Serialize)]
+struct SummaryJson<'a> {
+    schema: u32,
+    kind: &'static str,
+    gateway: &'a str,
+    seq: u64,
+    sensor: &'a str,
+    labels: Labels<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    std: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_ts_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_ts_ms: Option<i64>,
+}
+
+struct Labels<'a>(&'a [(Arc<str>, Box<str>)]);
+
+impl Serialize for Labels<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k.as_ref(), v.as_ref())?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests;

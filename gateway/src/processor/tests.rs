@@ -1,0 +1,241 @@
+//! Deterministic tests of the core: time is passed in, nothing is async.
+
+use std::path::Path;
+
+use super::*;
+
+const T0: i64 = 1_700_000_000_000;
+
+fn config(extra: &str) -> Config {
+    let text = format!(
+        r#"
+[gateway]
+id = "gw-test"
+
+[[source]]
+kind = "mqtt"
+broker = "127.0.0.1:1883"
+topic_template = "plant/{{line}}/{{machine}}/{{sensor}}"
+
+[[sensor]]
+match = "*/temp"
+min = -40.0
+max = 150.0
+window = "1s"
+unit = "degC"
+
+[[sensor]]
+match = "l1/m1/temp"
+window = "2s"
+
+[pipeline]
+allowed_lateness = "500ms"
+max_sensors = 3
+max_payload_bytes = 200
+
+[upstream]
+broker = "127.0.0.1:1884"
+summary_topic = "gw/{{gateway}}/{{line}}/{{sensor}}"
+{extra}
+"#
+    );
+    Config::parse(&text, Path::new("t.toml")).unwrap()
+}
+
+struct Check {
+    p: Processor,
+    metrics: Arc<Metrics>,
+    out: Vec<Record>,
+}
+
+impl Check {
+    fn new() -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let p = Processor::new(CoreSettings::from_config(&config("")), metrics.clone(), 1);
+        Check { p, metrics, out: Vec::new() }
+    }
+
+    fn send(&mut self, topic: &str, payload: &str, now: i64) {
+        let msg = RawMessage {
+            source: 0,
+            topic: topic.into(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            received_ms: now,
+        };
+        self.p.ingest(&msg, now, &mut self.out);
+    }
+
+    fn reading(&mut self, topic: &str, value: f64, ts: i64) {
+        self.send(topic, &format!(r#"{{"value":{value},"ts":{ts}}}"#), ts);
+    }
+
+    fn summaries(&mut self) -> Vec<serde_json::Value> {
+        self.out
+            .drain(..)
+            .map(|r| {
+                let mut v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                v["_topic"] = r.topic.into();
+                assert_eq!(v["seq"], r.seq);
+                v
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn window_summary_has_exact_statistics() {
+    let mut c = Check::new();
+    for (i, v) in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0].iter().enumerate() {
+        c.reading("plant/l2/m1/temp", *v, T0 + i as i64 * 100);
+    }
+    assert!(c.out.is_empty(), "the window is still open");
+    // A reading in the next window moves the watermark past end + lateness.
+    c.reading("plant/l2/m1/temp", 1.0, T0 + 1_600);
+    let s = c.summaries();
+    assert_eq!(s.len(), 1);
+    let s = &s[0];
+    assert_eq!(s["schema"], 1);
+    assert_eq!(s["kind"], "summary");
+    assert_eq!(s["gateway"], "gw-test");
+    assert_eq!(s["seq"], 1);
+    assert_eq!(s["sensor"], "l2/m1/temp");
+    assert_eq!(s["labels"]["machine"], "m1");
+    assert_eq!(s["unit"], "degC");
+    assert_eq!(s["_topic"], "gw/gw-test/l2/l2/m1/temp");
+    assert_eq!(s["window_start_ms"], T0);
+    assert_eq!(s["window_end_ms"], T0 + 1000);
+    assert_eq!(s["count"], 8);
+    assert_eq!(s["min"], 2.0);
+    assert_eq!(s["max"], 9.0);
+    assert_eq!(s["mean"], 5.0);
+    assert_eq!(s["std"], 2.0);
+    assert_eq!(s["first_ts_ms"], T0);
+    assert_eq!(s["last_ts_ms"], T0 + 700);
+}
+
+#[test]
+fn most_specific_rule_wins() {
+    let mut c = Check::new();
+    c.reading("plant/l1/m1/temp", 1.0, T0);
+    c.reading("plant/l1/m1/temp", 1.0, T0 + 4_000);
+    let s = c.summaries();
+    assert_eq!(s[0]["window_end_ms"].as_i64().unwrap() - s[0]["window_start_ms"].as_i64().unwrap(), 2000);
+    assert!(s[0].get("unit").is_none(), "the 2 s rule has no unit");
+}
+
+#[test]
+fn invalid_readings_are_counted_by_reason_and_never_summarised() {
+    let mut c = Check::new();
+    let now = T0;
+    c.send("plant/l2/m1/temp", r#"{"value":20.0}"#, now);
+    c.send("plant/l2/m1/temp", r#"{"value":999.0}"#, now);
+    c.send("plant/l2/m1/temp", r#"{"value":-41}"#, now);
+    c.send("plant/l2/m1/temp", "garbage", now);
+    c.send("plant/l2/m1/temp", r#"{"temp":1}"#, now);
+    c.send("plant/l2/m1/temp", &format!(r#"{{"value":1,"pad":"{}"}}"#, "x".repeat(300)), now);
+    c.send("plant/l2/m1", r#"{"value":1}"#, now);
+    c.send("elsewhere/l2/m1/temp", r#"{"value":1}"#, now);
+    c.p.flush_all(&mut c.out);
+    let s = c.summaries();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["count"], 1);
+    assert_eq!(s[0]["max"], 20.0);
+    let m = &c.metrics;
+    assert_eq!(m.rejected(Reject::OutOfRange), 2);
+    assert_eq!(m.rejected(Reject::JsonSyntax), 1);
+    assert_eq!(m.rejected(Reject::MissingValue), 1);
+    assert_eq!(m.rejected(Reject::Oversize), 1);
+    assert_eq!(m.rejected(Reject::UnknownTopic), 2);
+    let received = m.messages_received.load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = m.readings_accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(received, 8);
+    assert_eq!(accepted + m.rejected_total(), received, "every message is accounted for");
+}
+
+#[test]
+fn nan_and_infinity_are_rejected() {
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Processor::new(CoreSettings::from_config(&config("")), metrics.clone(), 1);
+    let mut out = Vec::new();
+    p.ingest(
+        &RawMessage { source: 0, topic: "plant/a/b/c".into(), payload: "1".into(), received_ms: T0 },
+        T0,
+        &mut out,
+    );
+    let key = p.registry().lookup("plant/a/b/c").unwrap();
+    for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        p.record(Reading { sensor: key, ts_ms: T0, value: v, seq: None }, T0, &mut out);
+    }
+    assert_eq!(metrics.rejected(Reject::NonFinite), 3);
+}
+
+#[test]
+fn late_readings_are_counted_not_merged() {
+    let mut c = Check::new();
+    c.reading("plant/l2/m1/temp", 1.0, T0 + 100);
+    c.reading("plant/l2/m1/temp", 2.0, T0 + 1_200);
+    // Within lateness (500 ms after the first window's end): still merged.
+    c.reading("plant/l2/m1/temp", 3.0, T0 + 900);
+    assert!(c.out.is_empty());
+    c.reading("plant/l2/m1/temp", 4.0, T0 + 1_600);
+    let first = c.summaries();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["count"], 2);
+    // Now the first window is gone: a reading for it is late.
+    c.reading("plant/l2/m1/temp", 5.0, T0 + 999);
+    assert_eq!(c.metrics.rejected(Reject::Late), 1);
+    c.p.flush_all(&mut c.out);
+    let rest = c.summaries();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0]["count"], 2, "4 and 2, not 5");
+}
+
+#[test]
+fn a_quiet_sensor_is_flushed_by_gateway_time() {
+    let mut c = Check::new();
+    c.reading("plant/l2/m1/temp", 1.0, T0);
+    c.p.flush_due(T0 + 1_400, &mut c.out);
+    assert!(c.out.is_empty(), "window 1 s + lateness 0.5 s has not passed");
+    c.p.flush_due(T0 + 1_500, &mut c.out);
+    assert_eq!(c.summaries().len(), 1);
+}
+
+#[test]
+fn receive_time_is_used_without_a_timestamp() {
+    let mut c = Check::new();
+    c.send("plant/l2/m1/temp", r#"{"value":7}"#, T0 + 250);
+    c.p.flush_all(&mut c.out);
+    let s = c.summaries();
+    assert_eq!(s[0]["first_ts_ms"], T0 + 250);
+    assert_eq!(s[0]["window_start_ms"], T0);
+}
+
+#[test]
+fn sequence_numbers_are_monotonic_across_sensors_and_continue_from_start_value() {
+    let metrics = Arc::new(Metrics::new());
+    let mut p = Processor::new(CoreSettings::from_config(&config("")), metrics, 41);
+    let mut out = Vec::new();
+    for (i, topic) in ["plant/a/b/temp", "plant/a/c/temp", "plant/a/d/temp"].iter().enumerate() {
+        let msg = RawMessage {
+            source: 0,
+            topic: (*topic).into(),
+            payload: format!(r#"{{"value":1,"ts":{}}}"#, T0 + i as i64).into(),
+            received_ms: T0,
+        };
+        p.ingest(&msg, T0, &mut out);
+    }
+    p.flush_all(&mut out);
+    let seqs: Vec<u64> = out.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![41, 42, 43]);
+    assert_eq!(p.next_seq(), 44);
+}
+
+#[test]
+fn sensor_limit_is_enforced_and_counted() {
+    let mut c = Check::new();
+    for m in 0..5 {
+        c.send(&format!("plant/l/m{m}/temp"), r#"{"value":1}"#, T0);
+    }
+    assert_eq!(c.p.registry().len(), 3);
+    assert_eq!(c.metrics.rejected(Reject::SensorLimit), 2);
+}
