@@ -1,1 +1,152 @@
-fn main() {}
+//! The `sensor-sim` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rumqttc::QoS;
+use sensor_sim::publish::{self, PublishOptions, PublishStats};
+use sensor_sim::scenario::Scenario;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "sensor-sim", version, about = "Simulated plant machines for sensor-gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Publish a scenario's readings to an MQTT broker.
+    Run {
+        /// The scenario file (see configs/sim-*.toml).
+        #[arg(short, long)]
+        scenario: PathBuf,
+        /// The broker, host:port.
+        #[arg(short, long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        /// Override the scenario's total rate (readings per second).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Stop after this many readings.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long, e.g. "30s".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// MQTT QoS of the publishes (0 or 1).
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        #[arg(long, default_value = "sensor-sim")]
+        client_id: String,
+    },
+    /// Run an embedded MQTT broker (rumqttd) until killed.
+    Broker {
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+    /// Subscribe and count messages until the broker is idle: the floor of
+    /// MQTT ingestion cost, for the end-to-end benchmark.
+    Count {
+        #[arg(short, long, default_value = "127.0.0.1:1883")]
+        broker: String,
+        #[arg(short, long, default_value = "#")]
+        topic: String,
+        /// Exit after this long without a message (once one arrived).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        idle: Duration,
+    },
+    /// The complete demo: simulated plant, brokers, the gateway, an uplink
+    /// outage and a tally. Needs nothing installed.
+    Demo {
+        /// Total length of the demo, e.g. "60s".
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+        duration: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Cmd::Demo { .. } => "error,sensor_gateway::upstream=warn,sensor_sim=info",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
+    let (h, p) = s.rsplit_once(':').with_context(|| format!("`{s}` is not host:port"))?;
+    Ok((h.to_owned(), p.parse().with_context(|| format!("`{p}` is not a port"))?))
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<bool> {
+    if let Cmd::Broker { listen } = cmd {
+        sensor_sim::broker::run_blocking(listen)?;
+        return Ok(true);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        match cmd {
+            Cmd::Run { scenario, broker, rate, count, duration, qos, client_id } => {
+                let mut scenario = Scenario::load(&scenario)?;
+                if let Some(r) = rate {
+                    anyhow::ensure!(r > 0.0, "--rate must be positive");
+                    scenario.rate = r;
+                }
+                let (host, port) = split_host_port(&broker)?;
+                let opts = PublishOptions {
+                    host,
+                    port,
+                    client_id,
+                    qos: if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+                    count,
+                    duration,
+                };
+                let stats = Arc::new(PublishStats::default());
+                let cancel = CancellationToken::new();
+                let c = cancel.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    c.cancel();
+                });
+                let started = std::time::Instant::now();
+                publish::publish(&scenario, &opts, stats.clone(), cancel).await?;
+                let n = stats.published.load(std::sync::atomic::Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "published={n} faults={} seconds={secs:.2} rate={:.0}",
+                    stats.faults.load(std::sync::atomic::Ordering::Relaxed),
+                    n as f64 / secs.max(1e-9)
+                );
+                Ok(true)
+            }
+            Cmd::Count { broker, topic, idle } => {
+                let (host, port) = split_host_port(&broker)?;
+                let n = sensor_sim::publish::count(&host, port, &topic, idle).await?;
+                println!("received={n}");
+                Ok(true)
+            }
+            Cmd::Demo { duration } => sensor_sim::demo::run(duration).await,
+            Cmd::Broker { .. } => Ok(true),
+        }
+    })
+}
