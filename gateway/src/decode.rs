@@ -174,14 +174,55 @@ impl<'de> DeserializeSeed<'de> for JsonSeed<'_> {
     }
 }
 
-/// A JSON scalar we may want: a number or a string.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A JSON value as far as we care: a number, a string, or something else
+/// (skipped). Visited directly rather than through an untagged enum, which
+/// would buffer every value first.
 enum Scalar<'a> {
     Num(f64),
-    #[serde(borrow)]
     Str(Cow<'a, str>),
-    Other(IgnoredAny),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Scalar<'de>, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Scalar<'de>, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<'de> Visitor<'de> for JsonSeed<'_> {
@@ -195,25 +236,29 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
         use serde::de::Error;
         let mut found = Found::default();
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            // A syntax error inside a value propagates as is (`?`); a value
+            // of the wrong kind becomes an error naming the field.
             if key == self.value_field {
-                match map.next_value::<Option<f64>>() {
-                    Ok(Some(v)) => found.value = Some(v),
+                match map.next_value::<Scalar>()? {
+                    Scalar::Num(v) => found.value = Some(v),
                     _ => return Err(A::Error::custom(format!("value\u{1f}{key}"))),
                 }
             } else if Some(key.as_ref()) == self.timestamp_field {
-                let ts = match map.next_value::<Scalar>() {
-                    Ok(Scalar::Num(n)) => number_to_ms(n, self.unit),
-                    Ok(Scalar::Str(s)) => rfc3339_to_ms(&s),
-                    _ => None,
+                let ts = match map.next_value::<Scalar>()? {
+                    Scalar::Num(n) => number_to_ms(n, self.unit),
+                    Scalar::Str(s) => rfc3339_to_ms(&s),
+                    Scalar::Other => None,
                 };
                 match ts {
                     Some(ms) => found.ts_ms = Some(ms),
                     None => return Err(A::Error::custom(format!("ts\u{1f}{key}"))),
                 }
             } else if Some(key.as_ref()) == self.sequence_field {
-                match map.next_value::<u64>() {
-                    Ok(s) => found.seq = Some(s),
-                    Err(_) => return Err(A::Error::custom(format!("seq\u{1f}{key}"))),
+                match map.next_value::<Scalar>()? {
+                    Scalar::Num(n) if n >= 0.0 && n.fract() == 0.0 && n < 9.007_199_254_740_992e15 => {
+                        found.seq = Some(n as u64)
+                    }
+                    _ => return Err(A::Error::custom(format!("seq\u{1f}{key}"))),
                 }
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -297,6 +342,11 @@ mod tests {
             (br#"{"value":1,"ts":"yesterday"}"#, "bad_timestamp"),
             (br#"{"value":1,"ts":-5}"#, "bad_timestamp"),
             (br#"{"value":1,"seq":-1}"#, "bad_sequence"),
+            (br#"{"value":1,"seq":1.5}"#, "bad_sequence"),
+            (br#"{"value":12.5,"ts""#, "json_syntax"),
+            (br#"{"value":12.5,"ts":17"#, "json_syntax"),
+            (br#"{"value":[1]}"#, "value_not_number"),
+            (b"\x00\x01binary", "json_syntax"),
         ];
         for (payload, kind) in cases {
             let err = decode(&json(), payload).unwrap_err();

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub summaries_produced: AtomicU64,
     pub source_connections: AtomicU64,
     pub source_disconnects: AtomicU64,
+    pub source_subscriptions: AtomicU64,
     pub upstream_published: AtomicU64,
     pub upstream_acked: AtomicU64,
     pub upstream_retransmitted: AtomicU64,
@@ -127,6 +128,7 @@ impl Metrics {
         counter("gateway_readings_accepted_total", "Readings merged into a window.", c(&self.readings_accepted));
         counter("gateway_summaries_produced_total", "Window summaries produced.", c(&self.summaries_produced));
         counter("gateway_source_connections_total", "Successful source broker connections.", c(&self.source_connections));
+        counter("gateway_source_subscriptions_total", "Subscriptions granted by source brokers.", c(&self.source_subscriptions));
         counter("gateway_source_disconnects_total", "Source broker connections lost.", c(&self.source_disconnects));
         counter("gateway_upstream_published_total", "Publishes sent upstream, retransmissions included.", c(&self.upstream_published));
         counter("gateway_upstream_acked_total", "Records acknowledged by the upstream broker (delivered).", c(&self.upstream_acked));

@@ -1,0 +1,425 @@
+//! Test harness for end-to-end tests: real binaries, real brokers, real
+//! sockets and files.
+//!
+//! - [`Broker`]: an MQTT broker in its own process (the embedded rumqttd of
+//!   `sensor-sim broker`, or Mosquitto), which can be stopped and restarted on
+//!   the same port.
+//! - [`Gateway`]: the `sensor-gateway` binary run with a config file, its
+//!   metrics file readable, stoppable with SIGTERM.
+//! - [`Subscriber`] and [`Publisher`]: plain rumqttc clients.
+//!
+//! Waiting is always for an observable condition with a deadline, never a
+//! sleep that hopes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+pub use sensor_sim::uplink::Uplink;
+
+/// Path of a binary built by this workspace (next to the test executable).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Repository root (for configs/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Rumqttd,
+    Mosquitto,
+}
+
+/// A broker in its own process.
+pub struct Broker {
+    pub kind: BrokerKind,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// Whether Mosquitto can be used; with `REQUIRE_MOSQUITTO=1` its absence
+/// fails the test instead of skipping it.
+pub fn mosquitto_available() -> bool {
+    let found = Command::new("mosquitto")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found && std::env::var("REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
+        panic!("REQUIRE_MOSQUITTO=1 but `mosquitto` is not installed (Debian package `mosquitto`)");
+    }
+    if !found {
+        eprintln!("mosquitto is not installed; skipping this Mosquitto test (set REQUIRE_MOSQUITTO=1 to fail instead)");
+    }
+    found
+}
+
+impl Broker {
+    pub async fn start(kind: BrokerKind) -> Broker {
+        let mut b = Broker {
+            kind,
+            addr: free_addr(),
+            child: None,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        };
+        b.restart().await;
+        b
+    }
+
+    /// Starts (again) on the same port.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log file");
+        let child = match self.kind {
+            BrokerKind::Rumqttd => Command::new(bin("sensor-sim"))
+                .args(["broker", "--listen", &self.addr.to_string()])
+                .env("RUST_LOG", "off")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn(),
+            BrokerKind::Mosquitto => {
+                let conf = self.dir.path().join("mosquitto.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n",
+                        self.addr.port()
+                    ),
+                )
+                .expect("write mosquitto.conf");
+                Command::new("mosquitto")
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+            }
+        }
+        .expect("start the broker");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(Instant::now() < deadline, "{:?} did not listen on {} within 10 s", self.kind, self.addr);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the broker process (SIGKILL): a crash or power loss, not a
+    /// polite shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The real `sensor-gateway` binary.
+pub struct Gateway {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Writes `config` and starts `sensor-gateway run` on it.
+    pub fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).expect("write the gateway config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("gateway log file");
+        let child = Command::new(bin("sensor-gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--metrics-file")
+            .arg(dir.path().join("metrics.prom"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sensor-gateway");
+        Gateway { child: Some(child), dir }
+    }
+
+    /// The latest metrics snapshot: name (with labels) to value.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let text = std::fs::read_to_string(self.dir.path().join("metrics.prom")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics().get(name).copied().unwrap_or(0.0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("gateway running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the gateway") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the gateway did not exit within {within:?} of SIGTERM\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- gateway log ----\n{}", self.log());
+        }
+    }
+}
+
+/// An upstream consumer that records every JSON message it receives.
+pub struct Subscriber {
+    pub messages: Arc<Mutex<Vec<serde_json::Value>>>,
+    suback_count: Arc<Mutex<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects to `addr` and subscribes to `filter`, reconnecting and
+    /// resubscribing forever.
+    pub async fn start(addr: SocketAddr, filter: &str) -> Subscriber {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let suback_count = Arc::new(Mutex::new(0));
+        let (m, s, f) = (messages.clone(), suback_count.clone(), filter.to_owned());
+        let id = format!("e2e-sub-{}", addr.port());
+        let task = tokio::spawn(async move {
+            loop {
+                let mut opts = MqttOptions::new(id.clone(), addr.ip().to_string(), addr.port());
+                opts.set_keep_alive(Duration::from_secs(30));
+                opts.set_max_packet_size(1 << 20, 1 << 20);
+                let (client, mut el) = AsyncClient::new(opts, 16);
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().expect("lock") += 1,
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            let v = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                            m.lock().expect("lock").push(v);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let sub = Subscriber {
+            messages,
+            suback_count,
+            task,
+        };
+        sub.wait_subscribed(1).await;
+        sub
+    }
+
+    pub fn subscriptions(&self) -> u64 {
+        *self.suback_count.lock().expect("lock")
+    }
+
+    /// Waits until the `n`-th SUBACK arrived (one per (re)connection).
+    pub async fn wait_subscribed(&self, n: u64) {
+        let c = self.suback_count.clone();
+        wait_until("the subscription", Duration::from_secs(15), || *c.lock().expect("lock") >= n).await;
+    }
+
+    pub fn snapshot(&self) -> Vec<serde_json::Value> {
+        self.messages.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `n` distinct sequence numbers arrived.
+    pub async fn wait_for_unique(&self, n: usize, within: Duration) -> Vec<serde_json::Value> {
+        let m = self.messages.clone();
+        wait_until(&format!("{n} distinct summaries upstream"), within, || unique_seqs(&m.lock().expect("lock")).len() >= n)
+            .await;
+        self.snapshot()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The distinct `seq` values of summaries, in order of first arrival.
+pub fn unique_seqs(messages: &[serde_json::Value]) -> Vec<u64> {
+    let mut seen = std::collections::HashSet::new();
+    messages
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .filter(|s| seen.insert(*s))
+        .collect()
+}
+
+/// Keeps the first copy of each `seq` (what an upstream consumer does).
+pub fn dedupe(messages: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut seen = std::collections::HashSet::new();
+    messages
+        .iter()
+        .filter(|m| m["seq"].as_u64().is_some_and(|s| seen.insert(s)))
+        .cloned()
+        .collect()
+}
+
+/// A plant-side publisher with QoS 1: `send` returns when the broker has
+/// acknowledged every message.
+pub struct Publisher {
+    client: AsyncClient,
+    acked: Arc<Mutex<u64>>,
+    sent: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub async fn connect(addr: SocketAddr) -> Publisher {
+        let mut opts = MqttOptions::new(format!("e2e-pub-{}", addr.port()), addr.ip().to_string(), addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut el) = AsyncClient::new(opts, 1000);
+        let acked = Arc::new(Mutex::new(0));
+        let a = acked.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => *a.lock().expect("lock") += 1,
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        Publisher {
+            client,
+            acked,
+            sent: 0,
+            task,
+        }
+    }
+
+    pub async fn send(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("queue a publish");
+        self.sent += 1;
+    }
+
+    /// Waits until the broker acknowledged everything sent so far.
+    pub async fn flush(&self) {
+        let (a, n) = (self.acked.clone(), self.sent);
+        wait_until("the broker's PUBACKs", Duration::from_secs(15), || *a.lock().expect("lock") >= n).await;
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A gateway config for tests: one MQTT source, 1 s windows, fast metrics.
+pub fn gateway_config(source: SocketAddr, upstream: SocketAddr, extra_rules: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-e2e"
+state_dir = "/nonexistent-not-used-yet"
+metrics_interval = "100ms"
+
+[[source]]
+kind = "mqtt"
+name = "plant"
+broker = "{source}"
+client_id = "gw-e2e-source-{sport}"
+topic_template = "plant/{{line}}/{{machine}}/{{sensor}}"
+qos = 1
+
+{extra_rules}
+
+[pipeline]
+default_window = "1s"
+allowed_lateness = "0s"
+
+[upstream]
+broker = "{upstream}"
+client_id = "gw-e2e-{uport}"
+reconnect_backoff_max = "1s"
+shutdown_grace = "5s"
+"#,
+        sport = source.port(),
+        uport = upstream.port(),
+    )
+}

@@ -80,6 +80,8 @@ pub async fn run(
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
                     tracing::error!(source = %cfg.name, "The source broker refused a subscription; check its ACLs for the configured topics.");
+                } else {
+                    metrics.source_subscriptions.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(_) => {}

@@ -1,0 +1,78 @@
+//! The `sensor-gateway` command line: `check` on every shipped config, and
+//! on a config with several mistakes.
+
+use std::path::Path;
+use std::process::Command;
+
+fn gateway() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sensor-gateway"))
+}
+
+fn configs_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+}
+
+#[test]
+fn every_gateway_config_in_configs_passes_check() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(configs_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // Scenario files of the simulator are checked by sensor-sim's tests.
+        if path.extension().is_none_or(|e| e != "toml") || name.starts_with("sim-") {
+            continue;
+        }
+        let out = gateway().arg("check").arg("--config").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name} fails check:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let effective = String::from_utf8_lossy(&out.stdout);
+        assert!(effective.contains("[upstream]"), "{name}: effective config printed");
+        checked += 1;
+    }
+    assert!(checked >= 2, "configs/ holds gateway configs");
+}
+
+#[test]
+fn three_mistakes_are_reported_together_with_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"[gateway]
+id = "gw"
+
+[[source]]
+kind = "mqtt"
+broker = "127.0.0.1:1883"
+topic_template = "plant/{line}/{machine}/{sensor}"
+qos = 5
+
+[[sensor]]
+match = "*/temp"
+window = "ten seconds"
+
+[upstream]
+broker = "127.0.0.1:1884"
+inflght = 10
+"#,
+    )
+    .unwrap();
+    let out = gateway().arg("check").arg("--config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has 3 mistakes"), "{err}");
+    assert!(err.contains("bad.toml:8:7: QoS 5 does not exist"), "{err}");
+    assert!(err.contains("bad.toml:12:10: `ten seconds` is not a duration"), "{err}");
+    assert!(err.contains("bad.toml:16:1: unknown field `inflght`"), "{err}");
+    assert_eq!(err.matches("hint:").count(), 3, "{err}");
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = gateway().args(["check", "--config", "/nonexistent/gateway.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/gateway.toml"));
+}
