@@ -97,7 +97,10 @@ pub fn decode(format: &PayloadFormat, payload: &[u8]) -> Result<Decoded, DecodeE
     match format {
         PayloadFormat::Number => {
             let text = std::str::from_utf8(payload).map_err(|_| DecodeError::NotUtf8)?;
-            let value = text.trim().parse::<f64>().map_err(|_| DecodeError::NotANumber)?;
+            let value = text
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| DecodeError::NotANumber)?;
             Ok(Decoded {
                 value,
                 ts_ms: None,
@@ -216,7 +219,10 @@ impl<'de> Deserialize<'de> for Scalar<'de> {
                 while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Scalar::Other)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Scalar<'de>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Scalar<'de>, A::Error> {
                 while s.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Scalar::Other)
             }
@@ -255,7 +261,9 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
                 }
             } else if Some(key.as_ref()) == self.sequence_field {
                 match map.next_value::<Scalar>()? {
-                    Scalar::Num(n) if n >= 0.0 && n.fract() == 0.0 && n < 9.007_199_254_740_992e15 => {
+                    Scalar::Num(n)
+                        if n >= 0.0 && n.fract() == 0.0 && n < 9.007_199_254_740_992e15 =>
+                    {
                         found.seq = Some(n as u64)
                     }
                     _ => return Err(A::Error::custom(format!("seq\u{1f}{key}"))),
@@ -356,8 +364,14 @@ mod tests {
 
     #[test]
     fn bare_numbers() {
-        assert_eq!(decode(&PayloadFormat::Number, b" 42.5\n").unwrap().value, 42.5);
-        assert!(decode(&PayloadFormat::Number, b"NaN").unwrap().value.is_nan());
+        assert_eq!(
+            decode(&PayloadFormat::Number, b" 42.5\n").unwrap().value,
+            42.5
+        );
+        assert!(decode(&PayloadFormat::Number, b"NaN")
+            .unwrap()
+            .value
+            .is_nan());
         assert_eq!(
             decode(&PayloadFormat::Number, b"4x").unwrap_err(),
             DecodeError::NotANumber

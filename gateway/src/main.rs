@@ -11,7 +11,11 @@ use sensor_gateway::runtime::RunOptions;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sensor-gateway", version, about = "Edge gateway: sensor readings in, windowed summaries upstream over MQTT")]
+#[command(
+    name = "sensor-gateway",
+    version,
+    about = "Edge gateway: sensor readings in, windowed summaries upstream over MQTT"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, metrics_file } => {
+        Command::Run {
+            config,
+            metrics_file,
+        } => {
             init_logging();
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -102,7 +109,10 @@ fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
 /// at once.
 async fn wait_for_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("Cannot install signal handlers; stop the gateway with SIGKILL.");
         return;
     };

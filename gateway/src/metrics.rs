@@ -124,31 +124,104 @@ impl Metrics {
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        counter("gateway_messages_received_total", "Messages read from all sources.", c(&self.messages_received));
-        counter("gateway_readings_accepted_total", "Readings merged into a window.", c(&self.readings_accepted));
-        counter("gateway_summaries_produced_total", "Window summaries produced.", c(&self.summaries_produced));
-        counter("gateway_source_connections_total", "Successful source broker connections.", c(&self.source_connections));
-        counter("gateway_source_subscriptions_total", "Subscriptions granted by source brokers.", c(&self.source_subscriptions));
-        counter("gateway_source_disconnects_total", "Source broker connections lost.", c(&self.source_disconnects));
-        counter("gateway_upstream_published_total", "Publishes sent upstream, retransmissions included.", c(&self.upstream_published));
-        counter("gateway_upstream_acked_total", "Records acknowledged by the upstream broker (delivered).", c(&self.upstream_acked));
-        counter("gateway_upstream_retransmitted_total", "Records sent again after a reconnect.", c(&self.upstream_retransmitted));
-        counter("gateway_upstream_connections_total", "Successful upstream connections.", c(&self.upstream_connections));
-        counter("gateway_upstream_disconnects_total", "Upstream connections lost or refused.", c(&self.upstream_disconnects));
-        counter("gateway_upstream_undelivered_at_shutdown_total", "Records still queued when the gateway stopped.", c(&self.upstream_undelivered_at_shutdown));
+        counter(
+            "gateway_messages_received_total",
+            "Messages read from all sources.",
+            c(&self.messages_received),
+        );
+        counter(
+            "gateway_readings_accepted_total",
+            "Readings merged into a window.",
+            c(&self.readings_accepted),
+        );
+        counter(
+            "gateway_summaries_produced_total",
+            "Window summaries produced.",
+            c(&self.summaries_produced),
+        );
+        counter(
+            "gateway_source_connections_total",
+            "Successful source broker connections.",
+            c(&self.source_connections),
+        );
+        counter(
+            "gateway_source_subscriptions_total",
+            "Subscriptions granted by source brokers.",
+            c(&self.source_subscriptions),
+        );
+        counter(
+            "gateway_source_disconnects_total",
+            "Source broker connections lost.",
+            c(&self.source_disconnects),
+        );
+        counter(
+            "gateway_upstream_published_total",
+            "Publishes sent upstream, retransmissions included.",
+            c(&self.upstream_published),
+        );
+        counter(
+            "gateway_upstream_acked_total",
+            "Records acknowledged by the upstream broker (delivered).",
+            c(&self.upstream_acked),
+        );
+        counter(
+            "gateway_upstream_retransmitted_total",
+            "Records sent again after a reconnect.",
+            c(&self.upstream_retransmitted),
+        );
+        counter(
+            "gateway_upstream_connections_total",
+            "Successful upstream connections.",
+            c(&self.upstream_connections),
+        );
+        counter(
+            "gateway_upstream_disconnects_total",
+            "Upstream connections lost or refused.",
+            c(&self.upstream_disconnects),
+        );
+        counter(
+            "gateway_upstream_undelivered_at_shutdown_total",
+            "Records still queued when the gateway stopped.",
+            c(&self.upstream_undelivered_at_shutdown),
+        );
         let _ = writeln!(s, "# HELP gateway_readings_rejected_total Messages or readings dropped, by reason.\n# TYPE gateway_readings_rejected_total counter");
         for r in Reject::ALL {
-            let _ = writeln!(s, "gateway_readings_rejected_total{{reason=\"{}\"}} {}", r.name(), self.rejected(r));
+            let _ = writeln!(
+                s,
+                "gateway_readings_rejected_total{{reason=\"{}\"}} {}",
+                r.name(),
+                self.rejected(r)
+            );
         }
         let _ = writeln!(s, "# HELP gateway_upstream_dropped_total Records dropped before delivery, by reason.\n# TYPE gateway_upstream_dropped_total counter");
-        let _ = writeln!(s, "gateway_upstream_dropped_total{{reason=\"queue_full\"}} {}", c(&self.upstream_dropped_queue_full));
-        let _ = writeln!(s, "gateway_upstream_dropped_total{{reason=\"oversize\"}} {}", c(&self.upstream_dropped_oversize));
+        let _ = writeln!(
+            s,
+            "gateway_upstream_dropped_total{{reason=\"queue_full\"}} {}",
+            c(&self.upstream_dropped_queue_full)
+        );
+        let _ = writeln!(
+            s,
+            "gateway_upstream_dropped_total{{reason=\"oversize\"}} {}",
+            c(&self.upstream_dropped_oversize)
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge("gateway_upstream_connected", "1 while the upstream broker is connected.", g(&self.upstream_connected));
-        gauge("gateway_upstream_queue_records", "Records waiting for delivery.", g(&self.upstream_queue_records));
-        gauge("gateway_upstream_queue_bytes", "Bytes of records waiting for delivery.", g(&self.upstream_queue_bytes));
+        gauge(
+            "gateway_upstream_connected",
+            "1 while the upstream broker is connected.",
+            g(&self.upstream_connected),
+        );
+        gauge(
+            "gateway_upstream_queue_records",
+            "Records waiting for delivery.",
+            g(&self.upstream_queue_records),
+        );
+        gauge(
+            "gateway_upstream_queue_bytes",
+            "Bytes of records waiting for delivery.",
+            g(&self.upstream_queue_bytes),
+        );
         s
     }
 
@@ -191,7 +264,8 @@ impl LogLimiter {
     /// `Some(suppressed_since_last)` when this occurrence should be logged.
     pub fn allow(&mut self, reason: Reject, now_ms: i64) -> Option<u64> {
         let i = reason.index();
-        if self.last_ms[i] == i64::MIN || now_ms.saturating_sub(self.last_ms[i]) >= self.interval_ms {
+        if self.last_ms[i] == i64::MIN || now_ms.saturating_sub(self.last_ms[i]) >= self.interval_ms
+        {
             self.last_ms[i] = now_ms;
             Some(std::mem::take(&mut self.suppressed[i]))
         } else {

@@ -81,7 +81,11 @@ impl SensorRegistry {
 
     /// Interns `info` under `wire_name`. Two wire names that map to the same
     /// sensor id share one key.
-    pub fn insert(&mut self, wire_name: &str, info: SensorInfo) -> Result<SensorKey, RegistryError> {
+    pub fn insert(
+        &mut self,
+        wire_name: &str,
+        info: SensorInfo,
+    ) -> Result<SensorKey, RegistryError> {
         if let Some(key) = self.by_id.get(&info.id).copied() {
             self.by_wire_name.insert(wire_name.into(), key);
             return Ok(key);

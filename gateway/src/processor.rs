@@ -142,14 +142,16 @@ impl Processor {
 
     /// Takes one raw message; closed windows are appended to `out`.
     pub fn ingest(&mut self, msg: &RawMessage, now_ms: i64, out: &mut Vec<Record>) {
-        self.metrics.messages_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.to_reading(msg) {
+        self.metrics
+            .messages_received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.decode_message(msg) {
             Ok(reading) => self.record(reading, now_ms, out),
             Err(reason) => self.rejected(reason, &msg.topic, None, now_ms),
         }
     }
 
-    fn to_reading(&mut self, msg: &RawMessage) -> Result<Reading, Reject> {
+    fn decode_message(&mut self, msg: &RawMessage) -> Result<Reading, Reject> {
         if msg.payload.len() > self.settings.max_payload_bytes {
             return Err(Reject::Oversize);
         }
@@ -163,9 +165,12 @@ impl Processor {
                     .template
                     .resolve(&msg.topic)
                     .ok_or(Reject::UnknownTopic)?;
-                let key = self.registry.insert(&msg.topic, info).map_err(|e| match e {
-                    RegistryError::Full(_) => Reject::SensorLimit,
-                })?;
+                let key = self
+                    .registry
+                    .insert(&msg.topic, info)
+                    .map_err(|e| match e {
+                        RegistryError::Full(_) => Reject::SensorLimit,
+                    })?;
                 if key.index() == self.sensors.len() {
                     self.add_sensor_state(key);
                 }
@@ -196,7 +201,10 @@ impl Processor {
         let (window_ms, range, stats) = match rule.map(|i| &self.settings.rules[i as usize]) {
             Some(r) => (
                 r.window.as_millis() as i64,
-                (r.min.unwrap_or(f64::NEG_INFINITY), r.max.unwrap_or(f64::INFINITY)),
+                (
+                    r.min.unwrap_or(f64::NEG_INFINITY),
+                    r.max.unwrap_or(f64::INFINITY),
+                ),
                 r.stats,
             ),
             None => (
@@ -205,7 +213,11 @@ impl Processor {
                 StatSet::ALL,
             ),
         };
-        let topic = self.settings.summary_topic.render(&self.settings.gateway_id, info).into();
+        let topic = self
+            .settings
+            .summary_topic
+            .render(&self.settings.gateway_id, info)
+            .into();
         self.sensors.push(SensorState {
             rule,
             window_ms: window_ms.max(1),
@@ -249,7 +261,9 @@ impl Processor {
         }
         state.max_event_ms = state.max_event_ms.max(r.ts_ms);
         state.last_arrival_ms = now_ms;
-        self.metrics.readings_accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .readings_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let watermark = state.max_event_ms - self.settings.allowed_lateness_ms;
         self.close_sensor(r.sensor, watermark, out);
     }
@@ -264,7 +278,11 @@ impl Processor {
                 continue;
             }
             let idle = now_ms.saturating_sub(s.last_arrival_ms) >= s.window_ms + lateness;
-            let watermark = if idle { i64::MAX } else { s.max_event_ms - lateness };
+            let watermark = if idle {
+                i64::MAX
+            } else {
+                s.max_event_ms - lateness
+            };
             self.close_sensor(SensorKey(i as u32), watermark, out);
         }
     }
@@ -321,7 +339,9 @@ impl Processor {
             };
             // Serializing plain numbers and strings into a Vec cannot fail.
             let payload = serde_json::to_vec(&summary).unwrap_or_default();
-            self.metrics.summaries_produced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .summaries_produced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             out.push(Record {
                 seq,
                 topic: topic.to_string(),
@@ -359,7 +379,9 @@ fn reject_sentence(r: Reject) -> &'static str {
         Reject::BadSequence => "the sequence field is not a non-negative integer",
         Reject::NonFinite => "the value is NaN or infinite",
         Reject::OutOfRange => "the value is outside the sensor rule's min..max",
-        Reject::Late => "its window was already sent (raise pipeline.allowed_lateness to accept later readings)",
+        Reject::Late => {
+            "its window was already sent (raise pipeline.allowed_lateness to accept later readings)"
+        }
     }
 }
 

@@ -66,7 +66,13 @@ pub async fn run(
     let processor = Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1);
     tracker.spawn(process(processor, raw_rx, rec_tx));
     let outbox = MemoryQueue::new(config.upstream.queue_max_bytes);
-    let sink = tracker.spawn(upstream::run(config.upstream.clone(), opts, outbox, rec_rx, metrics.clone()));
+    let sink = tracker.spawn(upstream::run(
+        config.upstream.clone(),
+        opts,
+        outbox,
+        rec_rx,
+        metrics.clone(),
+    ));
 
     let reporter_stop = CancellationToken::new();
     tracker.spawn(report(
@@ -87,7 +93,11 @@ pub async fn run(
 
 /// The core's task: feeds messages to the processor, ticks it, forwards
 /// closed windows, and flushes everything when its input closes.
-async fn process(mut processor: Processor, mut rx: mpsc::Receiver<RawMessage>, tx: mpsc::Sender<Record>) {
+async fn process(
+    mut processor: Processor,
+    mut rx: mpsc::Receiver<RawMessage>,
+    tx: mpsc::Sender<Record>,
+) {
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -107,7 +117,9 @@ async fn process(mut processor: Processor, mut rx: mpsc::Receiver<RawMessage>, t
         }
         for rec in out.drain(..) {
             if tx.send(rec).await.is_err() {
-                tracing::error!("The upstream sink stopped before the core; summaries cannot be delivered.");
+                tracing::error!(
+                    "The upstream sink stopped before the core; summaries cannot be delivered."
+                );
                 return;
             }
         }
@@ -119,11 +131,20 @@ async fn process(mut processor: Processor, mut rx: mpsc::Receiver<RawMessage>, t
             break;
         }
     }
-    tracing::info!(flushed_windows = flushed, sensors = processor.registry().len(), "Processing core stopped; open windows flushed.");
+    tracing::info!(
+        flushed_windows = flushed,
+        sensors = processor.registry().len(),
+        "Processing core stopped; open windows flushed."
+    );
 }
 
 /// Logs a metrics line and writes the metrics file periodically.
-async fn report(metrics: Arc<Metrics>, every: Duration, file: Option<PathBuf>, stop: CancellationToken) {
+async fn report(
+    metrics: Arc<Metrics>,
+    every: Duration,
+    file: Option<PathBuf>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
     loop {
         let stopping = tokio::select! {

@@ -174,7 +174,11 @@ impl OutputTemplate {
                     known.extend(known_labels.iter().cloned());
                     return Err(TemplateError(format!(
                         "unknown placeholder `{{{other}}}`; known placeholders: {}",
-                        known.iter().map(|k| format!("{{{k}}}")).collect::<Vec<_>>().join(", ")
+                        known
+                            .iter()
+                            .map(|k| format!("{{{k}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             });
@@ -240,8 +244,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        for bad in ["", "plant/#", "plant/x{a}", "plant/{a}/{a}", "plant/static", "plant/{}"] {
-            assert!(TopicTemplate::parse(bad).is_err(), "{bad} should be rejected");
+        for bad in [
+            "",
+            "plant/#",
+            "plant/x{a}",
+            "plant/{a}/{a}",
+            "plant/static",
+            "plant/{}",
+        ] {
+            assert!(
+                TopicTemplate::parse(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 

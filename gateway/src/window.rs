@@ -76,7 +76,10 @@ mod tests {
         // Reference: population statistics of 2, 4, 4, 4, 5, 5, 7, 9 are
         // mean 5 and standard deviation 2 (a textbook example).
         let mut w = WindowStats::new();
-        for (i, v) in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0].into_iter().enumerate() {
+        for (i, v) in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]
+            .into_iter()
+            .enumerate()
+        {
             w.push(v, 100 - i as i64);
         }
         assert_eq!(w.count, 8);

@@ -22,14 +22,22 @@ fn every_gateway_config_in_configs_passes_check() {
         if path.extension().is_none_or(|e| e != "toml") || name.starts_with("sim-") {
             continue;
         }
-        let out = gateway().arg("check").arg("--config").arg(&path).output().unwrap();
+        let out = gateway()
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{name} fails check:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         let effective = String::from_utf8_lossy(&out.stdout);
-        assert!(effective.contains("[upstream]"), "{name}: effective config printed");
+        assert!(
+            effective.contains("[upstream]"),
+            "{name}: effective config printed"
+        );
         checked += 1;
     }
     assert!(checked >= 2, "configs/ holds gateway configs");
@@ -60,19 +68,34 @@ inflght = 10
 "#,
     )
     .unwrap();
-    let out = gateway().arg("check").arg("--config").arg(&path).output().unwrap();
+    let out = gateway()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has 3 mistakes"), "{err}");
     assert!(err.contains("bad.toml:8:7: QoS 5 does not exist"), "{err}");
-    assert!(err.contains("bad.toml:12:10: `ten seconds` is not a duration"), "{err}");
-    assert!(err.contains("bad.toml:16:1: unknown field `inflght`"), "{err}");
+    assert!(
+        err.contains("bad.toml:12:10: `ten seconds` is not a duration"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:16:1: unknown field `inflght`"),
+        "{err}"
+    );
     assert_eq!(err.matches("hint:").count(), 3, "{err}");
 }
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
-    let out = gateway().args(["check", "--config", "/nonexistent/gateway.toml"]).output().unwrap();
+    let out = gateway()
+        .args(["check", "--config", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/gateway.toml"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("cannot read config file /nonexistent/gateway.toml"));
 }

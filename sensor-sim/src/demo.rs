@@ -78,7 +78,10 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
 pub async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {addr} after 10 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nothing listens on {addr} after 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -141,7 +144,12 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
 
     let metrics = Arc::new(Metrics::new());
     let gw_stop = CancellationToken::new();
-    let gateway = tokio::spawn(sensor_gateway::run(config, RunOptions::default(), metrics.clone(), gw_stop.clone()));
+    let gateway = tokio::spawn(sensor_gateway::run(
+        config,
+        RunOptions::default(),
+        metrics.clone(),
+        gw_stop.clone(),
+    ));
 
     let stats = Arc::new(PublishStats::default());
     let sim_stop = CancellationToken::new();
@@ -175,7 +183,10 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
         if outage && !restored && t >= timeline.outage_end {
             restored = true;
             uplink.restore();
-            println!("\n>> {:>3}s  UPLINK RESTORED: the backlog drains, oldest first\n", t.as_secs());
+            println!(
+                "\n>> {:>3}s  UPLINK RESTORED: the backlog drains, oldest first\n",
+                t.as_secs()
+            );
         }
         println!(
             "   [{:>3}s] readings published {:>6} | gateway: accepted {:>6} rejected {:>4} summaries {:>4} delivered {:>4} queued {:>3} | upstream {}",
@@ -193,7 +204,9 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
         }
     }
 
-    println!("\n>> stopping the simulator, then the gateway (it flushes open windows and delivers them)");
+    println!(
+        "\n>> stopping the simulator, then the gateway (it flushes open windows and delivers them)"
+    );
     sim_stop.cancel();
     sim.await??;
     // Let the last readings cross the plant broker before the gateway stops.
@@ -209,13 +222,20 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
     let accepted = metrics.readings_accepted.load(Ordering::Relaxed);
     let received = metrics.messages_received.load(Ordering::Relaxed);
     let produced = metrics.summaries_produced.load(Ordering::Relaxed);
-    let seen = seen.lock().map_err(|_| anyhow::anyhow!("watcher state poisoned"))?;
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("watcher state poisoned"))?;
     let missing: Vec<u64> = (1..=produced).filter(|s| !seen.seqs.contains(s)).collect();
     println!("\n== tally");
-    println!("   readings published by the simulator     {published} ({faults} deliberately faulty)");
+    println!(
+        "   readings published by the simulator     {published} ({faults} deliberately faulty)"
+    );
     println!("   messages received by the gateway        {received}");
     println!("   readings accepted into windows          {accepted}");
-    println!("   readings rejected, with reason          {}", metrics.rejected_total());
+    println!(
+        "   readings rejected, with reason          {}",
+        metrics.rejected_total()
+    );
     for r in Reject::ALL {
         let n = metrics.rejected(r);
         if n > 0 {
@@ -223,10 +243,21 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
         }
     }
     println!("   summaries produced by the gateway       {produced}");
-    println!("   summaries received upstream (unique)    {}", seen.seqs.len());
-    println!("   duplicates dropped by sequence number   {}", seen.messages - seen.seqs.len() as u64);
-    println!("   summaries missing upstream              {}", missing.len());
-    let ok = missing.is_empty() && received == published && accepted + metrics.rejected_total() == received;
+    println!(
+        "   summaries received upstream (unique)    {}",
+        seen.seqs.len()
+    );
+    println!(
+        "   duplicates dropped by sequence number   {}",
+        seen.messages - seen.seqs.len() as u64
+    );
+    println!(
+        "   summaries missing upstream              {}",
+        missing.len()
+    );
+    let ok = missing.is_empty()
+        && received == published
+        && accepted + metrics.rejected_total() == received;
     if ok {
         println!("\n   nothing lost: every reading is in a summary or counted with its reason, and every summary arrived.");
     } else {
@@ -257,7 +288,11 @@ async fn watch(addr: SocketAddr, seen: Arc<Mutex<Seen>>) {
                     }
                     Err(_) => return,
                 };
-                if fresh && v["sensor"].as_str().is_some_and(|s| s.starts_with("line1/m1/")) {
+                if fresh
+                    && v["sensor"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("line1/m1/"))
+                {
                     println!(
                         "   upstream <- seq {:>4} {:<22} n={:<3} mean={:>8.3} min={:>8.3} max={:>8.3}",
                         seq,

@@ -14,7 +14,11 @@ use sensor_sim::scenario::Scenario;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "sensor-sim", version, about = "Simulated plant machines for sensor-gateway")]
+#[command(
+    name = "sensor-sim",
+    version,
+    about = "Simulated plant machines for sensor-gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -94,8 +98,13 @@ fn main() -> ExitCode {
 }
 
 fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
-    let (h, p) = s.rsplit_once(':').with_context(|| format!("`{s}` is not host:port"))?;
-    Ok((h.to_owned(), p.parse().with_context(|| format!("`{p}` is not a port"))?))
+    let (h, p) = s
+        .rsplit_once(':')
+        .with_context(|| format!("`{s}` is not host:port"))?;
+    Ok((
+        h.to_owned(),
+        p.parse().with_context(|| format!("`{p}` is not a port"))?,
+    ))
 }
 
 fn run(cmd: Cmd) -> anyhow::Result<bool> {
@@ -103,10 +112,21 @@ fn run(cmd: Cmd) -> anyhow::Result<bool> {
         sensor_sim::broker::run_blocking(listen)?;
         return Ok(true);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cmd {
-            Cmd::Run { scenario, broker, rate, count, duration, qos, client_id } => {
+            Cmd::Run {
+                scenario,
+                broker,
+                rate,
+                count,
+                duration,
+                qos,
+                client_id,
+            } => {
                 let mut scenario = Scenario::load(&scenario)?;
                 if let Some(r) = rate {
                     anyhow::ensure!(r > 0.0, "--rate must be positive");
@@ -117,7 +137,11 @@ fn run(cmd: Cmd) -> anyhow::Result<bool> {
                     host,
                     port,
                     client_id,
-                    qos: if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+                    qos: if qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    },
                     count,
                     duration,
                 };
@@ -139,7 +163,11 @@ fn run(cmd: Cmd) -> anyhow::Result<bool> {
                 );
                 Ok(true)
             }
-            Cmd::Count { broker, topic, idle } => {
+            Cmd::Count {
+                broker,
+                topic,
+                idle,
+            } => {
                 let (host, port) = split_host_port(&broker)?;
                 let n = sensor_sim::publish::count(&host, port, &topic, idle).await?;
                 println!("received={n}");

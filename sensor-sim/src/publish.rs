@@ -112,7 +112,9 @@ pub async fn publish(
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
             let value = signal::sample(spec, *machine, elapsed.as_secs_f64(), &mut rng);
-            let payload = if scenario.fault_probability > 0.0 && rng.random::<f64>() < scenario.fault_probability {
+            let payload = if scenario.fault_probability > 0.0
+                && rng.random::<f64>() < scenario.fault_probability
+            {
                 stats.faults.fetch_add(1, Ordering::Relaxed);
                 fault(&mut rng)
             } else if scenario.payload == "number" {
@@ -120,7 +122,11 @@ pub async fn publish(
             } else {
                 format!(r#"{{"value":{value:.4},"ts":{now_ms},"seq":{}}}"#, seqs[i]).into_bytes()
             };
-            if client.publish(topic.clone(), opts.qos, false, payload).await.is_err() {
+            if client
+                .publish(topic.clone(), opts.qos, false, payload)
+                .await
+                .is_err()
+            {
                 break 'run;
             }
             sent += 1;
@@ -132,7 +138,11 @@ pub async fn publish(
     }
     // Let everything leave the client before disconnecting.
     let target = sent;
-    let counter = if opts.qos == QoS::AtMostOnce { written } else { acked };
+    let counter = if opts.qos == QoS::AtMostOnce {
+        written
+    } else {
+        acked
+    };
     let wait = tokio::time::timeout(Duration::from_secs(30), async {
         while counter.load(Ordering::Relaxed) < target {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -140,7 +150,11 @@ pub async fn publish(
     })
     .await;
     if wait.is_err() {
-        tracing::warn!(sent = target, confirmed = counter.load(Ordering::Relaxed), "Not every message was confirmed before the deadline.");
+        tracing::warn!(
+            sent = target,
+            confirmed = counter.load(Ordering::Relaxed),
+            "Not every message was confirmed before the deadline."
+        );
     }
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
@@ -161,7 +175,11 @@ fn fault(rng: &mut impl Rng) -> Vec<u8> {
 /// (after the first one). Does nothing else with them: the bare cost of
 /// receiving MQTT with rumqttc.
 pub async fn count(host: &str, port: u16, topic: &str, idle: Duration) -> anyhow::Result<u64> {
-    let mut opts = MqttOptions::new(format!("sensor-sim-count-{}", std::process::id()), host, port);
+    let mut opts = MqttOptions::new(
+        format!("sensor-sim-count-{}", std::process::id()),
+        host,
+        port,
+    );
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let mut n = 0u64;

@@ -83,20 +83,40 @@ fn default_seed() -> u64 {
 
 impl Scenario {
     pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read scenario {}", path.display()))?;
         Scenario::parse(&text).with_context(|| format!("scenario {} is invalid", path.display()))
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Scenario> {
         let s: Scenario = toml::from_str(text)?;
-        anyhow::ensure!(s.rate > 0.0 && s.rate.is_finite(), "rate must be a positive number");
-        anyhow::ensure!(s.lines > 0 && s.machines_per_line > 0, "lines and machines_per_line must be at least 1");
-        anyhow::ensure!(!s.sensors.is_empty(), "a scenario needs at least one [[sensor]]");
-        anyhow::ensure!(matches!(s.payload.as_str(), "json" | "number"), "payload must be \"json\" or \"number\"");
-        anyhow::ensure!((0.0..=1.0).contains(&s.fault_probability), "fault_probability must be within 0..1");
+        anyhow::ensure!(
+            s.rate > 0.0 && s.rate.is_finite(),
+            "rate must be a positive number"
+        );
+        anyhow::ensure!(
+            s.lines > 0 && s.machines_per_line > 0,
+            "lines and machines_per_line must be at least 1"
+        );
+        anyhow::ensure!(
+            !s.sensors.is_empty(),
+            "a scenario needs at least one [[sensor]]"
+        );
+        anyhow::ensure!(
+            matches!(s.payload.as_str(), "json" | "number"),
+            "payload must be \"json\" or \"number\""
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&s.fault_probability),
+            "fault_probability must be within 0..1"
+        );
         for sensor in &s.sensors {
-            for d in [&sensor.wear_start, &sensor.load_period].into_iter().flatten() {
-                humantime::parse_duration(d).with_context(|| format!("sensor {}: `{d}` is not a duration", sensor.name))?;
+            for d in [&sensor.wear_start, &sensor.load_period]
+                .into_iter()
+                .flatten()
+            {
+                humantime::parse_duration(d)
+                    .with_context(|| format!("sensor {}: `{d}` is not a duration", sensor.name))?;
             }
         }
         Ok(s)
@@ -115,7 +135,13 @@ impl Scenario {
         let line = machine / self.machines_per_line;
         let m = machine % self.machines_per_line;
         (
-            format!("{}/line{}/m{}/{}", self.topic_prefix, line + 1, m + 1, self.sensors[sensor].name),
+            format!(
+                "{}/line{}/m{}/{}",
+                self.topic_prefix,
+                line + 1,
+                m + 1,
+                self.sensors[sensor].name
+            ),
             sensor,
             machine,
         )
@@ -124,10 +150,14 @@ impl Scenario {
 
 impl SensorSpec {
     pub fn wear_start(&self) -> Option<Duration> {
-        self.wear_start.as_deref().and_then(|d| humantime::parse_duration(d).ok())
+        self.wear_start
+            .as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
     }
 
     pub fn load_period(&self) -> Option<Duration> {
-        self.load_period.as_deref().and_then(|d| humantime::parse_duration(d).ok())
+        self.load_period
+            .as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
     }
 }

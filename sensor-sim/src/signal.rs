@@ -29,7 +29,8 @@ pub fn sample(spec: &SensorSpec, machine: u32, t: f64, rng: &mut impl Rng) -> f6
     // Machines differ a little from each other, deterministically.
     let machine_offset = ((machine as f64 * 0.618_034).fract() - 0.5) * 0.1 * spec.base.abs();
     let hours = t / 3600.0;
-    let mut v = spec.base + machine_offset + spec.drift_per_hour * hours + spec.noise * gaussian(rng);
+    let mut v =
+        spec.base + machine_offset + spec.drift_per_hour * hours + spec.noise * gaussian(rng);
     match spec.kind {
         SignalKind::Temperature => {}
         SignalKind::Vibration => {

@@ -41,7 +41,12 @@ impl Uplink {
     }
 }
 
-async fn relay(mut listener: Option<TcpListener>, listen: SocketAddr, target: SocketAddr, mut state: watch::Receiver<bool>) {
+async fn relay(
+    mut listener: Option<TcpListener>,
+    listen: SocketAddr,
+    target: SocketAddr,
+    mut state: watch::Receiver<bool>,
+) {
     loop {
         if !*state.borrow() {
             // Refuse connections while cut by not listening at all.

@@ -18,7 +18,12 @@ fn every_scenario_in_configs_parses() {
     let mut n = 0;
     for entry in std::fs::read_dir(configs_dir()).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("sim-") {
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("sim-")
+        {
             sensor_sim::scenario::Scenario::load(&path).unwrap();
             n += 1;
         }
@@ -36,7 +41,10 @@ impl Drop for Kill {
 
 #[test]
 fn run_publishes_exactly_count_messages_to_the_embedded_broker() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let _broker = Kill(
         sim()
             .args(["broker", "--listen", &addr.to_string()])
@@ -50,7 +58,15 @@ fn run_publishes_exactly_count_messages_to_the_embedded_broker() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut counter = sim()
-        .args(["count", "--broker", &addr.to_string(), "--topic", "plant/#", "--idle", "1s"])
+        .args([
+            "count",
+            "--broker",
+            &addr.to_string(),
+            "--topic",
+            "plant/#",
+            "--idle",
+            "1s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -60,16 +76,35 @@ fn run_publishes_exactly_count_messages_to_the_embedded_broker() {
     let mut line = String::new();
     while !line.contains("subscribed") {
         line.clear();
-        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "counter exited early");
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "counter exited early"
+        );
     }
     let out = sim()
         .args(["run", "--scenario"])
         .arg(configs_dir().join("sim-plant.toml"))
-        .args(["--broker", &addr.to_string(), "--count", "1500", "--rate", "5000", "--qos", "1"])
+        .args([
+            "--broker",
+            &addr.to_string(),
+            "--count",
+            "1500",
+            "--rate",
+            "5000",
+            "--qos",
+            "1",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("published=1500 "));
     let counted = counter.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&counted.stdout).trim(), "received=1500");
+    assert_eq!(
+        String::from_utf8_lossy(&counted.stdout).trim(),
+        "received=1500"
+    );
 }

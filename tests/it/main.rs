@@ -20,7 +20,11 @@ use sensor_gateway_e2e::Gateway;
 pub async fn wait_ready(gw: &Gateway) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while gw.metric("gateway_source_subscriptions_total") < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the gateway never subscribed\n{}", gw.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never subscribed\n{}",
+            gw.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -20,13 +20,21 @@ async fn upstream_outage_loses_nothing_mosquitto() {
     }
 }
 
-async fn publish_windows(publisher: &mut Publisher, base: i64, windows: std::ops::Range<i64>, per_window: u64) {
+async fn publish_windows(
+    publisher: &mut Publisher,
+    base: i64,
+    windows: std::ops::Range<i64>,
+    per_window: u64,
+) {
     for w in windows {
         for sensor in ["l1/m1/temp", "l1/m2/temp"] {
             for i in 0..per_window {
                 let ts = base + w * 1000 + i as i64 * 10;
                 publisher
-                    .send(&format!("plant/{sensor}"), format!(r#"{{"value":{},"ts":{ts}}}"#, w * 100 + i as i64))
+                    .send(
+                        &format!("plant/{sensor}"),
+                        format!(r#"{{"value":{},"ts":{ts}}}"#, w * 100 + i as i64),
+                    )
                     .await;
             }
         }
@@ -40,7 +48,9 @@ async fn outage(kind: BrokerKind) {
     // The gateway reaches upstream through a relay that the test can hold
     // closed until the test's own subscriber is back, so that no summary is
     // published to a broker nobody is subscribed to.
-    let uplink = Uplink::start("127.0.0.1:0".parse().unwrap(), upstream.addr).await.unwrap();
+    let uplink = Uplink::start("127.0.0.1:0".parse().unwrap(), upstream.addr)
+        .await
+        .unwrap();
     let sub = Subscriber::start(upstream.addr, "gateways/#").await;
     let gw = Gateway::start(&gateway_config(source.addr, uplink.listen, ""));
     wait_ready(&gw).await;
@@ -56,9 +66,11 @@ async fn outage(kind: BrokerKind) {
     upstream.kill();
     publish_windows(&mut publisher, base, 2..12, 20).await;
     // 10 windows x 2 sensors = 20 summaries wait in the gateway.
-    wait_until("20 summaries queued during the outage", Duration::from_secs(20), || {
-        gw.metric("gateway_upstream_queue_records") >= 20.0
-    })
+    wait_until(
+        "20 summaries queued during the outage",
+        Duration::from_secs(20),
+        || gw.metric("gateway_upstream_queue_records") >= 20.0,
+    )
     .await;
     assert_eq!(gw.metric("gateway_summaries_produced_total"), 24.0);
     assert!(gw.metric("gateway_upstream_disconnects_total") >= 1.0);
@@ -70,13 +82,25 @@ async fn outage(kind: BrokerKind) {
     let messages = sub.wait_for_unique(24, Duration::from_secs(30)).await;
 
     let seqs = unique_seqs(&messages);
-    assert_eq!(seqs, (1..=24).collect::<Vec<u64>>(), "every summary, in order");
+    assert_eq!(
+        seqs,
+        (1..=24).collect::<Vec<u64>>(),
+        "every summary, in order"
+    );
     let summaries = dedupe(&messages);
     let total: u64 = summaries.iter().map(|s| s["count"].as_u64().unwrap()).sum();
-    assert_eq!(total, 12 * 2 * 20, "every reading is in exactly one delivered summary");
+    assert_eq!(
+        total,
+        12 * 2 * 20,
+        "every reading is in exactly one delivered summary"
+    );
     wait_until("the queue to drain", Duration::from_secs(10), || {
-        gw.metric("gateway_upstream_queue_records") == 0.0 && gw.metric("gateway_upstream_acked_total") >= 24.0
+        gw.metric("gateway_upstream_queue_records") == 0.0
+            && gw.metric("gateway_upstream_acked_total") >= 24.0
     })
     .await;
-    assert_eq!(gw.metric("gateway_upstream_dropped_total{reason=\"queue_full\"}"), 0.0);
+    assert_eq!(
+        gw.metric("gateway_upstream_dropped_total{reason=\"queue_full\"}"),
+        0.0
+    );
 }

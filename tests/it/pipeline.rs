@@ -46,7 +46,10 @@ unit = "degC"
                 let ts = base + window * 1000 + (i as i64 * 997 / n as i64);
                 let value = si as f64 * 10.0 + (i as f64 * 0.37).sin() * 5.0 + window as f64;
                 publisher
-                    .send(&format!("plant/{sensor}"), format!(r#"{{"value":{value},"ts":{ts},"seq":{i}}}"#))
+                    .send(
+                        &format!("plant/{sensor}"),
+                        format!(r#"{{"value":{value},"ts":{ts},"seq":{i}}}"#),
+                    )
                     .await;
                 let e = expected
                     .entry((sensor.to_string(), base + window * 1000))
@@ -63,11 +66,20 @@ unit = "degC"
         ("plant/l1/m1/temp", "#@!{not json".into()),
         ("plant/l1/m1/temp", "{\"value\":12.5,\"ts\"".into()),
         ("plant/l1/m1/vib", "\u{0}\u{1}binary".into()),
-        ("plant/l1/m1/temp", format!(r#"{{"value":500.0,"ts":{base}}}"#)),
-        ("plant/l1/m2/temp", format!(r#"{{"value":-41.0,"ts":{base}}}"#)),
+        (
+            "plant/l1/m1/temp",
+            format!(r#"{{"value":500.0,"ts":{base}}}"#),
+        ),
+        (
+            "plant/l1/m2/temp",
+            format!(r#"{{"value":-41.0,"ts":{base}}}"#),
+        ),
         ("plant/l1/m1/vib", r#"{"reading":1.0}"#.into()),
         ("plant/l1/m1/vib", r#"{"value":"NaN"}"#.into()),
-        ("plant/l1/m1/vib", format!(r#"{{"value":1,"pad":"{}"}}"#, "x".repeat(5000))),
+        (
+            "plant/l1/m1/vib",
+            format!(r#"{{"value":1,"pad":"{}"}}"#, "x".repeat(5000)),
+        ),
     ];
     for (topic, payload) in bad {
         publisher.send(topic, payload.clone()).await;
@@ -76,11 +88,18 @@ unit = "degC"
 
     let messages = sub.wait_for_unique(6, Duration::from_secs(20)).await;
     let summaries = dedupe(&messages);
-    assert_eq!(summaries.len(), 6, "exactly one summary per sensor and window: {summaries:#?}");
+    assert_eq!(
+        summaries.len(),
+        6,
+        "exactly one summary per sensor and window: {summaries:#?}"
+    );
     let total: u64 = summaries.iter().map(|s| s["count"].as_u64().unwrap()).sum();
     assert_eq!(total, 240, "every valid reading is in exactly one summary");
     for s in &summaries {
-        let key = (s["sensor"].as_str().unwrap().to_owned(), s["window_start_ms"].as_i64().unwrap());
+        let key = (
+            s["sensor"].as_str().unwrap().to_owned(),
+            s["window_start_ms"].as_i64().unwrap(),
+        );
         let (count, min, max, sum) = expected[&key];
         assert_eq!(s["gateway"], "gw-e2e");
         assert_eq!(s["schema"], 1);
@@ -89,16 +108,27 @@ unit = "degC"
         assert_eq!(s["max"].as_f64().unwrap(), max, "{key:?}");
         let mean = s["mean"].as_f64().unwrap();
         assert!((mean - sum / count as f64).abs() < 1e-9, "{key:?}: {mean}");
-        assert!(s["max"].as_f64().unwrap() < 150.0, "out-of-range values never reach a summary");
+        assert!(
+            s["max"].as_f64().unwrap() < 150.0,
+            "out-of-range values never reach a summary"
+        );
     }
-    let mut seqs: Vec<u64> = summaries.iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    let mut seqs: Vec<u64> = summaries
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
     seqs.sort();
     assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
 
     // Every message is accounted for in the metrics.
-    wait_until("the metrics to show every message", Duration::from_secs(10), || {
-        gw.metric("gateway_messages_received_total") >= 248.0 && gw.metric("gateway_upstream_acked_total") >= 6.0
-    })
+    wait_until(
+        "the metrics to show every message",
+        Duration::from_secs(10),
+        || {
+            gw.metric("gateway_messages_received_total") >= 248.0
+                && gw.metric("gateway_upstream_acked_total") >= 6.0
+        },
+    )
     .await;
     let m = gw.metrics();
     let r = |reason: &str| m[&format!("gateway_readings_rejected_total{{reason=\"{reason}\"}}")];
@@ -111,5 +141,8 @@ unit = "degC"
     assert_eq!(r("oversize"), 1.0);
     assert_eq!(m["gateway_summaries_produced_total"], 6.0);
     assert_eq!(m["gateway_upstream_acked_total"], 6.0);
-    assert!(gw.log().contains("Dropped a reading"), "rejections are logged");
+    assert!(
+        gw.log().contains("Dropped a reading"),
+        "rejections are logged"
+    );
 }

@@ -18,7 +18,10 @@ async fn sigterm_flushes_open_windows_and_delivers_them() {
     let base = aligned_base_ms() - aligned_base_ms().rem_euclid(3_600_000) + 60_000;
     for i in 0..10 {
         publisher
-            .send("plant/l1/m1/slow", format!(r#"{{"value":{i},"ts":{}}}"#, base + i * 1000))
+            .send(
+                "plant/l1/m1/slow",
+                format!(r#"{{"value":{i},"ts":{}}}"#, base + i * 1000),
+            )
             .await;
     }
     publisher.flush().await;
@@ -26,10 +29,17 @@ async fn sigterm_flushes_open_windows_and_delivers_them() {
         gw.metric("gateway_readings_accepted_total") >= 10.0
     })
     .await;
-    assert!(sub.snapshot().is_empty(), "the one-hour window is still open");
+    assert!(
+        sub.snapshot().is_empty(),
+        "the one-hour window is still open"
+    );
 
     let status = gw.terminate(Duration::from_secs(15)).await;
-    assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{}", gw.log());
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{}",
+        gw.log()
+    );
     let messages = sub.wait_for_unique(1, Duration::from_secs(5)).await;
     assert_eq!(messages[0]["count"], 10);
     assert_eq!(messages[0]["max"], 9.0);

@@ -53,7 +53,10 @@ pub fn free_addr() -> SocketAddr {
 pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -105,7 +108,8 @@ impl Broker {
     /// Starts (again) on the same port.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "broker already running");
-        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log file");
+        let log =
+            std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log file");
         let child = match self.kind {
             BrokerKind::Rumqttd => Command::new(bin("sensor-sim"))
                 .args(["broker", "--listen", &self.addr.to_string()])
@@ -135,7 +139,12 @@ impl Broker {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(self.addr).await.is_err() {
-            assert!(Instant::now() < deadline, "{:?} did not listen on {} within 10 s", self.kind, self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "{:?} did not listen on {} within 10 s",
+                self.kind,
+                self.addr
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -181,12 +190,16 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("start sensor-gateway");
-        Gateway { child: Some(child), dir }
+        Gateway {
+            child: Some(child),
+            dir,
+        }
     }
 
     /// The latest metrics snapshot: name (with labels) to value.
     pub fn metrics(&self) -> HashMap<String, f64> {
-        let text = std::fs::read_to_string(self.dir.path().join("metrics.prom")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join("metrics.prom")).unwrap_or_default();
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
@@ -207,7 +220,10 @@ impl Gateway {
     /// Sends SIGTERM and waits for the process to exit.
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("gateway running");
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().expect("wait for the gateway") {
@@ -215,7 +231,10 @@ impl Gateway {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("the gateway did not exit within {within:?} of SIGTERM\n{}", self.log());
+                panic!(
+                    "the gateway did not exit within {within:?} of SIGTERM\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -267,7 +286,8 @@ impl Subscriber {
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().expect("lock") += 1,
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let v = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                            let v = serde_json::from_slice(&p.payload)
+                                .unwrap_or(serde_json::Value::Null);
                             m.lock().expect("lock").push(v);
                         }
                         Ok(_) => {}
@@ -293,7 +313,10 @@ impl Subscriber {
     /// Waits until the `n`-th SUBACK arrived (one per (re)connection).
     pub async fn wait_subscribed(&self, n: u64) {
         let c = self.suback_count.clone();
-        wait_until("the subscription", Duration::from_secs(15), || *c.lock().expect("lock") >= n).await;
+        wait_until("the subscription", Duration::from_secs(15), || {
+            *c.lock().expect("lock") >= n
+        })
+        .await;
     }
 
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
@@ -303,8 +326,10 @@ impl Subscriber {
     /// Waits until at least `n` distinct sequence numbers arrived.
     pub async fn wait_for_unique(&self, n: usize, within: Duration) -> Vec<serde_json::Value> {
         let m = self.messages.clone();
-        wait_until(&format!("{n} distinct summaries upstream"), within, || unique_seqs(&m.lock().expect("lock")).len() >= n)
-            .await;
+        wait_until(&format!("{n} distinct summaries upstream"), within, || {
+            unique_seqs(&m.lock().expect("lock")).len() >= n
+        })
+        .await;
         self.snapshot()
     }
 }
@@ -346,7 +371,11 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(addr: SocketAddr) -> Publisher {
-        let mut opts = MqttOptions::new(format!("e2e-pub-{}", addr.port()), addr.ip().to_string(), addr.port());
+        let mut opts = MqttOptions::new(
+            format!("e2e-pub-{}", addr.port()),
+            addr.ip().to_string(),
+            addr.port(),
+        );
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(opts, 1000);
@@ -380,7 +409,10 @@ impl Publisher {
     /// Waits until the broker acknowledged everything sent so far.
     pub async fn flush(&self) {
         let (a, n) = (self.acked.clone(), self.sent);
-        wait_until("the broker's PUBACKs", Duration::from_secs(15), || *a.lock().expect("lock") >= n).await;
+        wait_until("the broker's PUBACKs", Duration::from_secs(15), || {
+            *a.lock().expect("lock") >= n
+        })
+        .await;
     }
 }
 

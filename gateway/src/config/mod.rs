@@ -238,7 +238,13 @@ impl Config {
         let q = |q: rumqttc::QoS| q as u8;
         let mut s = String::new();
         let g = &self.gateway;
-        let _ = writeln!(s, "[gateway]\nid = {:?}\nstate_dir = {:?}\nmetrics_interval = {:?}\n", g.id, g.state_dir, d(g.metrics_interval));
+        let _ = writeln!(
+            s,
+            "[gateway]\nid = {:?}\nstate_dir = {:?}\nmetrics_interval = {:?}\n",
+            g.id,
+            g.state_dir,
+            d(g.metrics_interval)
+        );
         for src in &self.sources {
             match src {
                 SourceConfig::Mqtt(m) => {
@@ -365,7 +371,10 @@ impl<'a> Cx<'a> {
         let span = e.span().unwrap_or(fallback);
         let message = e.message().trim().to_owned();
         let hint = if message.starts_with("unknown field") {
-            Some("remove the field or fix its spelling; the accepted names are listed above".to_owned())
+            Some(
+                "remove the field or fix its spelling; the accepted names are listed above"
+                    .to_owned(),
+            )
         } else if message.starts_with("missing field") {
             Some("add the field; it has no default".to_owned())
         } else if message.starts_with("invalid type") {
@@ -396,7 +405,10 @@ impl<'a> Cx<'a> {
                     self.at(
                         s.span(),
                         format!("`{}` is not a duration: {e}", s.get_ref()),
-                        Some("write a number and a unit, such as \"500ms\", \"10s\" or \"5m\"".into()),
+                        Some(
+                            "write a number and a unit, such as \"500ms\", \"10s\" or \"5m\""
+                                .into(),
+                        ),
                     );
                     default
                 }
@@ -411,7 +423,11 @@ impl<'a> Cx<'a> {
             Some((1, _)) => rumqttc::QoS::AtLeastOnce,
             Some((2, _)) => rumqttc::QoS::ExactlyOnce,
             Some((n, span)) => {
-                self.at(span, format!("QoS {n} does not exist"), Some("use 0, 1 or 2".into()));
+                self.at(
+                    span,
+                    format!("QoS {n} does not exist"),
+                    Some("use 0, 1 or 2".into()),
+                );
                 default
             }
         }
@@ -426,14 +442,23 @@ impl<'a> Cx<'a> {
             .unwrap_or(text);
         let default_port = if tls { 8883 } else { 1883 };
         let parsed = match stripped.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() => port.parse::<u16>().ok().filter(|p| *p != 0).map(|p| (host, p)),
+            Some((host, port)) if !host.is_empty() => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .map(|p| (host, p)),
             Some(_) => None,
-            None if !stripped.is_empty() && !stripped.contains('/') => Some((stripped, default_port)),
+            None if !stripped.is_empty() && !stripped.contains('/') => {
+                Some((stripped, default_port))
+            }
             None => None,
         };
         match parsed {
             Some((host, port)) => BrokerAddr {
-                host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
                 port,
             },
             None => {
@@ -450,7 +475,12 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn positive<T: Copy + PartialOrd + Default + fmt::Display>(&mut self, v: &Option<Spanned<T>>, name: &str, default: T) -> T {
+    fn positive<T: Copy + PartialOrd + Default + fmt::Display>(
+        &mut self,
+        v: &Option<Spanned<T>>,
+        name: &str,
+        default: T,
+    ) -> T {
         match v {
             None => default,
             Some(s) if *s.get_ref() > T::default() => *s.get_ref(),
@@ -514,7 +544,11 @@ impl<'a> Cx<'a> {
         }
         let end = self.text.len()..self.text.len();
         if !saw_source {
-            self.at(end.clone(), "no `[[source]]` is configured, so the gateway would read nothing", Some("add a `[[source]]` with `kind = \"mqtt\"`".into()));
+            self.at(
+                end.clone(),
+                "no `[[source]]` is configured, so the gateway would read nothing",
+                Some("add a `[[source]]` with `kind = \"mqtt\"`".into()),
+            );
         }
         // Check every section that parsed before giving up on a missing one,
         // so that all mistakes are reported together.
@@ -523,13 +557,21 @@ impl<'a> Cx<'a> {
         let pipeline = self.pipeline(pipeline);
         let Some(gateway) = gateway else {
             if !saw_gateway {
-                self.at(0..0, "the `[gateway]` section is missing", Some("add `[gateway]` with `id = \"...\"`".into()));
+                self.at(
+                    0..0,
+                    "the `[gateway]` section is missing",
+                    Some("add `[gateway]` with `id = \"...\"`".into()),
+                );
             }
             return None;
         };
         let Some(upstream) = upstream else {
             if !saw_upstream {
-                self.at(end, "the `[upstream]` section is missing", Some("add `[upstream]` with `broker = \"host:port\"`".into()));
+                self.at(
+                    end,
+                    "the `[upstream]` section is missing",
+                    Some("add `[upstream]` with `broker = \"host:port\"`".into()),
+                );
             }
             return None;
         };
@@ -559,12 +601,20 @@ impl<'a> Cx<'a> {
         Some(config)
     }
 
-    fn array_of_tables(&mut self, value: Spanned<DeValue<'a>>, name: &str) -> Vec<Spanned<DeValue<'a>>> {
+    fn array_of_tables(
+        &mut self,
+        value: Spanned<DeValue<'a>>,
+        name: &str,
+    ) -> Vec<Spanned<DeValue<'a>>> {
         let span = value.span();
         match value.into_inner() {
             DeValue::Array(items) => items.into_iter().collect(),
             _ => {
-                self.at(span, format!("`{name}` must be a list of tables"), Some(format!("write each one under a `[[{name}]]` header")));
+                self.at(
+                    span,
+                    format!("`{name}` must be a list of tables"),
+                    Some(format!("write each one under a `[[{name}]]` header")),
+                );
                 Vec::new()
             }
         }
@@ -586,11 +636,19 @@ impl<'a> Cx<'a> {
             }
             Some((k, kspan)) => {
                 let hint = format!("known kinds: {}", SOURCE_KINDS.join(", "));
-                self.at(kspan, format!("unknown source kind `{}`", k.unwrap_or_default()), Some(hint));
+                self.at(
+                    kspan,
+                    format!("unknown source kind `{}`", k.unwrap_or_default()),
+                    Some(hint),
+                );
                 None
             }
             None => {
-                self.at(span, "a `[[source]]` has no `kind`", Some("add `kind = \"mqtt\"`".into()));
+                self.at(
+                    span,
+                    "a `[[source]]` has no `kind`",
+                    Some("add `kind = \"mqtt\"`".into()),
+                );
                 None
             }
         }
@@ -599,7 +657,13 @@ impl<'a> Cx<'a> {
     fn gateway(&mut self, raw: RawGateway) -> GatewayConfig {
         let id = raw.id.get_ref().trim().to_owned();
         if id.is_empty() || id.contains(['/', '+', '#']) {
-            self.at(raw.id.span(), format!("`{id}` is not a usable gateway id"), Some("use a non-empty name without `/`, `+` or `#`, such as \"press-line-1\"".into()));
+            self.at(
+                raw.id.span(),
+                format!("`{id}` is not a usable gateway id"),
+                Some(
+                    "use a non-empty name without `/`, `+` or `#`, such as \"press-line-1\"".into(),
+                ),
+            );
         }
         GatewayConfig {
             id,
@@ -615,11 +679,17 @@ impl<'a> Cx<'a> {
         let template = match TopicTemplate::parse(raw.topic_template.get_ref()) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.at(raw.topic_template.span(), format!("bad topic_template: {e}"), Some("example: \"plant/{line}/{machine}/{sensor}\"".into()));
+                self.at(
+                    raw.topic_template.span(),
+                    format!("bad topic_template: {e}"),
+                    Some("example: \"plant/{line}/{machine}/{sensor}\"".into()),
+                );
                 None
             }
         };
-        let template = template.unwrap_or_else(|| TopicTemplate::parse("{invalid}").expect("a literal valid template"));
+        let template = template.unwrap_or_else(|| {
+            TopicTemplate::parse("{invalid}").expect("a literal valid template")
+        });
         let topics = match raw.topics {
             Some(list) => list
                 .into_iter()
@@ -637,7 +707,11 @@ impl<'a> Cx<'a> {
             Some(p) => match p.format.get_ref().as_str() {
                 "number" => PayloadFormat::Number,
                 "json" => {
-                    let unit = match p.timestamp_unit.as_ref().map(|u| (u.get_ref().as_str(), u.span())) {
+                    let unit = match p
+                        .timestamp_unit
+                        .as_ref()
+                        .map(|u| (u.get_ref().as_str(), u.span()))
+                    {
                         None | Some(("ms", _)) => TimestampUnit::Milliseconds,
                         Some(("s", _)) => TimestampUnit::Seconds,
                         Some(("us", _)) => TimestampUnit::Microseconds,
@@ -648,18 +722,27 @@ impl<'a> Cx<'a> {
                     };
                     PayloadFormat::Json {
                         value_field: p.value_field.unwrap_or_else(|| "value".into()),
-                        timestamp_field: Some(p.timestamp_field.unwrap_or_else(|| "ts".into())).filter(|s| !s.is_empty()),
+                        timestamp_field: Some(p.timestamp_field.unwrap_or_else(|| "ts".into()))
+                            .filter(|s| !s.is_empty()),
                         timestamp_unit: unit,
-                        sequence_field: Some(p.sequence_field.unwrap_or_else(|| "seq".into())).filter(|s| !s.is_empty()),
+                        sequence_field: Some(p.sequence_field.unwrap_or_else(|| "seq".into()))
+                            .filter(|s| !s.is_empty()),
                     }
                 }
                 other => {
-                    self.at(p.format.span(), format!("unknown payload format `{other}`"), Some("use \"json\" or \"number\"".into()));
+                    self.at(
+                        p.format.span(),
+                        format!("unknown payload format `{other}`"),
+                        Some("use \"json\" or \"number\"".into()),
+                    );
                     PayloadFormat::json_default()
                 }
             },
         };
-        let name = raw.name.map(|n| n.into_inner()).unwrap_or_else(|| "mqtt".into());
+        let name = raw
+            .name
+            .map(|n| n.into_inner())
+            .unwrap_or_else(|| "mqtt".into());
         MqttSourceConfig {
             client_id: raw
                 .client_id
@@ -671,17 +754,29 @@ impl<'a> Cx<'a> {
             topics,
             qos: self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce),
             keep_alive: self.duration(&raw.keep_alive, Duration::from_secs(30)),
-            reconnect_backoff_max: self.duration(&raw.reconnect_backoff_max, Duration::from_secs(30)),
+            reconnect_backoff_max: self
+                .duration(&raw.reconnect_backoff_max, Duration::from_secs(30)),
             credentials: credentials(raw.username, raw.password),
             payload,
         }
     }
 
     fn rule(&mut self, raw: RawSensorRule) -> Option<SensorRule> {
-        let matcher = match globset::GlobBuilder::new(raw.pattern.get_ref()).literal_separator(false).build() {
+        let matcher = match globset::GlobBuilder::new(raw.pattern.get_ref())
+            .literal_separator(false)
+            .build()
+        {
             Ok(g) => Some(g.compile_matcher()),
             Err(e) => {
-                self.at(raw.pattern.span(), format!("`{}` is not a valid glob: {}", raw.pattern.get_ref(), e.kind()), Some("use `*` for any text, such as \"line1/*/temperature\"".into()));
+                self.at(
+                    raw.pattern.span(),
+                    format!(
+                        "`{}` is not a valid glob: {}",
+                        raw.pattern.get_ref(),
+                        e.kind()
+                    ),
+                    Some("use `*` for any text, such as \"line1/*/temperature\"".into()),
+                );
                 None
             }
         };
@@ -689,7 +784,15 @@ impl<'a> Cx<'a> {
         let max = raw.max.as_ref().map(|m| *m.get_ref());
         if let (Some(lo), Some(hi)) = (&raw.min, &raw.max) {
             if lo.get_ref() >= hi.get_ref() {
-                self.at(hi.span(), format!("`max` ({}) must be greater than `min` ({})", hi.get_ref(), lo.get_ref()), Some("swap them, or widen the range".into()));
+                self.at(
+                    hi.span(),
+                    format!(
+                        "`max` ({}) must be greater than `min` ({})",
+                        hi.get_ref(),
+                        lo.get_ref()
+                    ),
+                    Some("swap them, or widen the range".into()),
+                );
             }
         }
         for v in [&raw.min, &raw.max].into_iter().flatten() {
@@ -723,8 +826,14 @@ impl<'a> Cx<'a> {
                     other => {
                         let hint = did_you_mean(other, StatSet::NAMES)
                             .map(|s| format!("did you mean `{s}`?"))
-                            .unwrap_or_else(|| format!("known statistics: {}", StatSet::NAMES.join(", ")));
-                        self.at(list.span(), format!("unknown statistic `{other}`"), Some(hint));
+                            .unwrap_or_else(|| {
+                                format!("known statistics: {}", StatSet::NAMES.join(", "))
+                            });
+                        self.at(
+                            list.span(),
+                            format!("unknown statistic `{other}`"),
+                            Some(hint),
+                        );
                     }
                 }
             }
@@ -757,34 +866,64 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn upstream(&mut self, raw: RawUpstream, gateway_id: &str, labels: &[String]) -> Option<UpstreamConfig> {
+    fn upstream(
+        &mut self,
+        raw: RawUpstream,
+        gateway_id: &str,
+        labels: &[String],
+    ) -> Option<UpstreamConfig> {
         let tls = raw.tls.as_ref().map(|t| {
             let ca = match &t.ca_file {
                 Some(ca) => PathBuf::from(ca.get_ref()),
                 None => PathBuf::new(),
             };
             if t.ca_file.is_none() {
-                self.at(0..0, "`[upstream.tls]` needs `ca_file`", Some("point it at the PEM file of the CA that signed the broker's certificate".into()));
+                self.at(
+                    0..0,
+                    "`[upstream.tls]` needs `ca_file`",
+                    Some(
+                        "point it at the PEM file of the CA that signed the broker's certificate"
+                            .into(),
+                    ),
+                );
             }
             let client_auth = match (&t.client_cert_file, &t.client_key_file) {
-                (Some(c), Some(k)) => Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()))),
+                (Some(c), Some(k)) => {
+                    Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref())))
+                }
                 (None, None) => None,
                 (Some(c), None) => {
-                    self.at(c.span(), "`client_cert_file` is set without `client_key_file`", Some("set both or neither".into()));
+                    self.at(
+                        c.span(),
+                        "`client_cert_file` is set without `client_key_file`",
+                        Some("set both or neither".into()),
+                    );
                     None
                 }
                 (None, Some(k)) => {
-                    self.at(k.span(), "`client_key_file` is set without `client_cert_file`", Some("set both or neither".into()));
+                    self.at(
+                        k.span(),
+                        "`client_key_file` is set without `client_cert_file`",
+                        Some("set both or neither".into()),
+                    );
                     None
                 }
             };
-            TlsConfig { ca_file: ca, client_auth }
+            TlsConfig {
+                ca_file: ca,
+                client_auth,
+            }
         });
         let topic_text = raw
             .summary_topic
             .clone()
             .map(|t| (t.get_ref().clone(), t.span()))
-            .unwrap_or_else(|| ("gateways/{gateway}/summary/{sensor}".into(), raw.broker.span()));
+            .unwrap_or_else(|| {
+                (
+                    "gateways/{gateway}/summary/{sensor}".into(),
+                    raw.broker.span(),
+                )
+            });
         let summary_topic = match OutputTemplate::parse(&topic_text.0, labels) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -798,7 +937,8 @@ impl<'a> Cx<'a> {
                 self.at(q.span(), "upstream QoS must be 1", Some("summaries are delivered at least once: the gateway counts a summary delivered only on the broker's PUBACK".into()));
             }
         }
-        let queue_max_bytes = self.positive(&raw.queue_max_bytes, "queue_max_bytes", 8 * 1024 * 1024);
+        let queue_max_bytes =
+            self.positive(&raw.queue_max_bytes, "queue_max_bytes", 8 * 1024 * 1024);
         Some(UpstreamConfig {
             broker: self.broker(&raw.broker, tls.is_some()),
             client_id: raw
@@ -808,7 +948,8 @@ impl<'a> Cx<'a> {
             summary_topic: summary_topic?,
             qos,
             keep_alive: self.duration(&raw.keep_alive, Duration::from_secs(30)),
-            reconnect_backoff_max: self.duration(&raw.reconnect_backoff_max, Duration::from_secs(30)),
+            reconnect_backoff_max: self
+                .duration(&raw.reconnect_backoff_max, Duration::from_secs(30)),
             inflight: self.positive(&raw.inflight, "inflight", 32),
             queue_max_bytes,
             shutdown_grace: self.duration(&raw.shutdown_grace, Duration::from_secs(5)),
@@ -827,7 +968,13 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let col = offset - before.iter().rposition(|b| *b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
+    let col = offset
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|p| p + 1)
+            .unwrap_or(0)
+        + 1;
     (line, col)
 }
 

@@ -28,8 +28,17 @@ fn minimal_config_gets_defaults() {
     let SourceConfig::Mqtt(m) = &c.sources[0];
     assert_eq!(m.topics, vec!["plant/+/+/+".to_owned()]);
     assert_eq!(m.payload, PayloadFormat::json_default());
-    assert_eq!(c.upstream.broker, BrokerAddr { host: "127.0.0.1".into(), port: 1884 });
-    assert_eq!(c.upstream.summary_topic.as_str(), "gateways/{gateway}/summary/{sensor}");
+    assert_eq!(
+        c.upstream.broker,
+        BrokerAddr {
+            host: "127.0.0.1".into(),
+            port: 1884
+        }
+    );
+    assert_eq!(
+        c.upstream.summary_topic.as_str(),
+        "gateways/{gateway}/summary/{sensor}"
+    );
     assert_eq!(c.upstream.reconnect_backoff_max, Duration::from_secs(30));
     assert_eq!(c.upstream.inflight, 32);
     // The effective config is itself a valid config that means the same.
@@ -74,10 +83,23 @@ fn unknown_sections_kinds_and_stats_are_named() {
     );
     let diags = parse(&text).unwrap_err();
     let msgs: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
-    assert!(msgs.iter().any(|m| m.contains("unknown section `upstrem`")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("unknown source kind `modbus`")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("unknown statistic `stdev`")), "{msgs:?}");
-    let upstrem = diags.iter().find(|d| d.message.contains("upstrem")).unwrap();
+    assert!(
+        msgs.iter().any(|m| m.contains("unknown section `upstrem`")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("unknown source kind `modbus`")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("unknown statistic `stdev`")),
+        "{msgs:?}"
+    );
+    let upstrem = diags
+        .iter()
+        .find(|d| d.message.contains("upstrem"))
+        .unwrap();
     assert_eq!(upstrem.hint.as_deref(), Some("did you mean `upstream`?"));
 }
 
@@ -113,7 +135,10 @@ qos = 0
 #[test]
 fn missing_sections_are_reported() {
     let diags = parse("[gateway]\nid = \"g\"\n").unwrap_err();
-    assert!(diags.iter().any(|d| d.message.contains("[upstream]")), "{diags:#?}");
+    assert!(
+        diags.iter().any(|d| d.message.contains("[upstream]")),
+        "{diags:#?}"
+    );
 }
 
 #[test]

@@ -52,7 +52,11 @@ impl Check {
     fn new() -> Self {
         let metrics = Arc::new(Metrics::new());
         let p = Processor::new(CoreSettings::from_config(&config("")), metrics.clone(), 1);
-        Check { p, metrics, out: Vec::new() }
+        Check {
+            p,
+            metrics,
+            out: Vec::new(),
+        }
     }
 
     fn send(&mut self, topic: &str, payload: &str, now: i64) {
@@ -119,7 +123,10 @@ fn most_specific_rule_wins() {
     c.reading("plant/l1/m1/temp", 1.0, T0);
     c.reading("plant/l1/m1/temp", 1.0, T0 + 4_000);
     let s = c.summaries();
-    assert_eq!(s[0]["window_end_ms"].as_i64().unwrap() - s[0]["window_start_ms"].as_i64().unwrap(), 2000);
+    assert_eq!(
+        s[0]["window_end_ms"].as_i64().unwrap() - s[0]["window_start_ms"].as_i64().unwrap(),
+        2000
+    );
     assert!(s[0].get("unit").is_none(), "the 2 s rule has no unit");
 }
 
@@ -132,7 +139,11 @@ fn invalid_readings_are_counted_by_reason_and_never_summarised() {
     c.send("plant/l2/m1/temp", r#"{"value":-41}"#, now);
     c.send("plant/l2/m1/temp", "garbage", now);
     c.send("plant/l2/m1/temp", r#"{"temp":1}"#, now);
-    c.send("plant/l2/m1/temp", &format!(r#"{{"value":1,"pad":"{}"}}"#, "x".repeat(300)), now);
+    c.send(
+        "plant/l2/m1/temp",
+        &format!(r#"{{"value":1,"pad":"{}"}}"#, "x".repeat(300)),
+        now,
+    );
     c.send("plant/l2/m1", r#"{"value":1}"#, now);
     c.send("elsewhere/l2/m1/temp", r#"{"value":1}"#, now);
     c.p.flush_all(&mut c.out);
@@ -146,10 +157,18 @@ fn invalid_readings_are_counted_by_reason_and_never_summarised() {
     assert_eq!(m.rejected(Reject::MissingValue), 1);
     assert_eq!(m.rejected(Reject::Oversize), 1);
     assert_eq!(m.rejected(Reject::UnknownTopic), 2);
-    let received = m.messages_received.load(std::sync::atomic::Ordering::Relaxed);
-    let accepted = m.readings_accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let received = m
+        .messages_received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = m
+        .readings_accepted
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(received, 8);
-    assert_eq!(accepted + m.rejected_total(), received, "every message is accounted for");
+    assert_eq!(
+        accepted + m.rejected_total(),
+        received,
+        "every message is accounted for"
+    );
 }
 
 #[test]
@@ -158,13 +177,27 @@ fn nan_and_infinity_are_rejected() {
     let mut p = Processor::new(CoreSettings::from_config(&config("")), metrics.clone(), 1);
     let mut out = Vec::new();
     p.ingest(
-        &RawMessage { source: 0, topic: "plant/a/b/c".into(), payload: "1".into(), received_ms: T0 },
+        &RawMessage {
+            source: 0,
+            topic: "plant/a/b/c".into(),
+            payload: "1".into(),
+            received_ms: T0,
+        },
         T0,
         &mut out,
     );
     let key = p.registry().lookup("plant/a/b/c").unwrap();
     for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-        p.record(Reading { sensor: key, ts_ms: T0, value: v, seq: None }, T0, &mut out);
+        p.record(
+            Reading {
+                sensor: key,
+                ts_ms: T0,
+                value: v,
+                seq: None,
+            },
+            T0,
+            &mut out,
+        );
     }
     assert_eq!(metrics.rejected(Reject::NonFinite), 3);
 }
@@ -195,7 +228,10 @@ fn a_quiet_sensor_is_flushed_by_gateway_time() {
     let mut c = Check::new();
     c.reading("plant/l2/m1/temp", 1.0, T0);
     c.p.flush_due(T0 + 1_400, &mut c.out);
-    assert!(c.out.is_empty(), "window 1 s + lateness 0.5 s has not passed");
+    assert!(
+        c.out.is_empty(),
+        "window 1 s + lateness 0.5 s has not passed"
+    );
     c.p.flush_due(T0 + 1_500, &mut c.out);
     assert_eq!(c.summaries().len(), 1);
 }
@@ -215,7 +251,10 @@ fn sequence_numbers_are_monotonic_across_sensors_and_continue_from_start_value()
     let metrics = Arc::new(Metrics::new());
     let mut p = Processor::new(CoreSettings::from_config(&config("")), metrics, 41);
     let mut out = Vec::new();
-    for (i, topic) in ["plant/a/b/temp", "plant/a/c/temp", "plant/a/d/temp"].iter().enumerate() {
+    for (i, topic) in ["plant/a/b/temp", "plant/a/c/temp", "plant/a/d/temp"]
+        .iter()
+        .enumerate()
+    {
         let msg = RawMessage {
             source: 0,
             topic: (*topic).into(),

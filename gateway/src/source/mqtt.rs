@@ -31,7 +31,11 @@ pub async fn run(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.broker.host.clone(), cfg.broker.port);
+    let mut opts = MqttOptions::new(
+        cfg.client_id.clone(),
+        cfg.broker.host.clone(),
+        cfg.broker.port,
+    );
     opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
     opts.set_clean_session(false);
     // Oversize payloads are still read (and then counted by the core) up to a
@@ -78,7 +82,11 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
                     tracing::error!(source = %cfg.name, "The source broker refused a subscription; check its ACLs for the configured topics.");
                 } else {
                     metrics.source_subscriptions.fetch_add(1, Ordering::Relaxed);

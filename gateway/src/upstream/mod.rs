@@ -48,7 +48,11 @@ enum LinkEvent {
 
 /// Builds the rumqttc options for the upstream connection.
 pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.broker.host.clone(), cfg.broker.port);
+    let mut opts = MqttOptions::new(
+        cfg.client_id.clone(),
+        cfg.broker.host.clone(),
+        cfg.broker.port,
+    );
     opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
     opts.set_clean_session(true);
     // rumqttc's own window is larger than ours, so ours is what limits.
@@ -95,8 +99,12 @@ pub async fn run(
     tracing::info!(broker = %cfg.broker, client_id = %cfg.client_id, "Starting upstream sink.");
     loop {
         state.pump(&mut outbox, window, &cfg, &metrics);
-        metrics.upstream_queue_records.store(outbox.len() as i64, Ordering::Relaxed);
-        metrics.upstream_queue_bytes.store(outbox.bytes() as i64, Ordering::Relaxed);
+        metrics
+            .upstream_queue_records
+            .store(outbox.len() as i64, Ordering::Relaxed);
+        metrics
+            .upstream_queue_bytes
+            .store(outbox.bytes() as i64, Ordering::Relaxed);
         if !input_open && outbox.is_empty() {
             break;
         }
@@ -123,7 +131,9 @@ pub async fn run(
     }
     let left = outbox.len() as u64;
     if left > 0 {
-        metrics.upstream_undelivered_at_shutdown.fetch_add(left, Ordering::Relaxed);
+        metrics
+            .upstream_undelivered_at_shutdown
+            .fetch_add(left, Ordering::Relaxed);
         tracing::warn!(undelivered = left, "Stopping with records not acknowledged by upstream; they are lost with the in-memory queue.");
     }
     if let Some(client) = state.client.take() {
@@ -146,7 +156,9 @@ fn accept(outbox: &mut impl Outbox, rec: Record, metrics: &Metrics) {
     let seq = rec.seq;
     let dropped = outbox.push(rec);
     if dropped > 0 {
-        metrics.upstream_dropped_queue_full.fetch_add(dropped as u64, Ordering::Relaxed);
+        metrics
+            .upstream_dropped_queue_full
+            .fetch_add(dropped as u64, Ordering::Relaxed);
         tracing::warn!(dropped, newest_seq = seq, "The upstream queue is full; dropped the oldest records (raise upstream.queue_max_bytes to hold a longer outage).");
     }
 }
@@ -160,7 +172,13 @@ struct SinkState {
 }
 
 impl SinkState {
-    fn pump(&mut self, outbox: &mut impl Outbox, window: usize, cfg: &UpstreamConfig, metrics: &Metrics) {
+    fn pump(
+        &mut self,
+        outbox: &mut impl Outbox,
+        window: usize,
+        cfg: &UpstreamConfig,
+        metrics: &Metrics,
+    ) {
         let Some(client) = &self.client else {
             return;
         };
@@ -195,10 +213,15 @@ impl SinkState {
                 self.awaiting_pkid.clear();
                 self.pkid_to_seq.clear();
                 let resent = outbox.rewind();
-                metrics.upstream_retransmitted.fetch_add(resent as u64, Ordering::Relaxed);
+                metrics
+                    .upstream_retransmitted
+                    .fetch_add(resent as u64, Ordering::Relaxed);
                 metrics.upstream_connected.store(1, Ordering::Relaxed);
                 if !outbox.is_empty() {
-                    tracing::info!(backlog = outbox.len(), "Upstream is back; delivering the backlog.");
+                    tracing::info!(
+                        backlog = outbox.len(),
+                        "Upstream is back; delivering the backlog."
+                    );
                 }
             }
             LinkEvent::Sent { epoch, pkid } if epoch == self.epoch && pkid != 0 => {
@@ -262,7 +285,10 @@ async fn drive_link(
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent { epoch, pkid },
-                Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked { epoch, pkid: ack.pkid },
+                Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked {
+                    epoch,
+                    pkid: ack.pkid,
+                },
                 Ok(_) => continue,
                 Err(e) => {
                     metrics.upstream_disconnects.fetch_add(1, Ordering::Relaxed);

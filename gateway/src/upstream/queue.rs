@@ -209,7 +209,11 @@ mod tests {
         q.ack(2);
         assert_eq!(q.rewind(), 2);
         assert_eq!(q.next_unsent().map(|r| r.seq), Some(1));
-        assert_eq!(q.next_unsent().map(|r| r.seq), Some(3), "2 was acked and is not resent");
+        assert_eq!(
+            q.next_unsent().map(|r| r.seq),
+            Some(3),
+            "2 was acked and is not resent"
+        );
         assert_eq!(q.next_unsent().map(|r| r.seq), Some(4));
     }
 

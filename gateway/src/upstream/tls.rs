@@ -18,10 +18,14 @@ pub fn client_config(cfg: &TlsConfig) -> anyhow::Result<TlsConfiguration> {
     let cas = CertificateDer::pem_file_iter(&cfg.ca_file)
         .with_context(|| format!("cannot read the CA file {}", cfg.ca_file.display()))?;
     for ca in cas {
-        let ca = ca.with_context(|| format!("{} holds a malformed certificate", cfg.ca_file.display()))?;
-        roots
-            .add(ca)
-            .with_context(|| format!("{} holds a certificate rustls rejects", cfg.ca_file.display()))?;
+        let ca =
+            ca.with_context(|| format!("{} holds a malformed certificate", cfg.ca_file.display()))?;
+        roots.add(ca).with_context(|| {
+            format!(
+                "{} holds a certificate rustls rejects",
+                cfg.ca_file.display()
+            )
+        })?;
     }
     if roots.is_empty() {
         anyhow::bail!("{} holds no PEM certificate", cfg.ca_file.display());
