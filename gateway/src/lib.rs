@@ -7,6 +7,7 @@
 //! ARCHITECTURE.md for the data flow and the invariants.
 
 pub mod backoff;
+pub mod buffer;
 pub mod config;
 pub mod decode;
 pub mod metrics;

@@ -94,8 +94,27 @@ pub struct Metrics {
     pub upstream_connected: AtomicI64,
     pub upstream_queue_records: AtomicI64,
     pub upstream_queue_bytes: AtomicI64,
-    /// Summaries still queued when the gateway stopped (not delivered).
+    /// Records still in the buffer when the gateway stopped (delivered
+    /// after the next start).
     pub upstream_undelivered_at_shutdown: AtomicU64,
+    pub buffer_bytes_written: AtomicU64,
+    pub buffer_fsyncs: AtomicU64,
+    pub buffer_spills: AtomicU64,
+    pub buffer_dropped_oldest: AtomicU64,
+    pub buffer_dropped_disk_full: AtomicU64,
+    pub buffer_expired: AtomicU64,
+    pub buffer_write_errors: AtomicU64,
+    pub buffer_read_errors: AtomicU64,
+    pub buffer_torn_tails: AtomicU64,
+    pub buffer_quarantined: AtomicU64,
+    pub buffer_disk_bytes: AtomicI64,
+    pub buffer_memory_bytes: AtomicI64,
+    /// Highest sequence number covered by an fsync.
+    pub buffer_last_synced_seq: AtomicI64,
+    /// The first sequence number this run hands out.
+    pub buffer_first_seq_this_run: AtomicI64,
+    /// Measurement time of the oldest unacknowledged record on disk, ms.
+    pub buffer_oldest_ts_ms: AtomicI64,
 }
 
 impl Metrics {
@@ -236,7 +255,11 @@ impl Metrics {
             c(&self.summaries_produced),
             c(&self.upstream_acked),
             self.upstream_queue_records.load(Ordering::Relaxed),
-            c(&self.upstream_dropped_queue_full) + c(&self.upstream_dropped_oversize),
+            c(&self.upstream_dropped_queue_full)
+                + c(&self.upstream_dropped_oversize)
+                + c(&self.buffer_dropped_oldest)
+                + c(&self.buffer_dropped_disk_full)
+                + c(&self.buffer_expired),
             self.upstream_connected.load(Ordering::Relaxed) == 1,
         )
     }

@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::buffer::Buffer;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::Metrics;
 use crate::processor::{CoreSettings, Processor, RawMessage, Record};
-use crate::upstream::{self, MemoryQueue};
+use crate::upstream;
 
 /// How often the core checks for windows to close.
 const TICK: Duration = Duration::from_millis(100);
@@ -43,6 +44,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let opts = upstream::mqtt_options(&config.upstream)?;
+    check_free_space(&config);
+    let (buffer, recovery) =
+        Buffer::open(&config.buffer, &config.gateway.state_dir, metrics.clone())?;
+    tracing::info!(
+        segments = recovery.segments,
+        records = recovery.records,
+        bytes = recovery.bytes,
+        torn_tails = recovery.torn_tails,
+        quarantined = recovery.quarantined.len(),
+        next_seq = recovery.next_seq,
+        dir = %buffer.root().display(),
+        "Buffer recovered."
+    );
     let tracker = TaskTracker::new();
     let (raw_tx, raw_rx) = mpsc::channel::<RawMessage>(config.pipeline.channel_capacity);
     let (rec_tx, rec_rx) = mpsc::channel::<Record>(1024);
@@ -63,13 +77,16 @@ pub async fn run(
     }
     drop(raw_tx);
 
-    let processor = Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1);
+    let processor = Processor::new(
+        CoreSettings::from_config(&config),
+        metrics.clone(),
+        buffer.next_seq(),
+    );
     tracker.spawn(process(processor, raw_rx, rec_tx));
-    let outbox = MemoryQueue::new(config.upstream.queue_max_bytes);
     let sink = tracker.spawn(upstream::run(
         config.upstream.clone(),
         opts,
-        outbox,
+        buffer,
         rec_rx,
         metrics.clone(),
     ));
@@ -173,4 +190,41 @@ async fn write_metrics_file(path: &std::path::Path, text: &str) {
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "Cannot write the metrics file.");
     }
+}
+
+/// Warns when the buffer's disk bound does not fit the free space of its
+/// filesystem: the bound would never be reached, the disk would fill first.
+fn check_free_space(config: &Config) {
+    let dir = &config.gateway.state_dir;
+    let _ = std::fs::create_dir_all(dir);
+    match rustix::fs::statvfs(dir.as_path()) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            let used = dir_size(&dir.join("buffer"));
+            if free.saturating_add(used) < config.buffer.max_disk_bytes {
+                tracing::warn!(
+                    state_dir = %dir.display(),
+                    free_bytes = free,
+                    max_disk_bytes = config.buffer.max_disk_bytes,
+                    "buffer.max_disk_bytes is larger than the free space of the state directory's filesystem; the disk will fill before the bound applies. Lower buffer.max_disk_bytes or free space."
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(state_dir = %dir.display(), error = %e, "Cannot read the free space of the state directory.")
+        }
+    }
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

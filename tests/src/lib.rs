@@ -176,6 +176,8 @@ impl Gateway {
     pub fn start(config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let config_path = dir.path().join("gateway.toml");
+        let state = dir.path().join("state");
+        let config = config.replace("@STATE_DIR@", &state.display().to_string());
         std::fs::write(&config_path, config).expect("write the gateway config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("gateway log file");
         let child = Command::new(bin("sensor-gateway"))
@@ -428,7 +430,7 @@ pub fn gateway_config(source: SocketAddr, upstream: SocketAddr, extra_rules: &st
         r#"
 [gateway]
 id = "gw-e2e"
-state_dir = "/nonexistent-not-used-yet"
+state_dir = "@STATE_DIR@"
 metrics_interval = "100ms"
 
 [[source]]

@@ -29,6 +29,48 @@ pub struct Config {
     pub sensors: Vec<SensorRule>,
     pub pipeline: PipelineConfig,
     pub upstream: UpstreamConfig,
+    pub buffer: BufferConfig,
+}
+
+/// When records are written to the durable buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every record is written when produced; fsync every `commit_interval`.
+    Always,
+    /// Summaries stay in memory while upstream acknowledges them promptly;
+    /// they are written when upstream is down, when unacknowledged for
+    /// `spill_after`, when the memory budget is exceeded, and at shutdown.
+    Outage,
+}
+
+/// What happens when the buffer reaches `max_disk_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Delete the oldest segment (summaries first, alarms last).
+    DropOldest,
+    /// Refuse the new record.
+    DropNewest,
+    /// Stop taking records: MQTT sources stop reading (backpressure).
+    Block,
+}
+
+#[derive(Debug, Clone)]
+pub struct BufferConfig {
+    pub durability: Durability,
+    pub commit_interval_ms: i64,
+    pub spill_after_ms: i64,
+    pub max_disk_bytes: u64,
+    pub segment_bytes: u64,
+    pub when_full: WhenFull,
+    pub memory_budget_bytes: u64,
+    /// Records older than this (by measurement time) are dropped at
+    /// delivery; 0 keeps them forever.
+    pub max_age_ms: i64,
+}
+
+impl BufferConfig {
+    /// Minimum `max_disk_bytes`: small devices need small buffers.
+    pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
 }
 
 #[derive(Debug, Clone)]
@@ -140,8 +182,6 @@ pub struct UpstreamConfig {
     pub reconnect_backoff_max: Duration,
     /// QoS 1 publishes awaiting PUBACK at once.
     pub inflight: u16,
-    /// Bytes of encoded summaries held in memory while upstream is away.
-    pub queue_max_bytes: u64,
     pub shutdown_grace: Duration,
     pub credentials: Option<(String, String)>,
     pub tls: Option<TlsConfig>,
@@ -312,12 +352,26 @@ impl Config {
         let u = &self.upstream;
         let _ = writeln!(
             s,
-            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nqueue_max_bytes = {}\nshutdown_grace = {:?}",
-            u.broker, u.client_id, u.summary_topic.as_str(), q(u.qos), d(u.keep_alive), d(u.reconnect_backoff_max), u.inflight, u.queue_max_bytes, d(u.shutdown_grace)
+            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
+            u.broker, u.client_id, u.summary_topic.as_str(), q(u.qos), d(u.keep_alive), d(u.reconnect_backoff_max), u.inflight, d(u.shutdown_grace)
         );
         if let Some(t) = &u.tls {
             let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
         }
+        let b = &self.buffer;
+        let ms = |v: i64| d(Duration::from_millis(v.max(0) as u64));
+        let _ = writeln!(
+            s,
+            "\n[buffer]\ndurability = {:?}\ncommit_interval = {:?}\nspill_after = {:?}\nmax_disk_bytes = {}\nsegment_bytes = {}\nwhen_full = {:?}\nmemory_budget_bytes = {}\nmax_age = {:?}",
+            match b.durability { Durability::Always => "always", Durability::Outage => "outage" },
+            ms(b.commit_interval_ms),
+            ms(b.spill_after_ms),
+            b.max_disk_bytes,
+            b.segment_bytes,
+            match b.when_full { WhenFull::DropOldest => "drop_oldest", WhenFull::DropNewest => "drop_newest", WhenFull::Block => "block" },
+            b.memory_budget_bytes,
+            if b.max_age_ms == 0 { "0s".to_owned() } else { ms(b.max_age_ms) },
+        );
         s
     }
 
@@ -347,7 +401,9 @@ fn unit_name(u: TimestampUnit) -> &'static str {
     }
 }
 
-const SECTIONS: &[&str] = &["gateway", "source", "sensor", "pipeline", "upstream"];
+const SECTIONS: &[&str] = &[
+    "gateway", "source", "sensor", "pipeline", "upstream", "buffer",
+];
 const SOURCE_KINDS: &[&str] = &["mqtt"];
 
 /// The validation context: the text (for line numbers) and what went wrong.
@@ -504,6 +560,7 @@ impl<'a> Cx<'a> {
         let mut rules = Vec::new();
         let mut pipeline = None;
         let mut upstream = None;
+        let mut buffer = None;
         let mut saw_source = false;
         let mut saw_gateway = false;
         let mut saw_upstream = false;
@@ -515,6 +572,7 @@ impl<'a> Cx<'a> {
                     gateway = self.section::<RawGateway>(value);
                 }
                 "pipeline" => pipeline = self.section::<RawPipeline>(value),
+                "buffer" => buffer = self.section::<RawBuffer>(value),
                 "upstream" => {
                     saw_upstream = true;
                     upstream = self.section::<RawUpstream>(value);
@@ -555,6 +613,7 @@ impl<'a> Cx<'a> {
         let gateway = gateway.map(|g| self.gateway(g));
         let rules = rules.into_iter().filter_map(|r| self.rule(r)).collect();
         let pipeline = self.pipeline(pipeline);
+        let buffer = self.buffer(buffer);
         let Some(gateway) = gateway else {
             if !saw_gateway {
                 self.at(
@@ -580,6 +639,7 @@ impl<'a> Cx<'a> {
             sources,
             sensors: rules,
             pipeline,
+            buffer,
             upstream: UpstreamConfig {
                 broker: BrokerAddr {
                     host: String::new(),
@@ -591,7 +651,6 @@ impl<'a> Cx<'a> {
                 keep_alive: Duration::ZERO,
                 reconnect_backoff_max: Duration::ZERO,
                 inflight: 1,
-                queue_max_bytes: 0,
                 shutdown_grace: Duration::ZERO,
                 credentials: None,
                 tls: None,
@@ -937,8 +996,6 @@ impl<'a> Cx<'a> {
                 self.at(q.span(), "upstream QoS must be 1", Some("summaries are delivered at least once: the gateway counts a summary delivered only on the broker's PUBACK".into()));
             }
         }
-        let queue_max_bytes =
-            self.positive(&raw.queue_max_bytes, "queue_max_bytes", 8 * 1024 * 1024);
         Some(UpstreamConfig {
             broker: self.broker(&raw.broker, tls.is_some()),
             client_id: raw
@@ -951,11 +1008,102 @@ impl<'a> Cx<'a> {
             reconnect_backoff_max: self
                 .duration(&raw.reconnect_backoff_max, Duration::from_secs(30)),
             inflight: self.positive(&raw.inflight, "inflight", 32),
-            queue_max_bytes,
             shutdown_grace: self.duration(&raw.shutdown_grace, Duration::from_secs(5)),
             credentials: credentials(raw.username, raw.password),
             tls,
         })
+    }
+}
+
+impl Cx<'_> {
+    fn buffer(&mut self, raw: Option<RawBuffer>) -> BufferConfig {
+        let raw = raw.unwrap_or(RawBuffer {
+            durability: None,
+            commit_interval: None,
+            spill_after: None,
+            max_disk_bytes: None,
+            segment_bytes: None,
+            when_full: None,
+            memory_budget_bytes: None,
+            max_age: None,
+        });
+        let durability = match raw
+            .durability
+            .as_ref()
+            .map(|d| (d.get_ref().as_str(), d.span()))
+        {
+            None | Some(("outage", _)) => Durability::Outage,
+            Some(("always", _)) => Durability::Always,
+            Some((other, span)) => {
+                self.at(
+                    span,
+                    format!("unknown durability `{other}`"),
+                    Some("use \"outage\" (SD-card saver, the default) or \"always\"".into()),
+                );
+                Durability::Outage
+            }
+        };
+        let when_full = match raw
+            .when_full
+            .as_ref()
+            .map(|d| (d.get_ref().as_str(), d.span()))
+        {
+            None | Some(("drop_oldest", _)) => WhenFull::DropOldest,
+            Some(("drop_newest", _)) => WhenFull::DropNewest,
+            Some(("block", _)) => WhenFull::Block,
+            Some((other, span)) => {
+                self.at(
+                    span,
+                    format!("unknown when_full `{other}`"),
+                    Some("use \"drop_oldest\", \"drop_newest\" or \"block\"".into()),
+                );
+                WhenFull::DropOldest
+            }
+        };
+        let max_disk_bytes = match &raw.max_disk_bytes {
+            None => 256 * 1024 * 1024,
+            Some(v) if *v.get_ref() < BufferConfig::MIN_DISK_BYTES => {
+                self.at(
+                    v.span(),
+                    format!(
+                        "`max_disk_bytes` must be at least {} (1 MiB)",
+                        BufferConfig::MIN_DISK_BYTES
+                    ),
+                    None,
+                );
+                BufferConfig::MIN_DISK_BYTES
+            }
+            Some(v) => *v.get_ref(),
+        };
+        let segment_default = (max_disk_bytes / 16).clamp(64 * 1024, 8 * 1024 * 1024);
+        let segment_bytes = match &raw.segment_bytes {
+            None => segment_default,
+            Some(v) if *v.get_ref() < 4096 || *v.get_ref() > max_disk_bytes / 4 => {
+                self.at(
+                    v.span(),
+                    "`segment_bytes` must be at least 4096 and at most a quarter of max_disk_bytes",
+                    Some("leave it out to get max_disk_bytes / 16".into()),
+                );
+                segment_default
+            }
+            Some(v) => *v.get_ref(),
+        };
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        BufferConfig {
+            durability,
+            commit_interval_ms: ms(self.duration(&raw.commit_interval, Duration::from_secs(1)))
+                .max(1),
+            spill_after_ms: ms(self.duration(&raw.spill_after, Duration::from_secs(2))),
+            max_disk_bytes,
+            segment_bytes,
+            when_full,
+            memory_budget_bytes: self.positive(
+                &raw.memory_budget_bytes,
+                "memory_budget_bytes",
+                4 * 1024 * 1024,
+            ),
+            max_age_ms: ms(self.duration(&raw.max_age, Duration::from_secs(30 * 24 * 3600))),
+        }
     }
 }
 

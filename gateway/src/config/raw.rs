@@ -76,7 +76,6 @@ pub struct RawUpstream {
     pub keep_alive: Option<Spanned<String>>,
     pub reconnect_backoff_max: Option<Spanned<String>>,
     pub inflight: Option<Spanned<u16>>,
-    pub queue_max_bytes: Option<Spanned<u64>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub username: Option<String>,
     pub password: Option<String>,
@@ -89,4 +88,17 @@ pub struct RawTls {
     pub ca_file: Option<Spanned<String>>,
     pub client_cert_file: Option<Spanned<String>>,
     pub client_key_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    pub durability: Option<Spanned<String>>,
+    pub commit_interval: Option<Spanned<String>>,
+    pub spill_after: Option<Spanned<String>>,
+    pub max_disk_bytes: Option<Spanned<u64>>,
+    pub segment_bytes: Option<Spanned<u64>>,
+    pub when_full: Option<Spanned<String>>,
+    pub memory_budget_bytes: Option<Spanned<u64>>,
+    pub max_age: Option<Spanned<String>>,
 }

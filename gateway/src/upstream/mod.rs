@@ -3,7 +3,7 @@
 //! Two tasks cooperate. The *link* task ([`drive_link`]) owns a rumqttc event
 //! loop, a fresh one per connection attempt so that rumqttc never replays a
 //! previous session behind our back, and reports what happens on the wire as
-//! [`LinkEvent`]s. The *sink* task ([`run`]) owns the [`Outbox`]: it publishes
+//! [`LinkEvent`]s. The *sink* task ([`run`]) owns the [`Buffer`]: it publishes
 //! unsent records while fewer than `inflight` await a PUBACK, and advances
 //! only on the broker's PUBACK. rumqttc's `publish` returns no packet id, so
 //! the sink correlates them itself: publishes leave the client in the order
@@ -11,9 +11,10 @@
 //! belongs to the n-th record published on it.
 //!
 //! Shutdown: when the pipeline closes the record channel, the sink keeps
-//! delivering for `shutdown_grace`, then reports what is left undelivered.
+//! Shutdown: when the pipeline closes the record channel, everything is
+//! written to the durable buffer and fsynced first; then the sink keeps
+//! delivering for `shutdown_grace`. What is left is delivered after restart.
 
-mod queue;
 mod tls;
 
 use std::collections::{HashMap, VecDeque};
@@ -26,9 +27,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use queue::{MemoryQueue, Outbox};
-
 use crate::backoff::Backoff;
+use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::processor::Record;
@@ -67,12 +67,15 @@ pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
     Ok(opts)
 }
 
-/// Runs the sink until the record channel closes and the queue drains (or the
-/// grace period ends).
+/// How often the buffer's timers (group commit, spilling) are checked.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs the sink until the record channel closes and the buffer drains (or
+/// the grace period ends).
 pub async fn run(
     cfg: UpstreamConfig,
     opts: MqttOptions,
-    mut outbox: impl Outbox,
+    mut buffer: Buffer,
     mut records: mpsc::Receiver<Record>,
     metrics: Arc<Metrics>,
 ) {
@@ -96,45 +99,63 @@ pub async fn run(
     let window = usize::from(cfg.inflight);
     let mut input_open = true;
     let mut deadline: Option<Instant> = None;
+    let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut blocked = false;
     tracing::info!(broker = %cfg.broker, client_id = %cfg.client_id, "Starting upstream sink.");
     loop {
-        state.pump(&mut outbox, window, &cfg, &metrics);
-        metrics
-            .upstream_queue_records
-            .store(outbox.len() as i64, Ordering::Relaxed);
-        metrics
-            .upstream_queue_bytes
-            .store(outbox.bytes() as i64, Ordering::Relaxed);
-        if !input_open && outbox.is_empty() {
+        let now = crate::now_ms();
+        state.pump(&mut buffer, window, &cfg, &metrics, now);
+        buffer.maintain(now, state.client.is_some());
+        if !input_open && buffer.is_empty() {
             break;
         }
+        let room = buffer.has_room();
+        if room == blocked {
+            blocked = !room;
+            if blocked {
+                tracing::warn!("The buffer is full and buffer.when_full = \"block\": no longer taking records; sources are held back.");
+            } else {
+                tracing::info!("The buffer has room again; taking records.");
+            }
+        }
         tokio::select! {
-            r = records.recv(), if input_open => match r {
+            r = records.recv(), if input_open && room => match r {
                 Some(rec) => {
-                    accept(&mut outbox, rec, &metrics);
-                    while let Ok(rec) = records.try_recv() {
-                        accept(&mut outbox, rec, &metrics);
+                    let now = crate::now_ms();
+                    buffer.push(rec, now);
+                    while buffer.has_room() {
+                        match records.try_recv() {
+                            Ok(rec) => buffer.push(rec, now),
+                            Err(_) => break,
+                        }
                     }
                 }
                 None => {
                     input_open = false;
                     deadline = Some(Instant::now() + cfg.shutdown_grace);
-                    tracing::info!(queued = outbox.len(), grace = ?cfg.shutdown_grace, "Pipeline stopped; delivering what is queued.");
+                    // Nothing accepted may be lost to a power cut during the
+                    // grace period: write and fsync everything first.
+                    buffer.close(crate::now_ms());
+                    tracing::info!(queued = buffer.len(), grace = ?cfg.shutdown_grace, "Pipeline stopped; the backlog is on disk; delivering what we can.");
                 }
             },
             ev = link_rx.recv() => match ev {
-                Some(ev) => state.on_link_event(ev, &mut outbox, &metrics),
+                Some(ev) => state.on_link_event(ev, &mut buffer, &metrics),
                 None => break,
             },
+            _ = tick.tick() => {}
             _ = sleep_until(deadline) => break,
         }
     }
-    let left = outbox.len() as u64;
+    buffer.rewind();
+    buffer.close(crate::now_ms());
+    let left = buffer.len();
     if left > 0 {
         metrics
             .upstream_undelivered_at_shutdown
             .fetch_add(left, Ordering::Relaxed);
-        tracing::warn!(undelivered = left, "Stopping with records not acknowledged by upstream; they are lost with the in-memory queue.");
+        tracing::info!(undelivered = left, "Stopping with records not yet acknowledged by upstream; they are in the buffer and will be delivered after restart.");
     }
     if let Some(client) = state.client.take() {
         let _ = client.try_disconnect();
@@ -152,17 +173,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn accept(outbox: &mut impl Outbox, rec: Record, metrics: &Metrics) {
-    let seq = rec.seq;
-    let dropped = outbox.push(rec);
-    if dropped > 0 {
-        metrics
-            .upstream_dropped_queue_full
-            .fetch_add(dropped as u64, Ordering::Relaxed);
-        tracing::warn!(dropped, newest_seq = seq, "The upstream queue is full; dropped the oldest records (raise upstream.queue_max_bytes to hold a longer outage).");
-    }
-}
-
 struct SinkState {
     epoch: u64,
     client: Option<AsyncClient>,
@@ -174,28 +184,29 @@ struct SinkState {
 impl SinkState {
     fn pump(
         &mut self,
-        outbox: &mut impl Outbox,
+        buffer: &mut Buffer,
         window: usize,
         cfg: &UpstreamConfig,
         metrics: &Metrics,
+        now_ms: i64,
     ) {
         let Some(client) = &self.client else {
             return;
         };
-        while outbox.in_flight() < window {
-            let Some(rec) = outbox.next_unsent() else {
+        while buffer.in_flight() < window {
+            let Some(rec) = buffer.next_unsent(now_ms) else {
                 break;
             };
-            match client.try_publish(rec.topic.clone(), cfg.qos, false, rec.payload.clone()) {
+            match client.try_publish(rec.topic, cfg.qos, false, rec.payload) {
                 Ok(()) => {
                     self.awaiting_pkid.push_back(rec.seq);
                     metrics.upstream_published.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    // The request channel is full or the link is going down:
-                    // take the record back and wait for the next event.
+                    // The link is going down: take the records back and wait
+                    // for the next connection.
                     tracing::debug!(error = %e, "Publish not queued; will retry.");
-                    outbox.rewind();
+                    buffer.rewind();
                     self.awaiting_pkid.clear();
                     self.pkid_to_seq.clear();
                     self.client = None;
@@ -205,22 +216,22 @@ impl SinkState {
         }
     }
 
-    fn on_link_event(&mut self, ev: LinkEvent, outbox: &mut impl Outbox, metrics: &Metrics) {
+    fn on_link_event(&mut self, ev: LinkEvent, buffer: &mut Buffer, metrics: &Metrics) {
         match ev {
             LinkEvent::Up { epoch, client } => {
                 self.epoch = epoch;
                 self.client = Some(client);
                 self.awaiting_pkid.clear();
                 self.pkid_to_seq.clear();
-                let resent = outbox.rewind();
+                let resent = buffer.rewind();
                 metrics
                     .upstream_retransmitted
                     .fetch_add(resent as u64, Ordering::Relaxed);
                 metrics.upstream_connected.store(1, Ordering::Relaxed);
-                if !outbox.is_empty() {
+                if !buffer.is_empty() {
                     tracing::info!(
-                        backlog = outbox.len(),
-                        "Upstream is back; delivering the backlog."
+                        backlog = buffer.len(),
+                        "Upstream is back; delivering the backlog, alarms first."
                     );
                 }
             }
@@ -231,7 +242,7 @@ impl SinkState {
             }
             LinkEvent::Acked { epoch, pkid } if epoch == self.epoch => {
                 if let Some(seq) = self.pkid_to_seq.remove(&pkid) {
-                    outbox.ack(seq);
+                    buffer.ack(seq);
                     metrics.upstream_acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -239,7 +250,7 @@ impl SinkState {
                 self.client = None;
                 self.awaiting_pkid.clear();
                 self.pkid_to_seq.clear();
-                outbox.rewind();
+                buffer.rewind();
                 metrics.upstream_connected.store(0, Ordering::Relaxed);
             }
             _ => {}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: sensor-sim -> broker -> sensor-gateway -> upstream broker.
+#
+# Measures, in one run and on the same broker:
+#   1. the floor: a bare rumqttc subscriber that only counts messages
+#      (`sensor-sim count`): CPU microseconds per message and peak RSS;
+#   2. the gateway with the same stream: readings/s, CPU microseconds per
+#      reading, peak RSS, summaries delivered upstream.
+# Brokers: Mosquitto when installed, else the embedded rumqttd.
+#
+# Usage: benches/e2e.sh            (RATE=20000 DURATION=20 by default)
+#        RATE=50000 DURATION=30 benches/e2e.sh
+# Needs GNU time (/usr/bin/time, Debian package `time`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATE=${RATE:-20000}
+DURATION=${DURATION:-20}
+N=$((RATE * DURATION))
+cargo build --release -q -p sensor-gateway -p sensor-sim
+BIN=target/release
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_broker() {
+    local port=$1
+    if command -v mosquitto >/dev/null; then
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\n' "$port" > "$TMP/m$port.conf"
+        mosquitto -c "$TMP/m$port.conf" 2>/dev/null &
+    else
+        RUST_LOG=off "$BIN/sensor-sim" broker --listen "127.0.0.1:$port" &
+    fi
+    PIDS+=($!)
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return; sleep 0.05; done
+    echo "broker on $port did not start" >&2; exit 1
+}
+BROKER=$(command -v mosquitto >/dev/null && echo "mosquitto $(mosquitto -h | head -1 | awk '{print $3}')" || echo "rumqttd (embedded)")
+P1=$(free_port); P2=$(free_port)
+start_broker "$P1"; start_broker "$P2"
+
+# 100 lines x 34 machines x 3 sensors = 10,200 distinct sensors.
+cat > "$TMP/scenario.toml" <<TOML
+topic_prefix = "plant"
+lines = 100
+machines_per_line = 34
+rate = $RATE
+seed = 1
+[[sensor]]
+name = "temperature"
+kind = "temperature"
+base = 60.0
+noise = 0.5
+[[sensor]]
+name = "vibration"
+kind = "vibration"
+base = 2.0
+noise = 0.2
+[[sensor]]
+name = "current"
+kind = "motor_current"
+base = 20.0
+noise = 0.5
+load_period = "60s"
+load_amplitude = 3.0
+TOML
+
+publish() {
+    "$BIN/sensor-sim" run --scenario "$TMP/scenario.toml" --broker "127.0.0.1:$P1" --count "$N" --qos 0 --client-id "bench-pub-$1" 2>/dev/null
+}
+cpu_us_per() { awk -v t="$1" -v n="$2" 'BEGIN { split(t, a, " "); printf "%.2f", (a[1] + a[2]) * 1e6 / n }'; }
+
+echo "== floor: bare rumqttc subscriber, $N messages at $RATE/s"
+/usr/bin/time -f "%U %S %M" -o "$TMP/floor.time" \
+    "$BIN/sensor-sim" count --broker "127.0.0.1:$P1" --topic 'plant/#' --idle 3s > "$TMP/floor.out" 2> "$TMP/floor.err" &
+FLOOR=$!
+for _ in $(seq 200); do grep -q subscribed "$TMP/floor.err" && break; sleep 0.05; done
+publish floor
+wait "$FLOOR"
+FLOOR_N=$(sed -n 's/received=//p' "$TMP/floor.out")
+FLOOR_T=$(cat "$TMP/floor.time")
+FLOOR_CPU=$(cpu_us_per "$FLOOR_T" "$FLOOR_N")
+FLOOR_RSS=$(echo "$FLOOR_T" | awk '{printf "%.1f", $3/1024}')
+
+echo "== gateway: same stream, 10 s windows, upstream QoS 1"
+cat > "$TMP/gw.toml" <<TOML
+[gateway]
+id = "bench"
+state_dir = "$TMP/state"
+metrics_interval = "500ms"
+[[source]]
+kind = "mqtt"
+broker = "127.0.0.1:$P1"
+topic_template = "plant/{line}/{machine}/{sensor}"
+qos = 0
+[pipeline]
+default_window = "10s"
+max_sensors = 20000
+[upstream]
+broker = "127.0.0.1:$P2"
+TOML
+RUST_LOG=warn /usr/bin/time -f "%U %S %M" -o "$TMP/gw.time" \
+    "$BIN/sensor-gateway" run --config "$TMP/gw.toml" --metrics-file "$TMP/gw.prom" 2> "$TMP/gw.log" &
+GWTIME=$!
+metric() { awk -v m="$1" '$1 == m { print $2 }' "$TMP/gw.prom" 2>/dev/null || true; }
+for _ in $(seq 200); do [ "$(metric gateway_source_subscriptions_total)" = "1" ] && break; sleep 0.05; done
+START=$(date +%s.%N)
+publish gateway
+last=-1
+while true; do
+    sleep 1
+    got=$(metric gateway_messages_received_total)
+    [ "$got" = "$last" ] && break
+    last=$got
+done
+END=$(date +%s.%N)
+pkill -TERM -P "$GWTIME" || true
+wait "$GWTIME" || true
+GW_N=$(metric gateway_messages_received_total)
+GW_T=$(cat "$TMP/gw.time")
+GW_CPU=$(cpu_us_per "$GW_T" "$GW_N")
+GW_RSS=$(echo "$GW_T" | awk '{printf "%.1f", $3/1024}')
+SUMMARIES=$(metric gateway_upstream_acked_total)
+
+cat <<REPORT
+
+machine:        $(nproc) cores, $(awk '/model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo)
+broker:         $BROKER
+stream:         $N readings from 10,200 sensors offered at $RATE/s (QoS 0)
+
+                        received   CPU us/msg   peak RSS MB
+floor (bare rumqttc)    $FLOOR_N   $FLOOR_CPU   $FLOOR_RSS
+sensor-gateway          $GW_N   $GW_CPU   $GW_RSS
+
+gateway/floor CPU ratio: $(awk -v a="$GW_CPU" -v b="$FLOOR_CPU" 'BEGIN { printf "%.2f", a / b }')
+gateway summaries delivered upstream (QoS 1, PUBACKed): $SUMMARIES
+REPORT

@@ -1,0 +1,1024 @@
+//! The durable buffer: a segmented, append-only log of outgoing records that
+//! survives outages, restarts and power cuts, bounded in bytes.
+//!
+//! Layout under `<state_dir>/buffer/`:
+//!
+//! ```text
+//! summaries/{base_seq:020}.seg   lane 0, oldest first
+//! alarms/{base_seq:020}.seg      lane 1, delivered before summaries
+//! quarantine/                    damaged files moved aside at start-up
+//! cursor.a, cursor.b             acknowledged cursor, two slots (see below)
+//! ```
+//!
+//! The segment format is documented in [`segment`]. The cursor slots are
+//! written alternately, so a torn write leaves the other one intact:
+//!
+//! ```text
+//! 0..8 magic b"SGWCUR\r\n" | 8..16 generation u64 | 16..24 acked summaries u64
+//! 24..32 acked alarms u64 | 32..40 reserved seq u64 | 40..44 CRC-32 of 0..40   (all LE)
+//! ```
+//!
+//! Delivery: each lane hands out records in sequence order: first records
+//! to resend after a reconnect, then records read from disk, then records
+//! still only in memory. A lane's *acked* mark is the highest sequence number
+//! below which every record of the lane is acknowledged; whole segments at or
+//! below it are deleted. The sequence numbers handed to upstream never repeat
+//! across restarts: before a record with `seq >= reserved` is published, the
+//! reservation is extended by [`RESERVE_BLOCK`] and made durable, and start-up
+//! continues from the reservation.
+//!
+//! Durability modes: in `always`, every record is written when pushed and
+//! fsynced within `commit_interval`. In `outage`, a summary stays in memory
+//! while upstream acknowledges it promptly, and is written when upstream is
+//! down, when it waits longer than `spill_after`, when the memory budget is
+//! exceeded, and at shutdown. Alarms are always written and fsynced before
+//! they are published.
+
+pub mod inspect;
+mod recover;
+pub mod segment;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::config::{BufferConfig, Durability, WhenFull};
+use crate::metrics::Metrics;
+use crate::processor::{Lane, Record};
+use segment::{Body, Parsed, HEADER_LEN, RECORD_HEADER_LEN};
+
+/// How far a durable sequence reservation reaches ahead.
+pub const RESERVE_BLOCK: u64 = 65_536;
+
+/// Errors that stop the buffer from opening at all (a state directory that
+/// cannot be created or written). Damaged contents are never an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot use the buffer directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What start-up recovery did, for the log and the tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub records: u64,
+    pub bytes: u64,
+    pub torn_tails: usize,
+    pub quarantined: Vec<PathBuf>,
+    pub next_seq: u64,
+}
+
+/// The outcome of appending one record to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    Written,
+    /// The disk bound is reached and the policy frees nothing.
+    Full,
+    /// The write failed (I/O error).
+    Failed,
+}
+
+/// A record held in memory, and whether a copy is in the log already.
+#[derive(Debug, Clone)]
+struct MemRecord {
+    rec: Record,
+    on_disk: bool,
+    pushed_ms: i64,
+}
+
+#[derive(Debug)]
+struct SegInfo {
+    base: u64,
+    last: u64,
+    records: u64,
+    bytes: u64,
+    first_ts_ms: i64,
+    path: PathBuf,
+}
+
+#[derive(Debug)]
+struct Writer {
+    file: File,
+    /// Encoded records not yet written to the file.
+    pending: Vec<u8>,
+    /// Written to the file but not yet fsynced.
+    unsynced: bool,
+}
+
+#[derive(Debug)]
+struct Reader {
+    base: u64,
+    file: BufReader<File>,
+    pos: u64,
+    peeked: Option<Record>,
+}
+
+#[derive(Debug)]
+struct LaneLog {
+    lane: Lane,
+    dir: PathBuf,
+    segments: VecDeque<SegInfo>,
+    writer: Option<Writer>,
+    reader: Option<Reader>,
+    mem: VecDeque<MemRecord>,
+    mem_bytes: u64,
+    resend: VecDeque<MemRecord>,
+    /// Highest seq handed out for publishing (resends aside).
+    sent_hwm: u64,
+    acked: u64,
+}
+
+/// The durable outbox of the upstream sink.
+pub struct Buffer {
+    cfg: BufferConfig,
+    root: PathBuf,
+    lanes: [LaneLog; 2],
+    /// Published, awaiting PUBACK: seq -> (lane, record, on disk).
+    inflight: BTreeMap<u64, (Lane, MemRecord)>,
+    disk_bytes: u64,
+    reserved: u64,
+    next_seq: u64,
+    cursor_gen: u64,
+    cursor_dirty: bool,
+    last_sync_ms: i64,
+    last_synced_seq: u64,
+    highest_written_seq: u64,
+    metrics: Arc<Metrics>,
+}
+
+fn cost(r: &Record) -> u64 {
+    (r.payload.len() + r.topic.len()) as u64 + 64
+}
+
+fn encoded_len(r: &Record) -> u64 {
+    (RECORD_HEADER_LEN + r.payload.len() + r.topic.len() + 24) as u64
+}
+
+impl Buffer {
+    /// Opens the buffer under `state_dir`, recovering what is on disk.
+    pub fn open(
+        cfg: &BufferConfig,
+        state_dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Buffer, RecoveryReport), Error> {
+        let root = state_dir.join("buffer");
+        for d in [
+            root.join("summaries"),
+            root.join("alarms"),
+            root.join("quarantine"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|source| Error::Dir {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let mut report = RecoveryReport::default();
+        let cursor = recover::read_cursor(&root);
+        let mut lanes = [Lane::Summary, Lane::Alarm].map(|lane| {
+            let dir = root.join(lane.dir_name());
+            let acked = match lane {
+                Lane::Summary => cursor.acked_summaries,
+                Lane::Alarm => cursor.acked_alarms,
+            };
+            let segments =
+                recover::recover_lane(&dir, &root.join("quarantine"), lane, &mut report, &metrics);
+            LaneLog {
+                lane,
+                dir,
+                segments: segments.into(),
+                writer: None,
+                reader: None,
+                mem: VecDeque::new(),
+                mem_bytes: 0,
+                resend: VecDeque::new(),
+                sent_hwm: acked,
+                acked,
+            }
+        });
+        let max_seen = lanes
+            .iter()
+            .filter_map(|l| l.segments.back().map(|s| s.last))
+            .max()
+            .unwrap_or(0);
+        let next_seq = cursor.reserved.max(max_seen + 1).max(1);
+        report.next_seq = next_seq;
+        let mut buffer = Buffer {
+            cfg: cfg.clone(),
+            root,
+            lanes: [LaneLog::placeholder(), LaneLog::placeholder()],
+            inflight: BTreeMap::new(),
+            disk_bytes: 0,
+            reserved: next_seq,
+            next_seq,
+            cursor_gen: cursor.generation,
+            cursor_dirty: true,
+            last_sync_ms: 0,
+            last_synced_seq: max_seen,
+            highest_written_seq: max_seen,
+            metrics,
+        };
+        std::mem::swap(&mut buffer.lanes, &mut lanes);
+        buffer.disk_bytes = buffer
+            .lanes
+            .iter()
+            .flat_map(|l| l.segments.iter())
+            .map(|s| s.bytes)
+            .sum();
+        // Segments wholly acknowledged before the restart are done with.
+        for i in 0..2 {
+            buffer.delete_acked_segments(i);
+        }
+        // Make the first reservation durable before anything is published.
+        buffer.reserve(next_seq);
+        buffer.update_gauges();
+        buffer
+            .metrics
+            .buffer_first_seq_this_run
+            .store(next_seq as i64, Ordering::Relaxed);
+        Ok((buffer, report))
+    }
+
+    /// The sequence number the processing core should give its next record.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lane_index(lane: Lane) -> usize {
+        lane as usize
+    }
+
+    /// Whether a record can be accepted without dropping anything; the sink
+    /// stops taking records while this is false under `when_full = "block"`.
+    pub fn has_room(&self) -> bool {
+        self.cfg.when_full != WhenFull::Block
+            || self.disk_bytes + 64 * 1024 <= self.cfg.max_disk_bytes
+    }
+
+    /// Records waiting (in memory or on disk) or in flight.
+    pub fn len(&self) -> u64 {
+        let disk: u64 = self
+            .lanes
+            .iter()
+            .flat_map(|l| l.segments.iter().map(move |s| (s, l.acked)))
+            .filter(|(s, acked)| s.last > *acked)
+            .map(|(s, _)| s.records)
+            .sum();
+        let mem_only: u64 = self
+            .lanes
+            .iter()
+            .map(|l| {
+                l.mem.iter().filter(|m| !m.on_disk).count() as u64
+                    + l.resend.iter().filter(|m| !m.on_disk).count() as u64
+            })
+            .sum();
+        let inflight_mem = self.inflight.values().filter(|(_, m)| !m.on_disk).count() as u64;
+        disk + mem_only + inflight_mem
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lanes.iter().all(|l| {
+            l.mem.is_empty() && l.resend.is_empty() && l.segments.iter().all(|s| s.last <= l.acked)
+        }) && self.inflight.is_empty()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+
+    /// Accepts a record from the core.
+    pub fn push(&mut self, rec: Record, now_ms: i64) {
+        let lane = Self::lane_index(rec.lane);
+        self.next_seq = self.next_seq.max(rec.seq + 1);
+        let write_now = rec.lane == Lane::Alarm || self.cfg.durability == Durability::Always;
+        let mut m = MemRecord {
+            rec,
+            on_disk: false,
+            pushed_ms: now_ms,
+        };
+        if write_now {
+            match self.append(lane, &m.rec) {
+                Appended::Written => m.on_disk = true,
+                Appended::Full => {
+                    self.refuse(&m.rec);
+                    return;
+                }
+                // Kept in memory; written at the next spill if the disk recovers.
+                Appended::Failed => {}
+            }
+            if m.rec.lane == Lane::Alarm {
+                // Alarms are durable before anyone can publish them.
+                self.flush_and_sync(now_ms);
+            }
+        }
+        self.cache(lane, m);
+        self.enforce_memory_budget();
+    }
+
+    /// Counts and logs a record refused because the buffer is full.
+    fn refuse(&mut self, rec: &Record) {
+        let n = self
+            .metrics
+            .buffer_dropped_disk_full
+            .fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() {
+            tracing::warn!(seq = rec.seq, dropped_so_far = n + 1, "The buffer is full (buffer.max_disk_bytes) and buffer.when_full keeps the oldest: dropped a new record.");
+        }
+    }
+
+    fn cache(&mut self, lane: usize, m: MemRecord) {
+        let l = &mut self.lanes[lane];
+        l.mem_bytes += cost(&m.rec);
+        l.mem.push_back(m);
+    }
+
+    /// Appends one record to a lane's log, applying the disk bound.
+    fn append(&mut self, lane: usize, rec: &Record) -> Appended {
+        let need = encoded_len(rec);
+        if self.disk_bytes + need > self.cfg.max_disk_bytes && !self.make_room(need, lane) {
+            return Appended::Full;
+        }
+        if self.lanes[lane].writer.is_none() || self.segment_full(lane) {
+            if let Err(e) = self.open_segment(lane, rec.seq) {
+                self.write_failed(rec.seq, &e);
+                return Appended::Failed;
+            }
+        }
+        let body = Body {
+            seq: rec.seq,
+            ts_ms: rec.ts_ms,
+            topic: &rec.topic,
+            payload: &rec.payload,
+        };
+        let l = &mut self.lanes[lane];
+        let (Some(w), Some(seg)) = (l.writer.as_mut(), l.segments.back_mut()) else {
+            return Appended::Failed;
+        };
+        let before = w.pending.len();
+        if segment::encode_record(&mut w.pending, &body).is_err() {
+            w.pending.truncate(before);
+            return Appended::Failed;
+        }
+        let n = (w.pending.len() - before) as u64;
+        if seg.records == 0 {
+            seg.first_ts_ms = rec.ts_ms;
+        }
+        seg.bytes += n;
+        seg.records += 1;
+        seg.last = rec.seq;
+        self.disk_bytes += n;
+        self.highest_written_seq = self.highest_written_seq.max(rec.seq);
+        Appended::Written
+    }
+
+    fn segment_full(&self, lane: usize) -> bool {
+        self.lanes[lane]
+            .segments
+            .back()
+            .is_none_or(|s| s.bytes >= self.cfg.segment_bytes)
+    }
+
+    fn open_segment(&mut self, lane: usize, base: u64) -> std::io::Result<()> {
+        self.flush_lane(lane)?;
+        if let Some(w) = self.lanes[lane].writer.take() {
+            if w.unsynced {
+                w.file.sync_data()?;
+                self.metrics.buffer_fsyncs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let l = &mut self.lanes[lane];
+        let path = l.dir.join(format!("{base:020}.seg"));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        let header = segment::encode_header(l.lane as u8, base);
+        file.write_all(&header)?;
+        self.metrics
+            .buffer_bytes_written
+            .fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
+        // The new name must survive a power cut too.
+        if let Ok(d) = File::open(&l.dir) {
+            let _ = d.sync_all();
+        }
+        l.segments.push_back(SegInfo {
+            base,
+            last: base,
+            records: 0,
+            bytes: HEADER_LEN as u64,
+            first_ts_ms: 0,
+            path,
+        });
+        l.writer = Some(Writer {
+            file,
+            pending: Vec::with_capacity(64 * 1024),
+            unsynced: true,
+        });
+        self.disk_bytes += HEADER_LEN as u64;
+        Ok(())
+    }
+
+    fn write_failed(&mut self, seq: u64, e: &std::io::Error) {
+        self.metrics
+            .buffer_write_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(seq, error = %e, "Cannot write to the buffer; keeping the record in memory. Check the state directory's disk.");
+    }
+
+    /// Frees space for `need` bytes according to `when_full`.
+    fn make_room(&mut self, need: u64, for_lane: usize) -> bool {
+        match self.cfg.when_full {
+            WhenFull::DropNewest | WhenFull::Block => false,
+            WhenFull::DropOldest => {
+                while self.disk_bytes + need > self.cfg.max_disk_bytes {
+                    // Summaries go first, alarms last; never the segment
+                    // being written unless it is the only one left.
+                    let victim = [0usize, 1]
+                        .into_iter()
+                        .find(|&i| {
+                            self.lanes[i].segments.len() > 1
+                                || (self.lanes[i].segments.len() == 1 && i != for_lane)
+                        })
+                        .or_else(|| {
+                            (!self.lanes[for_lane].segments.is_empty()).then_some(for_lane)
+                        });
+                    let Some(i) = victim else {
+                        return false;
+                    };
+                    self.drop_oldest_segment(i);
+                }
+                true
+            }
+        }
+    }
+
+    fn drop_oldest_segment(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        let Some(seg) = l.segments.pop_front() else {
+            return;
+        };
+        if l.segments.is_empty() {
+            l.writer = None;
+        }
+        if l.reader.as_ref().is_some_and(|r| r.base == seg.base) {
+            l.reader = None;
+        }
+        let unacked = recover::count_after(&seg.path, l.acked.max(l.sent_hwm));
+        let _ = std::fs::remove_file(&seg.path);
+        self.disk_bytes -= seg.bytes;
+        // The dropped records are gone from memory too, and count as settled.
+        l.sent_hwm = l.sent_hwm.max(seg.last);
+        l.acked = l.acked.max(seg.last);
+        while l.mem.front().is_some_and(|m| m.rec.seq <= seg.last) {
+            let m = l.mem.pop_front().expect("front exists");
+            l.mem_bytes -= cost(&m.rec);
+        }
+        l.resend.retain(|m| m.rec.seq > seg.last);
+        self.metrics
+            .buffer_dropped_oldest
+            .fetch_add(unacked, Ordering::Relaxed);
+        self.cursor_dirty = true;
+        tracing::warn!(lane = l.lane.dir_name(), dropped = unacked, first_seq = seg.base, last_seq = seg.last, "The buffer is full; dropped its oldest segment (raise buffer.max_disk_bytes for longer outages).");
+    }
+
+    /// Keeps memory under the budget: records already on disk are dropped
+    /// from memory; others are written first; what can be neither written
+    /// nor held is dropped (newest first) and counted.
+    fn enforce_memory_budget(&mut self) {
+        let total = |b: &Self| b.lanes.iter().map(|l| l.mem_bytes).sum::<u64>();
+        if total(self) <= self.cfg.memory_budget_bytes {
+            return;
+        }
+        self.spill_all();
+        let target = self.cfg.memory_budget_bytes / 2;
+        for lane in 0..2 {
+            let _ = self.flush_lane(lane);
+            let l = &mut self.lanes[lane];
+            while l.mem_bytes > target {
+                match l.mem.front() {
+                    Some(m) if m.on_disk => {
+                        if let Some(m) = l.mem.pop_front() {
+                            l.mem_bytes -= cost(&m.rec);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        while total(self) > self.cfg.memory_budget_bytes {
+            let Some(lane) = (0..2).find(|&i| self.lanes[i].mem.back().is_some_and(|m| !m.on_disk))
+            else {
+                break;
+            };
+            let l = &mut self.lanes[lane];
+            if let Some(m) = l.mem.pop_back() {
+                l.mem_bytes -= cost(&m.rec);
+                self.refuse(&m.rec);
+            }
+        }
+    }
+
+    /// Writes every record that is only in memory, in sequence order, until
+    /// the disk refuses.
+    fn spill_all(&mut self) {
+        for lane in 0..2 {
+            let l = &self.lanes[lane];
+            let mut pending: Vec<Record> = l
+                .resend
+                .iter()
+                .chain(
+                    self.inflight
+                        .values()
+                        .filter(|(ln, _)| *ln as usize == lane)
+                        .map(|(_, m)| m),
+                )
+                .chain(l.mem.iter())
+                .filter(|m| !m.on_disk)
+                .map(|m| m.rec.clone())
+                .collect();
+            if pending.is_empty() {
+                continue;
+            }
+            pending.sort_unstable_by_key(|r| r.seq);
+            pending.dedup_by_key(|r| r.seq);
+            let mut written_upto = None;
+            for r in &pending {
+                if self.append(lane, r) != Appended::Written {
+                    break;
+                }
+                written_upto = Some(r.seq);
+            }
+            if let Some(upto) = written_upto {
+                self.mark_on_disk(lane, upto);
+                self.metrics.buffer_spills.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Marks every in-memory copy of records up to `upto` as written.
+    fn mark_on_disk(&mut self, lane: usize, upto: u64) {
+        for (_, m) in self
+            .inflight
+            .values_mut()
+            .filter(|(ln, _)| *ln as usize == lane)
+        {
+            if m.rec.seq <= upto {
+                m.on_disk = true;
+            }
+        }
+        let l = &mut self.lanes[lane];
+        for m in l.resend.iter_mut().chain(l.mem.iter_mut()) {
+            if m.rec.seq <= upto {
+                m.on_disk = true;
+            }
+        }
+    }
+
+    /// The next record to publish, alarms first. `None` when nothing waits
+    /// or the in-flight window is full (the caller limits that).
+    pub fn next_unsent(&mut self, now_ms: i64) -> Option<Record> {
+        for lane in [1usize, 0] {
+            while let Some(m) = self.take_next(lane) {
+                if self.cfg.max_age_ms > 0
+                    && now_ms.saturating_sub(m.rec.ts_ms) > self.cfg.max_age_ms
+                {
+                    self.metrics.buffer_expired.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        seq = m.rec.seq,
+                        age_ms = now_ms - m.rec.ts_ms,
+                        "Dropped a record older than buffer.max_age."
+                    );
+                    self.settle(lane);
+                    continue;
+                }
+                if m.rec.seq >= self.reserved {
+                    self.reserve(m.rec.seq + 1);
+                }
+                let rec = m.rec.clone();
+                self.inflight.insert(rec.seq, (rec.lane, m));
+                return Some(rec);
+            }
+        }
+        None
+    }
+
+    fn take_next(&mut self, lane: usize) -> Option<MemRecord> {
+        if let Some(m) = self.lanes[lane].resend.pop_front() {
+            return Some(m);
+        }
+        let mem_next = {
+            let l = &self.lanes[lane];
+            let i = l.mem.partition_point(|m| m.rec.seq <= l.sent_hwm);
+            l.mem.get(i).map(|m| m.rec.seq)
+        };
+        let disk_next = self.peek_disk(lane);
+        let from_disk = match (disk_next, mem_next) {
+            (Some(d), Some(m)) => d < m,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let l = &mut self.lanes[lane];
+        let m = if from_disk {
+            let rec = l.reader.as_mut().and_then(|r| r.peeked.take())?;
+            MemRecord {
+                rec,
+                on_disk: true,
+                pushed_ms: 0,
+            }
+        } else {
+            let i = l.mem.partition_point(|m| m.rec.seq <= l.sent_hwm);
+            l.mem.get(i)?.clone()
+        };
+        l.sent_hwm = m.rec.seq;
+        Some(m)
+    }
+
+    /// The seq of the next record on disk past `sent_hwm`, reading ahead.
+    fn peek_disk(&mut self, lane: usize) -> Option<u64> {
+        loop {
+            let sent = self.lanes[lane].sent_hwm;
+            if let Some(p) = self.lanes[lane]
+                .reader
+                .as_ref()
+                .and_then(|r| r.peeked.as_ref())
+            {
+                if p.seq > sent {
+                    return Some(p.seq);
+                }
+                if let Some(r) = self.lanes[lane].reader.as_mut() {
+                    r.peeked = None;
+                }
+            }
+            if self.lanes[lane].reader.is_none() {
+                let l = &self.lanes[lane];
+                let seg = l.segments.iter().find(|s| s.last > sent && s.records > 0)?;
+                let (base, path) = (seg.base, seg.path.clone());
+                if l.writer.is_some() && l.segments.back().is_some_and(|s| s.base == base) {
+                    let _ = self.flush_lane(lane);
+                }
+                let mut file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.read_failed(lane, base, &e.to_string());
+                        continue;
+                    }
+                };
+                if file.seek(SeekFrom::Start(HEADER_LEN as u64)).is_err() {
+                    self.read_failed(lane, base, "seek failed");
+                    continue;
+                }
+                self.lanes[lane].reader = Some(Reader {
+                    base,
+                    file: BufReader::with_capacity(64 * 1024, file),
+                    pos: HEADER_LEN as u64,
+                    peeked: None,
+                });
+            }
+            match self.read_record(lane) {
+                Ok(Some(rec)) => {
+                    if rec.seq > sent {
+                        let r = self.lanes[lane].reader.as_mut()?;
+                        r.peeked = Some(rec);
+                    }
+                }
+                Ok(None) => {
+                    // End of this segment: move on if a later one exists.
+                    let base = self.lanes[lane].reader.as_ref()?.base;
+                    let has_later = self.lanes[lane].segments.iter().any(|s| s.base > base);
+                    if !has_later {
+                        return None;
+                    }
+                    self.lanes[lane].reader = None;
+                    let l = &mut self.lanes[lane];
+                    if let Some(seg) = l.segments.iter().find(|s| s.base == base) {
+                        l.sent_hwm = l.sent_hwm.max(seg.last);
+                    }
+                }
+                Err(what) => {
+                    let base = self.lanes[lane].reader.as_ref()?.base;
+                    self.read_failed(lane, base, &what);
+                }
+            }
+        }
+    }
+
+    /// Reads the record at the reader's position: `Ok(None)` at a clean end.
+    fn read_record(&mut self, lane: usize) -> Result<Option<Record>, String> {
+        let l = &mut self.lanes[lane];
+        let Some(r) = l.reader.as_mut() else {
+            return Ok(None);
+        };
+        let mut head = [0u8; RECORD_HEADER_LEN];
+        match read_full(&mut r.file, &mut head) {
+            Ok(0) => return Ok(None),
+            Ok(n) if n < RECORD_HEADER_LEN => {
+                let _ = r.file.seek(SeekFrom::Start(r.pos));
+                return Ok(None);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
+        if head[0..2] != segment::MARKER || len > segment::MAX_BODY {
+            return Err("a record header is damaged".into());
+        }
+        let mut buf = vec![0u8; RECORD_HEADER_LEN + len];
+        buf[..RECORD_HEADER_LEN].copy_from_slice(&head);
+        match read_full(&mut r.file, &mut buf[RECORD_HEADER_LEN..]) {
+            Ok(n) if n == len => {}
+            Ok(_) => {
+                let _ = r.file.seek(SeekFrom::Start(r.pos));
+                return Ok(None);
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        match segment::parse_record(&buf) {
+            Parsed::Record { body, len } => {
+                r.pos += len as u64;
+                Ok(Some(Record {
+                    seq: body.seq,
+                    lane: l.lane,
+                    ts_ms: body.ts_ms,
+                    topic: body.topic.to_owned(),
+                    payload: body.payload.to_vec(),
+                }))
+            }
+            _ => Err("a record failed its CRC check".into()),
+        }
+    }
+
+    fn read_failed(&mut self, lane: usize, base: u64, what: &str) {
+        self.metrics
+            .buffer_read_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let l = &mut self.lanes[lane];
+        tracing::error!(lane = l.lane.dir_name(), segment = base, error = what, "Cannot read a buffer segment; skipping the rest of it. `sensor-gateway buffer verify` shows the damage.");
+        l.reader = None;
+        if let Some(seg) = l.segments.iter().find(|s| s.base == base) {
+            l.sent_hwm = l.sent_hwm.max(seg.last);
+        }
+    }
+
+    /// The broker acknowledged `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        if let Some((lane, _)) = self.inflight.remove(&seq) {
+            self.settle(lane as usize);
+        }
+    }
+
+    /// Recomputes a lane's acked mark and frees what it covers.
+    fn settle(&mut self, lane: usize) {
+        let l = &self.lanes[lane];
+        let lowest_open = self
+            .inflight
+            .iter()
+            .filter(|(_, (ln, _))| *ln as usize == lane)
+            .map(|(s, _)| *s)
+            .chain(l.resend.iter().map(|m| m.rec.seq))
+            .min();
+        let acked = match lowest_open {
+            Some(s) => s - 1,
+            None => l.sent_hwm,
+        };
+        if acked > l.acked {
+            let l = &mut self.lanes[lane];
+            l.acked = acked;
+            while l.mem.front().is_some_and(|m| m.rec.seq <= acked) {
+                let m = l.mem.pop_front().expect("front exists");
+                l.mem_bytes -= cost(&m.rec);
+            }
+            self.cursor_dirty = true;
+            self.delete_acked_segments(lane);
+        }
+    }
+
+    fn delete_acked_segments(&mut self, lane: usize) {
+        let l = &mut self.lanes[lane];
+        while l.segments.front().is_some_and(|s| {
+            s.last <= l.acked && (s.records > 0 || l.segments.len() > 1 || l.writer.is_none())
+        }) {
+            let seg = l.segments.pop_front().expect("front exists");
+            if l.segments.is_empty() {
+                l.writer = None;
+            }
+            if l.reader.as_ref().is_some_and(|r| r.base == seg.base) {
+                l.reader = None;
+            }
+            let _ = std::fs::remove_file(&seg.path);
+            self.disk_bytes -= seg.bytes;
+        }
+    }
+
+    /// The connection was lost: in-flight records are sent again later,
+    /// in order. Returns how many.
+    pub fn rewind(&mut self) -> usize {
+        let n = self.inflight.len();
+        let inflight = std::mem::take(&mut self.inflight);
+        for (_, (lane, m)) in inflight.into_iter().rev() {
+            self.lanes[lane as usize].resend.push_front(m);
+        }
+        for l in &mut self.lanes {
+            l.resend.make_contiguous().sort_by_key(|m| m.rec.seq);
+        }
+        n
+    }
+
+    /// Periodic work: spilling, writing, group commit, cursor.
+    pub fn maintain(&mut self, now_ms: i64, upstream_up: bool) {
+        if self.cfg.durability == Durability::Outage {
+            let spill_after = self.cfg.spill_after_ms;
+            let overdue = self.lanes.iter().any(|l| {
+                l.mem
+                    .iter()
+                    .any(|m| !m.on_disk && now_ms.saturating_sub(m.pushed_ms) >= spill_after)
+            }) || self
+                .inflight
+                .values()
+                .any(|(_, m)| !m.on_disk && now_ms.saturating_sub(m.pushed_ms) >= spill_after);
+            if !upstream_up || overdue {
+                self.spill_all();
+            }
+        }
+        let due = now_ms.saturating_sub(self.last_sync_ms) >= self.cfg.commit_interval_ms;
+        if due {
+            self.flush_and_sync(now_ms);
+        } else {
+            for lane in 0..2 {
+                if let Err(e) = self.flush_lane(lane) {
+                    self.write_failed(0, &e);
+                }
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Writes pending bytes to the files (no fsync).
+    fn flush_lane(&mut self, lane: usize) -> std::io::Result<()> {
+        let Some(w) = self.lanes[lane].writer.as_mut() else {
+            return Ok(());
+        };
+        if w.pending.is_empty() {
+            return Ok(());
+        }
+        let n = w.pending.len() as u64;
+        let r = w.file.write_all(&w.pending);
+        w.pending.clear();
+        w.unsynced = true;
+        self.metrics
+            .buffer_bytes_written
+            .fetch_add(n, Ordering::Relaxed);
+        r
+    }
+
+    /// Writes and fsyncs everything, and persists the cursor if it moved.
+    pub fn flush_and_sync(&mut self, now_ms: i64) {
+        for lane in 0..2 {
+            if let Err(e) = self.flush_lane(lane) {
+                self.write_failed(0, &e);
+            }
+            if let Some(w) = self.lanes[lane].writer.as_mut() {
+                if w.unsynced {
+                    match w.file.sync_data() {
+                        Ok(()) => {
+                            w.unsynced = false;
+                            self.metrics.buffer_fsyncs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            self.metrics
+                                .buffer_write_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "fsync of the buffer failed.");
+                        }
+                    }
+                }
+            }
+        }
+        self.last_synced_seq = self.highest_written_seq;
+        self.metrics
+            .buffer_last_synced_seq
+            .store(self.last_synced_seq as i64, Ordering::Relaxed);
+        self.last_sync_ms = now_ms;
+        let has_disk = self.lanes.iter().any(|l| !l.segments.is_empty());
+        if self.cursor_dirty && has_disk {
+            self.write_cursor();
+        }
+    }
+
+    /// Shutdown: everything in memory goes to disk and is fsynced.
+    pub fn close(&mut self, now_ms: i64) {
+        self.spill_all();
+        self.cursor_dirty = true;
+        self.flush_and_sync(now_ms);
+        self.write_cursor();
+        self.update_gauges();
+    }
+
+    fn reserve(&mut self, at_least: u64) {
+        self.reserved = at_least + RESERVE_BLOCK;
+        self.write_cursor();
+    }
+
+    fn write_cursor(&mut self) {
+        self.cursor_gen += 1;
+        let c = recover::Cursor {
+            generation: self.cursor_gen,
+            acked_summaries: self.lanes[0].acked,
+            acked_alarms: self.lanes[1].acked,
+            reserved: self.reserved,
+        };
+        match recover::write_cursor(&self.root, &c) {
+            Ok(n) => {
+                self.metrics
+                    .buffer_bytes_written
+                    .fetch_add(n, Ordering::Relaxed);
+                self.cursor_dirty = false;
+            }
+            Err(e) => {
+                self.metrics
+                    .buffer_write_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "Cannot write the buffer cursor; records may be sent again after a restart.");
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics
+            .buffer_disk_bytes
+            .store(self.disk_bytes as i64, Ordering::Relaxed);
+        let mem: u64 = self.lanes.iter().map(|l| l.mem_bytes).sum();
+        self.metrics
+            .buffer_memory_bytes
+            .store(mem as i64, Ordering::Relaxed);
+        self.metrics
+            .upstream_queue_records
+            .store(self.len() as i64, Ordering::Relaxed);
+        self.metrics
+            .upstream_queue_bytes
+            .store((self.disk_bytes + mem) as i64, Ordering::Relaxed);
+        let oldest = self
+            .lanes
+            .iter()
+            .flat_map(|l| {
+                l.segments
+                    .iter()
+                    .filter(move |s| s.last > l.acked)
+                    .map(|s| s.first_ts_ms)
+            })
+            .filter(|t| *t > 0)
+            .min()
+            .unwrap_or(0);
+        self.metrics
+            .buffer_oldest_ts_ms
+            .store(oldest, Ordering::Relaxed);
+    }
+}
+
+impl LaneLog {
+    fn placeholder() -> Self {
+        LaneLog {
+            lane: Lane::Summary,
+            dir: PathBuf::new(),
+            segments: VecDeque::new(),
+            writer: None,
+            reader: None,
+            mem: VecDeque::new(),
+            mem_bytes: 0,
+            resend: VecDeque::new(),
+            sent_hwm: 0,
+            acked: 0,
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests;

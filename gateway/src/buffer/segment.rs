@@ -1,0 +1,297 @@
+//! Segment files: the on-disk format, encoding, and the scan that recovery
+//! and `buffer verify` share.
+//!
+//! ```text
+//! segment file  {base_seq:020}.seg   (base_seq = seq of its first record)
+//!
+//!   header, 24 bytes
+//!     0..8    magic           b"SGWLOG\r\n"
+//!     8..10   format version  u16 LE = 1
+//!     10      lane            u8: 0 summaries, 1 alarms
+//!     11      reserved        0
+//!     12..20  base_seq        u64 LE
+//!     20..24  CRC-32          u32 LE of bytes 0..20
+//!
+//!   records, back to back until the end of the file
+//!     0..2    marker          0xA5 0x5A
+//!     2..6    body length     u32 LE, at most MAX_BODY
+//!     6..10   CRC-32          u32 LE of the body
+//!     10..    body            postcard: seq u64, ts_ms i64, topic str, payload bytes
+//!                             (varints as postcard encodes them; do not reorder fields)
+//! ```
+//!
+//! A record is valid when its marker, length and CRC are right and its body
+//! decodes. The marker lets a scan find the next record after damage without
+//! trusting the damaged length. CRC-32 is the IEEE polynomial (crc32fast).
+
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: [u8; 8] = *b"SGWLOG\r\n";
+pub const VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 24;
+pub const RECORD_HEADER_LEN: usize = 10;
+pub const MARKER: [u8; 2] = [0xA5, 0x5A];
+/// Bodies larger than this are rejected (and treated as damage when read).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The body of a record as stored.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Body<'a> {
+    pub seq: u64,
+    /// Measurement time (a summary's window end, an alarm's event time), ms.
+    pub ts_ms: i64,
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+}
+
+pub fn encode_header(lane: u8, base_seq: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[10] = lane;
+    h[12..20].copy_from_slice(&base_seq.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Header fields, or why the header is unusable.
+pub fn decode_header(h: &[u8]) -> Result<(u8, u64), &'static str> {
+    if h.len() < HEADER_LEN {
+        return Err("the file is shorter than a segment header");
+    }
+    if h[0..8] != MAGIC {
+        return Err("bad magic");
+    }
+    let crc = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
+    if crc != crc32fast::hash(&h[0..20]) {
+        return Err("bad header CRC");
+    }
+    let version = u16::from_le_bytes([h[8], h[9]]);
+    if version != VERSION {
+        return Err("unknown format version");
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&h[12..20]);
+    Ok((h[10], u64::from_le_bytes(seq)))
+}
+
+/// Appends one encoded record to `out`.
+pub fn encode_record(out: &mut Vec<u8>, body: &Body<'_>) -> Result<(), postcard::Error> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    let encoded = postcard::to_extend(body, std::mem::take(out))?;
+    *out = encoded;
+    let len = out.len() - start - RECORD_HEADER_LEN;
+    let crc = crc32fast::hash(&out[start + RECORD_HEADER_LEN..]);
+    out[start..start + 2].copy_from_slice(&MARKER);
+    out[start + 2..start + 6].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 6..start + 10].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The outcome of parsing at one position.
+#[derive(Debug, PartialEq)]
+pub enum Parsed<'a> {
+    /// A valid record spanning `len` bytes.
+    Record { body: Body<'a>, len: usize },
+    /// Fewer bytes than a whole record: a torn tail if nothing follows.
+    Incomplete,
+    /// Not a valid record here.
+    Invalid,
+}
+
+/// Parses the record that starts at `buf[0]`.
+pub fn parse_record(buf: &[u8]) -> Parsed<'_> {
+    if buf.len() < RECORD_HEADER_LEN {
+        return if buf.is_empty() || buf[0] == MARKER[0] {
+            Parsed::Incomplete
+        } else {
+            Parsed::Invalid
+        };
+    }
+    if buf[0..2] != MARKER {
+        return Parsed::Invalid;
+    }
+    let len = u32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+    if len > MAX_BODY {
+        return Parsed::Invalid;
+    }
+    let total = RECORD_HEADER_LEN + len;
+    if buf.len() < total {
+        return Parsed::Incomplete;
+    }
+    let body = &buf[RECORD_HEADER_LEN..total];
+    let crc = u32::from_le_bytes([buf[6], buf[7], buf[8], buf[9]]);
+    if crc != crc32fast::hash(body) {
+        return Parsed::Invalid;
+    }
+    match postcard::from_bytes::<Body>(body) {
+        Ok(b) => Parsed::Record {
+            body: b,
+            len: total,
+        },
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+/// What a scan of a segment's bytes found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Scan {
+    pub header: Option<(u8, u64)>,
+    pub header_error: Option<&'static str>,
+    /// Byte ranges of valid records, in file order.
+    pub records: Vec<(usize, usize)>,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_ts_ms: Option<i64>,
+    pub last_ts_ms: Option<i64>,
+    /// Damaged ranges followed by a valid record (need salvage).
+    pub middle_damage: Vec<(usize, usize)>,
+    /// Where the valid data ends when the rest is a torn or damaged tail.
+    pub tail_from: Option<usize>,
+}
+
+impl Scan {
+    pub fn is_clean(&self) -> bool {
+        self.header_error.is_none() && self.middle_damage.is_empty() && self.tail_from.is_none()
+    }
+}
+
+/// Scans a whole segment. Never fails: damage is described, not raised.
+pub fn scan(buf: &[u8]) -> Scan {
+    let mut s = Scan::default();
+    match decode_header(buf) {
+        Ok(h) => s.header = Some(h),
+        Err(e) => s.header_error = Some(e),
+    }
+    let mut pos = HEADER_LEN.min(buf.len());
+    if s.header.is_none() {
+        // Salvage: look for records anywhere after where a header would be.
+        pos = 0;
+    }
+    while pos < buf.len() {
+        match parse_record(&buf[pos..]) {
+            Parsed::Record { body, len } => {
+                s.first_seq.get_or_insert(body.seq);
+                s.last_seq = Some(body.seq);
+                s.first_ts_ms.get_or_insert(body.ts_ms);
+                s.last_ts_ms = Some(body.ts_ms);
+                s.records.push((pos, len));
+                pos += len;
+            }
+            Parsed::Incomplete | Parsed::Invalid => match resync(buf, pos + 1) {
+                Some(next) => {
+                    if s.header.is_some() || !s.records.is_empty() {
+                        s.middle_damage.push((pos, next));
+                    }
+                    pos = next;
+                }
+                None => {
+                    s.tail_from = Some(pos);
+                    break;
+                }
+            },
+        }
+    }
+    s
+}
+
+/// The next position at or after `from` where a valid record starts.
+fn resync(buf: &[u8], from: usize) -> Option<usize> {
+    let mut pos = from;
+    while pos + RECORD_HEADER_LEN <= buf.len() {
+        let rel = buf[pos..].windows(2).position(|w| w == MARKER)?;
+        pos += rel;
+        if matches!(parse_record(&buf[pos..]), Parsed::Record { .. }) {
+            return Some(pos);
+        }
+        pos += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(n: u64) -> Vec<u8> {
+        let mut buf = encode_header(0, 1).to_vec();
+        for seq in 1..=n {
+            let payload = format!("{{\"seq\":{seq}}}");
+            encode_record(
+                &mut buf,
+                &Body {
+                    seq,
+                    ts_ms: 1000 + seq as i64,
+                    topic: "t/x",
+                    payload: payload.as_bytes(),
+                },
+            )
+            .unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn round_trip() {
+        let buf = segment(5);
+        let s = scan(&buf);
+        assert!(s.is_clean());
+        assert_eq!(s.header, Some((0, 1)));
+        assert_eq!(s.records.len(), 5);
+        assert_eq!((s.first_seq, s.last_seq), (Some(1), Some(5)));
+        let (off, len) = s.records[2];
+        match parse_record(&buf[off..off + len]) {
+            Parsed::Record { body, .. } => {
+                assert_eq!(body.seq, 3);
+                assert_eq!(body.payload, b"{\"seq\":3}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn torn_tail_is_found() {
+        let buf = segment(5);
+        let cut = &buf[..buf.len() - 3];
+        let s = scan(cut);
+        assert_eq!(s.records.len(), 4);
+        assert!(s.middle_damage.is_empty());
+        assert_eq!(s.tail_from, Some(s.records[3].0 + s.records[3].1));
+    }
+
+    #[test]
+    fn middle_damage_is_skipped_and_later_records_salvaged() {
+        let mut buf = segment(5);
+        let s0 = scan(&buf);
+        let (off, _) = s0.records[1];
+        buf[off + RECORD_HEADER_LEN + 1] ^= 0xFF;
+        let s = scan(&buf);
+        assert_eq!(s.records.len(), 4);
+        assert_eq!(s.middle_damage.len(), 1);
+        assert_eq!(s.tail_from, None);
+    }
+
+    #[test]
+    fn bad_header_still_salvages_records() {
+        let mut buf = segment(3);
+        buf[0] = b'X';
+        let s = scan(&buf);
+        assert_eq!(s.header_error, Some("bad magic"));
+        assert_eq!(s.records.len(), 3);
+    }
+
+    #[test]
+    fn garbage_and_empty_input_never_panic() {
+        for buf in [
+            &[][..],
+            &[0xA5][..],
+            &[0xA5, 0x5A, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0][..],
+            &[7u8; 100][..],
+        ] {
+            let s = scan(buf);
+            assert!(s.records.is_empty());
+        }
+    }
+}
