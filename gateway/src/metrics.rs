@@ -87,8 +87,6 @@ pub struct Metrics {
     pub upstream_published: AtomicU64,
     pub upstream_acked: AtomicU64,
     pub upstream_retransmitted: AtomicU64,
-    pub upstream_dropped_queue_full: AtomicU64,
-    pub upstream_dropped_oversize: AtomicU64,
     pub upstream_connections: AtomicU64,
     pub upstream_disconnects: AtomicU64,
     pub upstream_connected: AtomicI64,
@@ -137,72 +135,154 @@ impl Metrics {
     /// Prometheus text exposition of every metric.
     pub fn render_prometheus(&self) -> String {
         use std::fmt::Write;
-        let mut s = String::with_capacity(2048);
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let g = |a: &AtomicI64| a.load(Ordering::Relaxed);
-        let mut counter = |name: &str, help: &str, v: u64| {
+        let counters: &[(&str, &str, u64)] = &[
+            (
+                "gateway_messages_received_total",
+                "Messages read from all sources.",
+                c(&self.messages_received),
+            ),
+            (
+                "gateway_readings_accepted_total",
+                "Readings merged into a window.",
+                c(&self.readings_accepted),
+            ),
+            (
+                "gateway_summaries_produced_total",
+                "Window summaries produced.",
+                c(&self.summaries_produced),
+            ),
+            (
+                "gateway_source_connections_total",
+                "Successful source broker connections.",
+                c(&self.source_connections),
+            ),
+            (
+                "gateway_source_subscriptions_total",
+                "Subscriptions granted by source brokers.",
+                c(&self.source_subscriptions),
+            ),
+            (
+                "gateway_source_disconnects_total",
+                "Source broker connections lost.",
+                c(&self.source_disconnects),
+            ),
+            (
+                "gateway_upstream_published_total",
+                "Publishes sent upstream, retransmissions included.",
+                c(&self.upstream_published),
+            ),
+            (
+                "gateway_upstream_acked_total",
+                "Records acknowledged by the upstream broker (delivered).",
+                c(&self.upstream_acked),
+            ),
+            (
+                "gateway_upstream_retransmitted_total",
+                "Records sent again after a reconnect.",
+                c(&self.upstream_retransmitted),
+            ),
+            (
+                "gateway_upstream_connections_total",
+                "Successful upstream connections.",
+                c(&self.upstream_connections),
+            ),
+            (
+                "gateway_upstream_disconnects_total",
+                "Upstream connections lost or refused.",
+                c(&self.upstream_disconnects),
+            ),
+            (
+                "gateway_upstream_undelivered_at_shutdown_total",
+                "Records left in the buffer at shutdown, delivered after restart.",
+                c(&self.upstream_undelivered_at_shutdown),
+            ),
+            (
+                "gateway_buffer_bytes_written_total",
+                "Bytes written to the buffer's files (segments and cursor).",
+                c(&self.buffer_bytes_written),
+            ),
+            (
+                "gateway_buffer_fsyncs_total",
+                "fsync calls on buffer segments.",
+                c(&self.buffer_fsyncs),
+            ),
+            (
+                "gateway_buffer_spills_total",
+                "Times records held in memory were written to disk.",
+                c(&self.buffer_spills),
+            ),
+            (
+                "gateway_buffer_write_errors_total",
+                "Failed buffer writes (the records stay in memory).",
+                c(&self.buffer_write_errors),
+            ),
+            (
+                "gateway_buffer_read_errors_total",
+                "Buffer segments that became unreadable while running.",
+                c(&self.buffer_read_errors),
+            ),
+            (
+                "gateway_buffer_torn_tails_total",
+                "Torn segment tails cut at start-up.",
+                c(&self.buffer_torn_tails),
+            ),
+            (
+                "gateway_buffer_quarantined_total",
+                "Damaged buffer files moved to quarantine at start-up.",
+                c(&self.buffer_quarantined),
+            ),
+        ];
+        let gauges: &[(&str, &str, i64)] = &[
+            (
+                "gateway_upstream_connected",
+                "1 while the upstream broker is connected.",
+                g(&self.upstream_connected),
+            ),
+            (
+                "gateway_upstream_queue_records",
+                "Records waiting for delivery.",
+                g(&self.upstream_queue_records),
+            ),
+            (
+                "gateway_upstream_queue_bytes",
+                "Bytes of records waiting for delivery.",
+                g(&self.upstream_queue_bytes),
+            ),
+            (
+                "gateway_buffer_disk_bytes",
+                "Bytes of buffer segments on disk.",
+                g(&self.buffer_disk_bytes),
+            ),
+            (
+                "gateway_buffer_memory_bytes",
+                "Bytes of records held in memory by the buffer.",
+                g(&self.buffer_memory_bytes),
+            ),
+            (
+                "gateway_buffer_last_synced_seq",
+                "Highest sequence number made durable by fsync.",
+                g(&self.buffer_last_synced_seq),
+            ),
+            (
+                "gateway_buffer_first_seq_this_run",
+                "First sequence number of this run.",
+                g(&self.buffer_first_seq_this_run),
+            ),
+            (
+                "gateway_buffer_oldest_timestamp_ms",
+                "Measurement time of the oldest unacknowledged record on disk.",
+                g(&self.buffer_oldest_ts_ms),
+            ),
+        ];
+        let mut s = String::with_capacity(4096);
+        for (name, help, v) in counters {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        counter(
-            "gateway_messages_received_total",
-            "Messages read from all sources.",
-            c(&self.messages_received),
-        );
-        counter(
-            "gateway_readings_accepted_total",
-            "Readings merged into a window.",
-            c(&self.readings_accepted),
-        );
-        counter(
-            "gateway_summaries_produced_total",
-            "Window summaries produced.",
-            c(&self.summaries_produced),
-        );
-        counter(
-            "gateway_source_connections_total",
-            "Successful source broker connections.",
-            c(&self.source_connections),
-        );
-        counter(
-            "gateway_source_subscriptions_total",
-            "Subscriptions granted by source brokers.",
-            c(&self.source_subscriptions),
-        );
-        counter(
-            "gateway_source_disconnects_total",
-            "Source broker connections lost.",
-            c(&self.source_disconnects),
-        );
-        counter(
-            "gateway_upstream_published_total",
-            "Publishes sent upstream, retransmissions included.",
-            c(&self.upstream_published),
-        );
-        counter(
-            "gateway_upstream_acked_total",
-            "Records acknowledged by the upstream broker (delivered).",
-            c(&self.upstream_acked),
-        );
-        counter(
-            "gateway_upstream_retransmitted_total",
-            "Records sent again after a reconnect.",
-            c(&self.upstream_retransmitted),
-        );
-        counter(
-            "gateway_upstream_connections_total",
-            "Successful upstream connections.",
-            c(&self.upstream_connections),
-        );
-        counter(
-            "gateway_upstream_disconnects_total",
-            "Upstream connections lost or refused.",
-            c(&self.upstream_disconnects),
-        );
-        counter(
-            "gateway_upstream_undelivered_at_shutdown_total",
-            "Records still queued when the gateway stopped.",
-            c(&self.upstream_undelivered_at_shutdown),
-        );
+        }
+        for (name, help, v) in gauges {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
         let _ = writeln!(s, "# HELP gateway_readings_rejected_total Messages or readings dropped, by reason.\n# TYPE gateway_readings_rejected_total counter");
         for r in Reject::ALL {
             let _ = writeln!(
@@ -213,35 +293,23 @@ impl Metrics {
             );
         }
         let _ = writeln!(s, "# HELP gateway_upstream_dropped_total Records dropped before delivery, by reason.\n# TYPE gateway_upstream_dropped_total counter");
-        let _ = writeln!(
-            s,
-            "gateway_upstream_dropped_total{{reason=\"queue_full\"}} {}",
-            c(&self.upstream_dropped_queue_full)
-        );
-        let _ = writeln!(
-            s,
-            "gateway_upstream_dropped_total{{reason=\"oversize\"}} {}",
-            c(&self.upstream_dropped_oversize)
-        );
-        let mut gauge = |name: &str, help: &str, v: i64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            "gateway_upstream_connected",
-            "1 while the upstream broker is connected.",
-            g(&self.upstream_connected),
-        );
-        gauge(
-            "gateway_upstream_queue_records",
-            "Records waiting for delivery.",
-            g(&self.upstream_queue_records),
-        );
-        gauge(
-            "gateway_upstream_queue_bytes",
-            "Bytes of records waiting for delivery.",
-            g(&self.upstream_queue_bytes),
-        );
+        for (reason, v) in [
+            ("buffer_full_oldest", c(&self.buffer_dropped_oldest)),
+            ("buffer_full_newest", c(&self.buffer_dropped_disk_full)),
+            ("expired", c(&self.buffer_expired)),
+        ] {
+            let _ = writeln!(
+                s,
+                "gateway_upstream_dropped_total{{reason=\"{reason}\"}} {v}"
+            );
+        }
         s
+    }
+
+    /// Records dropped before delivery, all reasons.
+    pub fn upstream_dropped_total(&self) -> u64 {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        c(&self.buffer_dropped_oldest) + c(&self.buffer_dropped_disk_full) + c(&self.buffer_expired)
     }
 
     /// A one-line summary for the periodic log line.
@@ -255,11 +323,7 @@ impl Metrics {
             c(&self.summaries_produced),
             c(&self.upstream_acked),
             self.upstream_queue_records.load(Ordering::Relaxed),
-            c(&self.upstream_dropped_queue_full)
-                + c(&self.upstream_dropped_oversize)
-                + c(&self.buffer_dropped_oldest)
-                + c(&self.buffer_dropped_disk_full)
-                + c(&self.buffer_expired),
+            self.upstream_dropped_total(),
             self.upstream_connected.load(Ordering::Relaxed) == 1,
         )
     }

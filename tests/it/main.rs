@@ -7,27 +7,10 @@
 //! Each scenario runs against the embedded rumqttd broker and against
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
 
+mod buffer;
 mod outage;
 mod pipeline;
 mod shutdown;
-
-use std::time::Duration;
-
-use sensor_gateway_e2e::Gateway;
-
-/// Waits until the gateway's source subscription is granted, so that what
-/// the test publishes next is not published into the void.
-pub async fn wait_ready(gw: &Gateway) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while gw.metric("gateway_source_subscriptions_total") < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway never subscribed\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A start of event time aligned to a 1 s window boundary, a minute ago.
 pub fn aligned_base_ms() -> i64 {

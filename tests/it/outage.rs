@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sensor_gateway_e2e::*;
 
-use crate::{aligned_base_ms, wait_ready};
+use crate::aligned_base_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_outage_loses_nothing_rumqttd() {
@@ -52,8 +52,8 @@ async fn outage(kind: BrokerKind) {
         .await
         .unwrap();
     let sub = Subscriber::start(upstream.addr, "gateways/#").await;
-    let gw = Gateway::start(&gateway_config(source.addr, uplink.listen, ""));
-    wait_ready(&gw).await;
+    let mut gw = Gateway::start(&gateway_config(source.addr, uplink.listen, ""));
+    gw.wait_ready().await;
     let mut publisher = Publisher::connect(source.addr).await;
     let base = aligned_base_ms();
 
@@ -100,7 +100,7 @@ async fn outage(kind: BrokerKind) {
     })
     .await;
     assert_eq!(
-        gw.metric("gateway_upstream_dropped_total{reason=\"queue_full\"}"),
+        gw.metric("gateway_upstream_dropped_total{reason=\"buffer_full_oldest\"}"),
         0.0
     );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sensor_gateway_e2e::*;
 
-use crate::{aligned_base_ms, wait_ready};
+use crate::aligned_base_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_and_statistics_are_exact_rumqttd() {
@@ -32,8 +32,8 @@ max = 150.0
 window = "1s"
 unit = "degC"
 "#;
-    let gw = Gateway::start(&gateway_config(source.addr, upstream.addr, rules));
-    wait_ready(&gw).await;
+    let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, rules));
+    gw.wait_ready().await;
 
     let base = aligned_base_ms();
     let sensors = ["l1/m1/temp", "l1/m1/vib", "l1/m2/temp"];

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sensor_gateway_e2e::*;
 
-use crate::{aligned_base_ms, wait_ready};
+use crate::aligned_base_ms;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_flushes_open_windows_and_delivers_them() {
@@ -13,7 +13,7 @@ async fn sigterm_flushes_open_windows_and_delivers_them() {
     let sub = Subscriber::start(upstream.addr, "gateways/#").await;
     let rules = "[[sensor]]\nmatch = \"*/slow\"\nwindow = \"1h\"\n";
     let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, rules));
-    wait_ready(&gw).await;
+    gw.wait_ready().await;
     let mut publisher = Publisher::connect(source.addr).await;
     let base = aligned_base_ms() - aligned_base_ms().rem_euclid(3_600_000) + 60_000;
     for i in 0..10 {

@@ -172,29 +172,87 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Writes `config` and starts `sensor-gateway run` on it.
+    /// Writes `config` and starts `sensor-gateway run` on it. `@STATE_DIR@`
+    /// in the text becomes a directory inside the gateway's own temporary
+    /// directory.
     pub fn start(config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let config_path = dir.path().join("gateway.toml");
         let state = dir.path().join("state");
+        Gateway::start_in(dir, config, &state)
+    }
+
+    /// Like [`Gateway::start`], with the state directory given.
+    pub fn start_in(dir: tempfile::TempDir, config: &str, state: &Path) -> Gateway {
         let config = config.replace("@STATE_DIR@", &state.display().to_string());
-        std::fs::write(&config_path, config).expect("write the gateway config");
-        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("gateway log file");
+        std::fs::write(dir.path().join("gateway.toml"), config).expect("write the gateway config");
+        let mut gw = Gateway { child: None, dir };
+        gw.restart();
+        gw
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// Starts the process again with the same config and state.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "gateway already running");
+        let _ = std::fs::remove_file(self.dir.path().join("metrics.prom"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .expect("gateway log file");
         let child = Command::new(bin("sensor-gateway"))
             .arg("run")
             .arg("--config")
-            .arg(&config_path)
+            .arg(self.config_path())
             .arg("--metrics-file")
-            .arg(dir.path().join("metrics.prom"))
+            .arg(self.dir.path().join("metrics.prom"))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start sensor-gateway");
-        Gateway {
-            child: Some(child),
-            dir,
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: a crash or a power cut as far as the process can tell.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `sensor-gateway` with other arguments (for `buffer status` and
+    /// `buffer verify`) and returns (exit code, stdout + stderr).
+    pub fn command(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(bin("sensor-gateway"))
+            .args(args)
+            .output()
+            .expect("run sensor-gateway");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Waits until the gateway has subscribed to its source.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric("gateway_source_subscriptions_total") < 1.0 {
+            assert!(
+                self.is_running(),
+                "the gateway exited during start-up\n{}",
+                self.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never subscribed\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -108,6 +108,12 @@ struct Writer {
     file: File,
     /// Encoded records not yet written to the file.
     pending: Vec<u8>,
+    /// How many records `pending` holds, and the first one's seq.
+    pending_records: u64,
+    pending_first_seq: u64,
+    /// The file's length and last seq before `pending`.
+    flushed_len: u64,
+    flushed_last_seq: u64,
     /// Written to the file but not yet fsynced.
     unsynced: bool,
 }
@@ -150,6 +156,8 @@ pub struct Buffer {
     last_sync_ms: i64,
     last_synced_seq: u64,
     highest_written_seq: u64,
+    /// Set when the filesystem filled up before `max_disk_bytes`.
+    physical_limit: Option<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -222,6 +230,7 @@ impl Buffer {
             last_sync_ms: 0,
             last_synced_seq: max_seen,
             highest_written_seq: max_seen,
+            physical_limit: None,
             metrics,
         };
         std::mem::swap(&mut buffer.lanes, &mut lanes);
@@ -261,8 +270,7 @@ impl Buffer {
     /// Whether a record can be accepted without dropping anything; the sink
     /// stops taking records while this is false under `when_full = "block"`.
     pub fn has_room(&self) -> bool {
-        self.cfg.when_full != WhenFull::Block
-            || self.disk_bytes + 64 * 1024 <= self.cfg.max_disk_bytes
+        self.cfg.when_full != WhenFull::Block || self.disk_bytes + 64 * 1024 <= self.bound()
     }
 
     /// Records waiting (in memory or on disk) or in flight.
@@ -349,7 +357,7 @@ impl Buffer {
     /// Appends one record to a lane's log, applying the disk bound.
     fn append(&mut self, lane: usize, rec: &Record) -> Appended {
         let need = encoded_len(rec);
-        if self.disk_bytes + need > self.cfg.max_disk_bytes && !self.make_room(need, lane) {
+        if self.disk_bytes + need > self.bound() && !self.make_room(need, lane) {
             return Appended::Full;
         }
         if self.lanes[lane].writer.is_none() || self.segment_full(lane) {
@@ -377,6 +385,10 @@ impl Buffer {
         if seg.records == 0 {
             seg.first_ts_ms = rec.ts_ms;
         }
+        if w.pending_records == 0 {
+            w.pending_first_seq = rec.seq;
+        }
+        w.pending_records += 1;
         seg.bytes += n;
         seg.records += 1;
         seg.last = rec.seq;
@@ -402,13 +414,20 @@ impl Buffer {
         }
         let l = &mut self.lanes[lane];
         let path = l.dir.join(format!("{base:020}.seg"));
-        let mut file = std::fs::OpenOptions::new()
+        let header = segment::encode_header(l.lane as u8, base);
+        let created = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
-            .open(&path)?;
-        let header = segment::encode_header(l.lane as u8, base);
-        file.write_all(&header)?;
+            .open(&path)
+            .and_then(|mut f| f.write_all(&header).map(|()| f));
+        let file = match created {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         self.metrics
             .buffer_bytes_written
             .fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
@@ -427,6 +446,10 @@ impl Buffer {
         l.writer = Some(Writer {
             file,
             pending: Vec::with_capacity(64 * 1024),
+            pending_records: 0,
+            pending_first_seq: 0,
+            flushed_len: HEADER_LEN as u64,
+            flushed_last_seq: base.saturating_sub(1),
             unsynced: true,
         });
         self.disk_bytes += HEADER_LEN as u64;
@@ -445,7 +468,7 @@ impl Buffer {
         match self.cfg.when_full {
             WhenFull::DropNewest | WhenFull::Block => false,
             WhenFull::DropOldest => {
-                while self.disk_bytes + need > self.cfg.max_disk_bytes {
+                while self.disk_bytes + need > self.bound() {
                     // Summaries go first, alarms last; never the segment
                     // being written unless it is the only one left.
                     let victim = [0usize, 1]
@@ -507,7 +530,9 @@ impl Buffer {
         self.spill_all();
         let target = self.cfg.memory_budget_bytes / 2;
         for lane in 0..2 {
-            let _ = self.flush_lane(lane);
+            if self.flush_lane(lane).is_err() {
+                continue;
+            }
             let l = &mut self.lanes[lane];
             while l.mem_bytes > target {
                 match l.mem.front() {
@@ -821,6 +846,8 @@ impl Buffer {
             }
             let _ = std::fs::remove_file(&seg.path);
             self.disk_bytes -= seg.bytes;
+            // Space was freed: learn the filesystem's real size again.
+            self.physical_limit = None;
         }
     }
 
@@ -876,13 +903,87 @@ impl Buffer {
             return Ok(());
         }
         let n = w.pending.len() as u64;
-        let r = w.file.write_all(&w.pending);
+        match w.file.write_all(&w.pending) {
+            Ok(()) => {
+                w.pending.clear();
+                w.flushed_len += n;
+                w.flushed_last_seq = self.lanes[lane]
+                    .segments
+                    .back()
+                    .map_or(w.flushed_last_seq, |s| s.last);
+                w.pending_records = 0;
+                w.unsynced = true;
+                self.metrics
+                    .buffer_bytes_written
+                    .fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.unwind_failed_write(lane, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A write failed (typically ENOSPC): cut the file back to its last
+    /// complete record, forget the unwritten records' disk copies (they are
+    /// still in memory), and, when the disk is full, shrink the bound to what
+    /// fits so that `when_full` applies from now on.
+    fn unwind_failed_write(&mut self, lane: usize, e: &std::io::Error) {
+        let l = &mut self.lanes[lane];
+        let Some(mut w) = l.writer.take() else {
+            return;
+        };
+        let _ = w.file.set_len(w.flushed_len);
+        let _ = w.file.seek(SeekFrom::Start(w.flushed_len));
+        let lost_bytes = w.pending.len() as u64;
+        let first_unwritten = w.pending_first_seq;
+        if let Some(seg) = l.segments.back_mut() {
+            seg.bytes = seg.bytes.saturating_sub(lost_bytes);
+            seg.records = seg.records.saturating_sub(w.pending_records);
+            seg.last = w.flushed_last_seq;
+            if seg.records == 0 {
+                let _ = std::fs::remove_file(&seg.path);
+                self.disk_bytes = self.disk_bytes.saturating_sub(seg.bytes);
+                l.segments.pop_back();
+            }
+        }
+        self.disk_bytes = self.disk_bytes.saturating_sub(lost_bytes);
+        for m in l.mem.iter_mut().chain(l.resend.iter_mut()) {
+            if m.rec.seq >= first_unwritten {
+                m.on_disk = false;
+            }
+        }
+        for (_, m) in self
+            .inflight
+            .values_mut()
+            .filter(|(ln, _)| *ln as usize == lane)
+        {
+            if m.rec.seq >= first_unwritten {
+                m.on_disk = false;
+            }
+        }
         w.pending.clear();
-        w.unsynced = true;
         self.metrics
-            .buffer_bytes_written
-            .fetch_add(n, Ordering::Relaxed);
-        r
+            .buffer_write_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let full = e.raw_os_error() == Some(28);
+        if full {
+            self.physical_limit = Some(self.disk_bytes);
+        }
+        tracing::error!(
+            error = %e,
+            disk_bytes = self.disk_bytes,
+            "A buffer write failed; the unwritten records stay in memory.{}",
+            if full { " The disk is full: buffer.when_full applies at the current size." } else { "" }
+        );
+    }
+
+    /// The byte bound in force: `max_disk_bytes`, or less when the
+    /// filesystem turned out to be smaller.
+    fn bound(&self) -> u64 {
+        self.physical_limit
+            .map_or(self.cfg.max_disk_bytes, |p| p.min(self.cfg.max_disk_bytes))
     }
 
     /// Writes and fsyncs everything, and persists the cursor if it moved.
