@@ -56,6 +56,10 @@ struct BrokerProcess {
 }
 
 impl BrokerProcess {
+    async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     async fn start(exe: &Path, addr: SocketAddr) -> anyhow::Result<BrokerProcess> {
         let child = Command::new(exe)
             .arg("broker")
@@ -92,6 +96,7 @@ pub async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
 struct Seen {
     seqs: BTreeSet<u64>,
     messages: u64,
+    subscriptions: u64,
 }
 
 /// Runs the demo for about `total`; returns whether nothing was lost.
@@ -172,22 +177,28 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
     let mut status = tokio::time::interval(Duration::from_secs(3));
     let mut outage = false;
     let mut restored = false;
+    let mut peak_backlog = 0;
     loop {
         status.tick().await;
         let t = start.elapsed();
         if !outage && t >= timeline.outage_start {
             outage = true;
             uplink.cut();
-            println!("\n>> {:>3}s  UPLINK DOWN: the gateway cannot reach upstream; it keeps aggregating and buffers summaries\n", t.as_secs());
+            upstream.stop().await;
+            println!("\n>> {:>3}s  OUTAGE: the uplink is cut and the upstream broker is killed; the gateway keeps aggregating and buffers summaries on disk\n", t.as_secs());
         }
         if outage && !restored && t >= timeline.outage_end {
             restored = true;
+            upstream = BrokerProcess::start(&exe, upstream_addr).await?;
+            let subscribed = |s: &Arc<Mutex<Seen>>| s.lock().map(|s| s.subscriptions).unwrap_or(0);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while subscribed(&seen) < 2 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             uplink.restore();
-            println!(
-                "\n>> {:>3}s  UPLINK RESTORED: the backlog drains, oldest first\n",
-                t.as_secs()
-            );
+            println!("\n>> {:>3}s  RESTORED: upstream broker restarted, uplink back; the backlog drains, oldest first\n", t.as_secs());
         }
+        peak_backlog = peak_backlog.max(metrics.upstream_queue_records.load(Ordering::Relaxed));
         println!(
             "   [{:>3}s] readings published {:>6} | gateway: accepted {:>6} rejected {:>4} summaries {:>4} delivered {:>4} queued {:>3} | upstream {}",
             t.as_secs(),
@@ -243,6 +254,7 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
         }
     }
     println!("   summaries produced by the gateway       {produced}");
+    println!("   largest backlog during the outage       {peak_backlog}");
     println!(
         "   summaries received upstream (unique)    {}",
         seen.seqs.len()
@@ -275,6 +287,11 @@ async fn watch(addr: SocketAddr, seen: Arc<Mutex<Seen>>) {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 let _ = client.try_subscribe("gateways/#", QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Ok(mut s) = seen.lock() {
+                    s.subscriptions += 1;
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {

@@ -357,3 +357,129 @@ async fn a_full_disk_follows_when_full_and_the_gateway_keeps_running() {
         "delivered oldest first"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_summaries_survive_a_long_outage_in_order() {
+    let total: usize = std::env::var("LONG_OUTAGE_SUMMARIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let sensors = 100;
+    let per_sensor = total / sensors;
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let upstream = Broker::start(BrokerKind::Rumqttd).await;
+    let uplink = Uplink::start("127.0.0.1:0".parse().unwrap(), upstream.addr)
+        .await
+        .unwrap();
+    uplink.cut();
+    let text = config(source.addr, uplink.listen, "max_disk_bytes = 2147483648").replace(
+        "reconnect_backoff_max = \"1s\"",
+        "reconnect_backoff_max = \"1s\"\ninflight = 256",
+    );
+    let mut gw = Gateway::start(&text);
+    gw.wait_ready().await;
+    let mut publisher = Publisher::connect(source.addr).await;
+    let base = aligned_base_ms() - per_sensor as i64 * 100;
+    for i in 0..per_sensor {
+        for s in 0..sensors {
+            let ts = base + i as i64 * 100;
+            publisher
+                .send(
+                    &format!("plant/l0/m{s}/temp"),
+                    format!(r#"{{"value":{i},"ts":{ts}}}"#),
+                )
+                .await;
+        }
+        if i % 100 == 99 {
+            publisher.flush().await;
+        }
+    }
+    publisher.flush().await;
+    wait_until(
+        "a million summaries buffered",
+        Duration::from_secs(300),
+        || {
+            gw.metric("gateway_summaries_produced_total") >= total as f64
+                && gw.metric("gateway_upstream_queue_records") >= total as f64
+        },
+    )
+    .await;
+    assert!(
+        gw.metric("gateway_buffer_disk_bytes") > total as f64 * 100.0,
+        "the backlog is on disk"
+    );
+
+    // A compact consumer: (sensor, window start) per seq, in arrival order.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(u64, u32, i64)>::with_capacity(total + 1000),
+    ));
+    let unique_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let consumer = {
+        let seen = seen.clone();
+        let unique_count = unique_count.clone();
+        let addr = upstream.addr;
+        tokio::spawn(async move {
+            let mut opts =
+                rumqttc::MqttOptions::new("e2e-long-outage", addr.ip().to_string(), addr.port());
+            opts.set_keep_alive(Duration::from_secs(30));
+            let (client, mut el) = rumqttc::AsyncClient::new(opts, 16);
+            let mut unique = std::collections::HashSet::with_capacity(total);
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe("gateways/#", rumqttc::QoS::AtLeastOnce);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                        let sensor: u32 = v["sensor"]
+                            .as_str()
+                            .unwrap()
+                            .trim_start_matches("l0/m")
+                            .trim_end_matches("/temp")
+                            .parse()
+                            .unwrap();
+                        let seq = v["seq"].as_u64().unwrap();
+                        if unique.insert(seq) {
+                            unique_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        seen.lock().unwrap().push((
+                            seq,
+                            sensor,
+                            v["window_start_ms"].as_i64().unwrap(),
+                        ));
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {}
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    uplink.restore();
+    let started = std::time::Instant::now();
+    wait_until(
+        "the whole backlog upstream",
+        Duration::from_secs(600),
+        || unique_count.load(std::sync::atomic::Ordering::Relaxed) >= total,
+    )
+    .await;
+    eprintln!("drained {total} summaries in {:?}", started.elapsed());
+    consumer.abort();
+    let seen = seen.lock().unwrap();
+    let unique: BTreeSet<u64> = seen.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(unique.len(), total);
+    // In order per sensor: window starts only move forward.
+    let mut last: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut firsts = BTreeSet::new();
+    for (seq, sensor, start) in seen.iter() {
+        if !firsts.insert(*seq) {
+            continue;
+        }
+        let prev = last.insert(*sensor, *start);
+        assert!(
+            prev.is_none_or(|p| p < *start),
+            "sensor {sensor}: window {start} after {prev:?}"
+        );
+    }
+}

@@ -136,6 +136,9 @@ struct LaneLog {
     mem: VecDeque<MemRecord>,
     mem_bytes: u64,
     resend: VecDeque<MemRecord>,
+    /// (pushed at, seq) of records pushed without a disk copy, oldest first;
+    /// entries already written or acknowledged are skipped lazily.
+    unspilled: VecDeque<(i64, u64)>,
     /// Highest seq handed out for publishing (resends aside).
     sent_hwm: u64,
     acked: u64,
@@ -158,6 +161,9 @@ pub struct Buffer {
     highest_written_seq: u64,
     /// Set when the filesystem filled up before `max_disk_bytes`.
     physical_limit: Option<u64>,
+    /// As last told by `maintain`; while down, records are written at once.
+    upstream_up: bool,
+    last_gauges_ms: i64,
     metrics: Arc<Metrics>,
 }
 
@@ -206,6 +212,7 @@ impl Buffer {
                 mem: VecDeque::new(),
                 mem_bytes: 0,
                 resend: VecDeque::new(),
+                unspilled: VecDeque::new(),
                 sent_hwm: acked,
                 acked,
             }
@@ -231,6 +238,8 @@ impl Buffer {
             last_synced_seq: max_seen,
             highest_written_seq: max_seen,
             physical_limit: None,
+            upstream_up: false,
+            last_gauges_ms: i64::MIN,
             metrics,
         };
         std::mem::swap(&mut buffer.lanes, &mut lanes);
@@ -312,7 +321,9 @@ impl Buffer {
     pub fn push(&mut self, rec: Record, now_ms: i64) {
         let lane = Self::lane_index(rec.lane);
         self.next_seq = self.next_seq.max(rec.seq + 1);
-        let write_now = rec.lane == Lane::Alarm || self.cfg.durability == Durability::Always;
+        let write_now = rec.lane == Lane::Alarm
+            || self.cfg.durability == Durability::Always
+            || !self.upstream_up;
         let mut m = MemRecord {
             rec,
             on_disk: false,
@@ -351,6 +362,9 @@ impl Buffer {
     fn cache(&mut self, lane: usize, m: MemRecord) {
         let l = &mut self.lanes[lane];
         l.mem_bytes += cost(&m.rec);
+        if !m.on_disk {
+            l.unspilled.push_back((m.pushed_ms, m.rec.seq));
+        }
         l.mem.push_back(m);
     }
 
@@ -591,6 +605,10 @@ impl Buffer {
             if let Some(upto) = written_upto {
                 self.mark_on_disk(lane, upto);
                 self.metrics.buffer_spills.fetch_add(1, Ordering::Relaxed);
+                let l = &mut self.lanes[lane];
+                while l.unspilled.front().is_some_and(|(_, s)| *s <= upto) {
+                    l.unspilled.pop_front();
+                }
             }
         }
     }
@@ -867,19 +885,10 @@ impl Buffer {
 
     /// Periodic work: spilling, writing, group commit, cursor.
     pub fn maintain(&mut self, now_ms: i64, upstream_up: bool) {
-        if self.cfg.durability == Durability::Outage {
-            let spill_after = self.cfg.spill_after_ms;
-            let overdue = self.lanes.iter().any(|l| {
-                l.mem
-                    .iter()
-                    .any(|m| !m.on_disk && now_ms.saturating_sub(m.pushed_ms) >= spill_after)
-            }) || self
-                .inflight
-                .values()
-                .any(|(_, m)| !m.on_disk && now_ms.saturating_sub(m.pushed_ms) >= spill_after);
-            if !upstream_up || overdue {
-                self.spill_all();
-            }
+        let went_down = self.upstream_up && !upstream_up;
+        self.upstream_up = upstream_up;
+        if self.cfg.durability == Durability::Outage && (went_down || self.spill_overdue(now_ms)) {
+            self.spill_all();
         }
         let due = now_ms.saturating_sub(self.last_sync_ms) >= self.cfg.commit_interval_ms;
         if due {
@@ -891,7 +900,47 @@ impl Buffer {
                 }
             }
         }
-        self.update_gauges();
+        if now_ms.saturating_sub(self.last_gauges_ms) >= 100 {
+            self.last_gauges_ms = now_ms;
+            self.update_gauges();
+        }
+    }
+
+    /// Whether a record without a disk copy has waited `spill_after`
+    /// unacknowledged. Amortised O(1): settled entries are dropped from the
+    /// front as they are met.
+    fn spill_overdue(&mut self, now_ms: i64) -> bool {
+        let spill_after = self.cfg.spill_after_ms;
+        for lane in 0..2 {
+            loop {
+                let l = &self.lanes[lane];
+                let Some(&(pushed, seq)) = l.unspilled.front() else {
+                    break;
+                };
+                let settled = seq <= l.acked || self.find_copy(lane, seq).is_none_or(|m| m.on_disk);
+                if !settled {
+                    if now_ms.saturating_sub(pushed) >= spill_after {
+                        return true;
+                    }
+                    break;
+                }
+                self.lanes[lane].unspilled.pop_front();
+            }
+        }
+        false
+    }
+
+    /// The in-memory copy of an unacknowledged record, if any.
+    fn find_copy(&self, lane: usize, seq: u64) -> Option<&MemRecord> {
+        if let Some((_, m)) = self.inflight.get(&seq) {
+            return Some(m);
+        }
+        let l = &self.lanes[lane];
+        let i = l.mem.partition_point(|m| m.rec.seq < seq);
+        l.mem
+            .get(i)
+            .filter(|m| m.rec.seq == seq)
+            .or_else(|| l.resend.iter().find(|m| m.rec.seq == seq))
     }
 
     /// Writes pending bytes to the files (no fsync).
@@ -1027,6 +1076,7 @@ impl Buffer {
         self.flush_and_sync(now_ms);
         self.write_cursor();
         self.update_gauges();
+        self.last_gauges_ms = now_ms;
     }
 
     fn reserve(&mut self, at_least: u64) {
@@ -1101,6 +1151,7 @@ impl LaneLog {
             mem: VecDeque::new(),
             mem_bytes: 0,
             resend: VecDeque::new(),
+            unspilled: VecDeque::new(),
             sent_hwm: 0,
             acked: 0,
         }

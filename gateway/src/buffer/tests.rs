@@ -109,6 +109,7 @@ fn always_mode_survives_a_restart_and_resumes_after_the_acked_cursor() {
 fn outage_mode_does_not_touch_disk_while_upstream_acknowledges() {
     let f = Fixture::new();
     let mut b = f.open(&cfg(Durability::Outage));
+    b.maintain(0, true);
     let written_at_start = f.metrics.buffer_bytes_written.load(Ordering::Relaxed);
     let s0 = b.next_seq();
     for i in 0..1000u64 {
@@ -130,6 +131,7 @@ fn outage_mode_writes_when_upstream_is_down_and_when_acks_are_late() {
     let f = Fixture::new();
     let c = cfg(Durability::Outage);
     let mut b = f.open(&c);
+    b.maintain(0, true);
     let s0 = b.next_seq();
     b.push(rec(s0, Lane::Summary), 0);
     b.maintain(100, true);
@@ -150,6 +152,7 @@ fn alarms_are_delivered_before_the_summary_backlog_and_are_durable_at_once() {
     let f = Fixture::new();
     let c = cfg(Durability::Outage);
     let mut b = f.open(&c);
+    b.maintain(0, true);
     let s = b.next_seq();
     for i in 0..5 {
         b.push(rec(s + i, Lane::Summary), 0);

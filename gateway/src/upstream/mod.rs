@@ -102,11 +102,17 @@ pub async fn run(
     let mut tick = tokio::time::interval(MAINTAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut blocked = false;
+    let mut maintain = true;
     tracing::info!(broker = %cfg.broker, client_id = %cfg.client_id, "Starting upstream sink.");
     loop {
         let now = crate::now_ms();
+        // Timers and writes after new records or a tick; never per PUBACK,
+        // so draining a backlog costs O(1) per record.
+        if maintain {
+            buffer.maintain(now, state.client.is_some());
+            maintain = false;
+        }
         state.pump(&mut buffer, window, &cfg, &metrics, now);
-        buffer.maintain(now, state.client.is_some());
         if !input_open && buffer.is_empty() {
             break;
         }
@@ -122,6 +128,7 @@ pub async fn run(
         tokio::select! {
             r = records.recv(), if input_open && room => match r {
                 Some(rec) => {
+                    maintain = true;
                     let now = crate::now_ms();
                     buffer.push(rec, now);
                     while buffer.has_room() {
@@ -141,10 +148,14 @@ pub async fn run(
                 }
             },
             ev = link_rx.recv() => match ev {
-                Some(ev) => state.on_link_event(ev, &mut buffer, &metrics),
+                Some(ev) => {
+                    let was_up = state.client.is_some();
+                    state.on_link_event(ev, &mut buffer, &metrics);
+                    maintain |= was_up != state.client.is_some();
+                }
                 None => break,
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => maintain = true,
             _ = sleep_until(deadline) => break,
         }
     }
