@@ -23,7 +23,7 @@ fn config() -> BufferConfig {
         commit_interval_ms: 1000,
         spill_after_ms: 2000,
         max_disk_bytes: 1 << 30,
-        segment_bytes: 8 << 20,
+        segment_bytes: 1 << 20,
         when_full: WhenFull::DropOldest,
         memory_budget_bytes: 4 << 20,
         max_age_ms: 0,

@@ -36,9 +36,24 @@ pub struct SensorInfo {
     /// The sensor id: the named segments of the topic template joined by `/`,
     /// e.g. `line1/press-3/temperature`.
     pub id: Arc<str>,
-    /// The named segments, in template order, e.g. `[("line", "line1"), ...]`.
-    /// Names are shared with the template that produced them.
-    pub labels: Vec<(Arc<str>, Box<str>)>,
+    /// The names of the id's segments, in order (`["line", "machine",
+    /// "sensor"]`), shared by every sensor of one template: a sensor costs
+    /// one allocation for its id and nothing for its labels.
+    pub names: Arc<[Arc<str>]>,
+}
+
+impl SensorInfo {
+    /// The labels, e.g. `("line", "line1")`, derived from the id's segments.
+    pub fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.names
+            .iter()
+            .map(|n| n.as_ref())
+            .zip(self.id.split('/'))
+    }
+
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
 }
 
 /// Why a new sensor could not be interned.
@@ -120,7 +135,7 @@ mod tests {
     fn info(id: &str) -> SensorInfo {
         SensorInfo {
             id: id.into(),
-            labels: Vec::new(),
+            names: Arc::from(Vec::new()),
         }
     }
 

@@ -119,8 +119,6 @@ struct SensorState {
     window_ms: i64,
     range: (f64, f64),
     stats: StatSet,
-    /// Upstream topic, rendered once.
-    topic: Arc<str>,
     open: Vec<(i64, WindowStats)>,
     max_event_ms: i64,
     last_arrival_ms: i64,
@@ -136,6 +134,8 @@ pub struct Processor {
     metrics: Arc<Metrics>,
     next_seq: u64,
     limiter: LogLimiter,
+    /// Where a bounded flush resumes.
+    flush_cursor: usize,
 }
 
 impl Processor {
@@ -149,6 +149,7 @@ impl Processor {
             metrics,
             next_seq: next_seq.max(1),
             limiter: LogLimiter::new(10_000),
+            flush_cursor: 0,
         }
     }
 
@@ -233,17 +234,11 @@ impl Processor {
                 StatSet::ALL,
             ),
         };
-        let topic = self
-            .settings
-            .summary_topic
-            .render(&self.settings.gateway_id, info)
-            .into();
         self.sensors.push(SensorState {
             rule,
             window_ms: window_ms.max(1),
             range,
             stats,
-            topic,
             open: Vec::with_capacity(2),
             max_event_ms: i64::MIN,
             last_arrival_ms: i64::MIN,
@@ -291,8 +286,20 @@ impl Processor {
     /// Emits every window that is complete at `now_ms` (by watermark or
     /// because its sensor went quiet).
     pub fn flush_due(&mut self, now_ms: i64, out: &mut Vec<Record>) {
+        while !self.flush_due_bounded(now_ms, out, usize::MAX) {}
+    }
+
+    /// Like [`Processor::flush_due`], but stops once `out` has grown by
+    /// `max` records, so that a shell can pass them on before taking more
+    /// (10,000 sensors whose windows end together would otherwise make
+    /// 10,000 records at once). Returns whether the scan of all sensors is
+    /// complete; the next call resumes where this one stopped.
+    pub fn flush_due_bounded(&mut self, now_ms: i64, out: &mut Vec<Record>, max: usize) -> bool {
         let lateness = self.settings.allowed_lateness_ms;
-        for i in 0..self.sensors.len() {
+        let limit = out.len().saturating_add(max);
+        while self.flush_cursor < self.sensors.len() {
+            let i = self.flush_cursor;
+            self.flush_cursor += 1;
             let s = &self.sensors[i];
             if s.open.is_empty() {
                 continue;
@@ -304,7 +311,12 @@ impl Processor {
                 s.max_event_ms - lateness
             };
             self.close_sensor(SensorKey(i as u32), watermark, out);
+            if out.len() >= limit {
+                return false;
+            }
         }
+        self.flush_cursor = 0;
+        true
     }
 
     /// Emits every open window, complete or not; used at shutdown.
@@ -331,7 +343,6 @@ impl Processor {
             state.closed_until_ms = state.closed_until_ms.max(start + window_ms);
         }
         let stats = state.stats;
-        let topic = state.topic.clone();
         let unit = state
             .rule
             .and_then(|r| self.settings.rules[r as usize].unit.clone());
@@ -345,7 +356,7 @@ impl Processor {
                 gateway: &self.settings.gateway_id,
                 seq,
                 sensor: &info.id,
-                labels: Labels(&info.labels),
+                labels: Labels(info),
                 unit: unit.as_deref(),
                 window_start_ms: start,
                 window_end_ms: start + window_ms,
@@ -366,7 +377,10 @@ impl Processor {
                 seq,
                 lane: Lane::Summary,
                 ts_ms: start + window_ms,
-                topic: topic.to_string(),
+                topic: self
+                    .settings
+                    .summary_topic
+                    .render(&self.settings.gateway_id, info),
                 payload,
             });
         }
@@ -449,14 +463,14 @@ struct SummaryJson<'a> {
     last_ts_ms: Option<i64>,
 }
 
-struct Labels<'a>(&'a [(Arc<str>, Box<str>)]);
+struct Labels<'a>(&'a crate::model::SensorInfo);
 
 impl Serialize for Labels<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            m.serialize_entry(k.as_ref(), v.as_ref())?;
+        let mut m = s.serialize_map(Some(self.0.names.len()))?;
+        for (k, v) in self.0.labels() {
+            m.serialize_entry(k, v)?;
         }
         m.end()
     }

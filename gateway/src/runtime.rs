@@ -59,7 +59,7 @@ pub async fn run(
     );
     let tracker = TaskTracker::new();
     let (raw_tx, raw_rx) = mpsc::channel::<RawMessage>(config.pipeline.channel_capacity);
-    let (rec_tx, rec_rx) = mpsc::channel::<Record>(1024);
+    let (rec_tx, rec_rx) = mpsc::channel::<Record>(256);
 
     for (index, source) in config.sources.iter().enumerate() {
         match source {
@@ -129,30 +129,47 @@ async fn process(
                 for msg in batch.drain(..) {
                     processor.ingest(&msg, now, &mut out);
                 }
+                if !forward(&mut out, &tx).await {
+                    return;
+                }
             }
-            _ = tick.tick() => processor.flush_due(crate::now_ms(), &mut out),
-        }
-        for rec in out.drain(..) {
-            if tx.send(rec).await.is_err() {
-                tracing::error!(
-                    "The upstream sink stopped before the core; summaries cannot be delivered."
-                );
-                return;
+            _ = tick.tick() => {
+                // Windows of many sensors end together: pass them on in
+                // slices, so memory holds one slice, not all of them.
+                let now = crate::now_ms();
+                loop {
+                    let done = processor.flush_due_bounded(now, &mut out, BATCH);
+                    if !forward(&mut out, &tx).await {
+                        return;
+                    }
+                    if done {
+                        break;
+                    }
+                }
             }
         }
     }
     processor.flush_all(&mut out);
     let flushed = out.len();
-    for rec in out.drain(..) {
-        if tx.send(rec).await.is_err() {
-            break;
-        }
-    }
+    forward(&mut out, &tx).await;
     tracing::info!(
         flushed_windows = flushed,
         sensors = processor.registry().len(),
         "Processing core stopped; open windows flushed."
     );
+}
+
+/// Sends `out` to the sink, in order; false if the sink is gone.
+async fn forward(out: &mut Vec<Record>, tx: &mpsc::Sender<Record>) -> bool {
+    for rec in out.drain(..) {
+        if tx.send(rec).await.is_err() {
+            tracing::error!(
+                "The upstream sink stopped before the core; records cannot be delivered."
+            );
+            return false;
+        }
+    }
+    true
 }
 
 /// Logs a metrics line and writes the metrics file periodically.

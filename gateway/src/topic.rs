@@ -23,6 +23,7 @@ enum Segment {
 pub struct TopicTemplate {
     text: String,
     segments: Vec<Segment>,
+    names: Arc<[Arc<str>]>,
 }
 
 /// Why a template is malformed; the message is shown to the operator.
@@ -69,9 +70,17 @@ impl TopicTemplate {
                 "the template names no segment, so every topic would be the same sensor; add at least one `{name}`".into(),
             ));
         }
+        let names: Vec<Arc<str>> = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Named(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             text: text.to_owned(),
             segments,
+            names: names.into(),
         })
     }
 
@@ -102,32 +111,30 @@ impl TopicTemplate {
     /// Matches `topic` and builds the sensor's identity, or `None` when the
     /// topic does not fit the template.
     pub fn resolve(&self, topic: &str) -> Option<SensorInfo> {
-        let mut labels = Vec::new();
+        let mut id = String::with_capacity(topic.len());
         let mut parts = topic.split('/');
         for seg in &self.segments {
             let part = parts.next()?;
             match seg {
                 Segment::Literal(l) if l.as_ref() != part => return None,
                 Segment::Literal(_) | Segment::Any => {}
-                Segment::Named(name) => {
+                Segment::Named(_) => {
                     if part.is_empty() {
                         return None;
                     }
-                    labels.push((name.clone(), part.into()));
+                    if !id.is_empty() {
+                        id.push('/');
+                    }
+                    id.push_str(part);
                 }
             }
         }
         if parts.next().is_some() {
             return None;
         }
-        let id: String = labels
-            .iter()
-            .map(|(_, v): &(Arc<str>, Box<str>)| v.as_ref())
-            .collect::<Vec<_>>()
-            .join("/");
         Some(SensorInfo {
             id: id.into(),
-            labels,
+            names: self.names.clone(),
         })
     }
 }
@@ -210,15 +217,7 @@ impl OutputTemplate {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Gateway => out.push_str(gateway),
                 Piece::Sensor => out.push_str(&sensor.id),
-                Piece::Label(name) => {
-                    let value = sensor
-                        .labels
-                        .iter()
-                        .find(|(n, _)| n.as_ref() == name)
-                        .map(|(_, v)| v.as_ref())
-                        .unwrap_or("_");
-                    out.push_str(value);
-                }
+                Piece::Label(name) => out.push_str(sensor.label(name).unwrap_or("_")),
             }
         }
         out
@@ -235,7 +234,8 @@ mod tests {
         assert_eq!(t.subscription_filter(), "plant/+/+/+/+");
         let info = t.resolve("plant/l1/press-3/raw/temp").unwrap();
         assert_eq!(&*info.id, "l1/press-3/temp");
-        assert_eq!(info.labels.len(), 3);
+        assert_eq!(info.labels().count(), 3);
+        assert_eq!(info.label("machine"), Some("press-3"));
         assert!(t.resolve("plant/l1/press-3/raw").is_none());
         assert!(t.resolve("plant/l1/press-3/raw/temp/extra").is_none());
         assert!(t.resolve("other/l1/press-3/raw/temp").is_none());

@@ -440,3 +440,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn block_policy_reports_no_room_instead_of_dropping() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Always);
+    c.max_disk_bytes = BufferConfig::MIN_DISK_BYTES;
+    c.segment_bytes = 64 * 1024;
+    c.when_full = WhenFull::Block;
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    let mut pushed = 0u64;
+    while b.has_room() {
+        b.push(rec(s + pushed, Lane::Summary), 0);
+        pushed += 1;
+        assert!(pushed < 100_000, "the bound is never reached");
+    }
+    assert_eq!(f.metrics.buffer_dropped_oldest.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        f.metrics.buffer_dropped_disk_full.load(Ordering::Relaxed),
+        0
+    );
+    // Delivering frees room again.
+    let delivered = deliver(&mut b, pushed as usize, true);
+    assert_eq!(
+        delivered.len() as u64,
+        pushed,
+        "everything held back is delivered"
+    );
+    b.maintain(0, true);
+    assert!(b.has_room());
+}

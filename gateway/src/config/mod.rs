@@ -917,7 +917,7 @@ impl<'a> Cx<'a> {
             max_payload_bytes: None,
         });
         PipelineConfig {
-            channel_capacity: self.positive(&raw.channel_capacity, "channel_capacity", 4096),
+            channel_capacity: self.positive(&raw.channel_capacity, "channel_capacity", 1024),
             default_window: self.duration(&raw.default_window, Duration::from_secs(10)),
             allowed_lateness: self.duration(&raw.allowed_lateness, Duration::from_secs(2)),
             max_sensors: self.positive(&raw.max_sensors, "max_sensors", 100_000),
@@ -1075,7 +1075,9 @@ impl Cx<'_> {
             }
             Some(v) => *v.get_ref(),
         };
-        let segment_default = (max_disk_bytes / 16).clamp(64 * 1024, 8 * 1024 * 1024);
+        // Recovery reads one segment at a time, so the segment size is the
+        // peak memory a backlog adds at start-up: keep it at most 1 MiB.
+        let segment_default = (max_disk_bytes / 16).clamp(64 * 1024, 1024 * 1024);
         let segment_bytes = match &raw.segment_bytes {
             None => segment_default,
             Some(v) if *v.get_ref() < 4096 || *v.get_ref() > max_disk_bytes / 4 => {
@@ -1100,7 +1102,7 @@ impl Cx<'_> {
             memory_budget_bytes: self.positive(
                 &raw.memory_budget_bytes,
                 "memory_budget_bytes",
-                4 * 1024 * 1024,
+                2 * 1024 * 1024,
             ),
             max_age_ms: ms(self.duration(&raw.max_age, Duration::from_secs(30 * 24 * 3600))),
         }

@@ -278,3 +278,35 @@ fn sensor_limit_is_enforced_and_counted() {
     assert_eq!(c.p.registry().len(), 3);
     assert_eq!(c.metrics.rejected(Reject::SensorLimit), 2);
 }
+
+#[test]
+fn bounded_flush_hands_out_slices_and_loses_nothing() {
+    let metrics = Arc::new(Metrics::new());
+    let mut text = config("");
+    text.pipeline.max_sensors = 1000;
+    let mut p = Processor::new(CoreSettings::from_config(&text), metrics, 1);
+    let mut out = Vec::new();
+    for m in 0..500 {
+        let msg = RawMessage {
+            source: 0,
+            topic: format!("plant/l/m{m}/vib"),
+            payload: format!(r#"{{"value":1,"ts":{T0}}}"#).into(),
+            received_ms: T0,
+        };
+        p.ingest(&msg, T0, &mut out);
+    }
+    let mut slices = 0;
+    loop {
+        let before = out.len();
+        let done = p.flush_due_bounded(T0 + 60_000, &mut out, 64);
+        assert!(out.len() - before <= 64);
+        slices += 1;
+        if done {
+            break;
+        }
+    }
+    assert_eq!(out.len(), 500);
+    assert!(slices >= 8);
+    let seqs: Vec<u64> = out.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
+}
