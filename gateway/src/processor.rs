@@ -134,8 +134,9 @@ pub struct Processor {
     metrics: Arc<Metrics>,
     next_seq: u64,
     limiter: LogLimiter,
-    /// Where a bounded flush resumes.
+    /// Where a bounded flush resumes (one cursor per kind of flush).
     flush_cursor: usize,
+    flush_all_cursor: usize,
 }
 
 impl Processor {
@@ -150,6 +151,7 @@ impl Processor {
             next_seq: next_seq.max(1),
             limiter: LogLimiter::new(10_000),
             flush_cursor: 0,
+            flush_all_cursor: 0,
         }
     }
 
@@ -321,9 +323,23 @@ impl Processor {
 
     /// Emits every open window, complete or not; used at shutdown.
     pub fn flush_all(&mut self, out: &mut Vec<Record>) {
-        for i in 0..self.sensors.len() {
+        while !self.flush_all_bounded(out, usize::MAX) {}
+    }
+
+    /// Like [`Processor::flush_all`], in slices of at most `max` records;
+    /// returns whether every sensor was visited.
+    pub fn flush_all_bounded(&mut self, out: &mut Vec<Record>, max: usize) -> bool {
+        let limit = out.len().saturating_add(max);
+        while self.flush_all_cursor < self.sensors.len() {
+            let i = self.flush_all_cursor;
+            self.flush_all_cursor += 1;
             self.close_sensor(SensorKey(i as u32), i64::MAX, out);
+            if out.len() >= limit {
+                return false;
+            }
         }
+        self.flush_all_cursor = 0;
+        true
     }
 
     /// Emits the windows of `key` that end at or before `watermark`.

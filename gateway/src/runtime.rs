@@ -149,9 +149,14 @@ async fn process(
             }
         }
     }
-    processor.flush_all(&mut out);
-    let flushed = out.len();
-    forward(&mut out, &tx).await;
+    let mut flushed = 0;
+    loop {
+        let done = processor.flush_all_bounded(&mut out, BATCH);
+        flushed += out.len();
+        if !forward(&mut out, &tx).await || done {
+            break;
+        }
+    }
     tracing::info!(
         flushed_windows = flushed,
         sensors = processor.registry().len(),

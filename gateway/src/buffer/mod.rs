@@ -573,11 +573,14 @@ impl Buffer {
     }
 
     /// Writes every record that is only in memory, in sequence order, until
-    /// the disk refuses.
+    /// the disk refuses. Records already handed out (at most the in-flight
+    /// window and resends) are copied first; the rest of the memory cache is
+    /// written in place, without a copy, so a spill never doubles memory.
     fn spill_all(&mut self) {
         for lane in 0..2 {
+            let hwm = self.lanes[lane].sent_hwm;
             let l = &self.lanes[lane];
-            let mut pending: Vec<Record> = l
+            let mut handed_out: Vec<Record> = l
                 .resend
                 .iter()
                 .chain(
@@ -586,21 +589,30 @@ impl Buffer {
                         .filter(|(ln, _)| *ln as usize == lane)
                         .map(|(_, m)| m),
                 )
-                .chain(l.mem.iter())
+                .chain(l.mem.iter().take_while(|m| m.rec.seq <= hwm))
                 .filter(|m| !m.on_disk)
                 .map(|m| m.rec.clone())
                 .collect();
-            if pending.is_empty() {
-                continue;
-            }
-            pending.sort_unstable_by_key(|r| r.seq);
-            pending.dedup_by_key(|r| r.seq);
+            handed_out.sort_unstable_by_key(|r| r.seq);
+            handed_out.dedup_by_key(|r| r.seq);
             let mut written_upto = None;
-            for r in &pending {
+            let mut refused = false;
+            for r in &handed_out {
                 if self.append(lane, r) != Appended::Written {
+                    refused = true;
                     break;
                 }
                 written_upto = Some(r.seq);
+            }
+            if !refused {
+                let mem = std::mem::take(&mut self.lanes[lane].mem);
+                for m in mem.iter().filter(|m| m.rec.seq > hwm && !m.on_disk) {
+                    if self.append(lane, &m.rec) != Appended::Written {
+                        break;
+                    }
+                    written_upto = Some(m.rec.seq);
+                }
+                self.lanes[lane].mem = mem;
             }
             if let Some(upto) = written_upto {
                 self.mark_on_disk(lane, upto);
