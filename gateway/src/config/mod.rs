@@ -1102,7 +1102,7 @@ impl Cx<'_> {
             memory_budget_bytes: self.positive(
                 &raw.memory_budget_bytes,
                 "memory_budget_bytes",
-                2 * 1024 * 1024,
+                1024 * 1024,
             ),
             max_age_ms: ms(self.duration(&raw.max_age, Duration::from_secs(30 * 24 * 3600))),
         }
