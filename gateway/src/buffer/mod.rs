@@ -139,6 +139,10 @@ struct LaneLog {
     /// (pushed at, seq) of records pushed without a disk copy, oldest first;
     /// entries already written or acknowledged are skipped lazily.
     unspilled: VecDeque<(i64, u64)>,
+    /// Records exist in memory that should be on disk but are not (a
+    /// write failed or the disk was full); newer records wait behind them
+    /// so that the log stays in sequence order.
+    unwritten: bool,
     /// Highest seq handed out for publishing (resends aside).
     sent_hwm: u64,
     acked: u64,
@@ -213,6 +217,7 @@ impl Buffer {
                 mem_bytes: 0,
                 resend: VecDeque::new(),
                 unspilled: VecDeque::new(),
+                unwritten: false,
                 sent_hwm: acked,
                 acked,
             }
@@ -329,6 +334,17 @@ impl Buffer {
             on_disk: false,
             pushed_ms: now_ms,
         };
+        if write_now && self.lanes[lane].unwritten {
+            // Older records failed to reach the disk: write them first.
+            self.spill_all();
+        }
+        if write_now && self.lanes[lane].unwritten {
+            // Still behind: keep this one in memory too, in order; the memory
+            // budget drops (and counts) what cannot be held.
+            self.cache(lane, m);
+            self.enforce_memory_budget();
+            return;
+        }
         if write_now {
             match self.append(lane, &m.rec) {
                 Appended::Written => m.on_disk = true,
@@ -337,7 +353,7 @@ impl Buffer {
                     return;
                 }
                 // Kept in memory; written at the next spill if the disk recovers.
-                Appended::Failed => {}
+                Appended::Failed => self.lanes[lane].unwritten = true,
             }
             if m.rec.lane == Lane::Alarm {
                 // Alarms are durable before anyone can publish them.
@@ -525,7 +541,11 @@ impl Buffer {
             let m = l.mem.pop_front().expect("front exists");
             l.mem_bytes -= cost(&m.rec);
         }
+        let resends_before = l.resend.len();
         l.resend.retain(|m| m.rec.seq > seg.last);
+        // Rewound records of the segment were handed out before, so the file
+        // count above skipped them; they are dropped too.
+        let unacked = unacked + (resends_before - l.resend.len()) as u64;
         self.metrics
             .buffer_dropped_oldest
             .fetch_add(unacked, Ordering::Relaxed);
@@ -608,12 +628,14 @@ impl Buffer {
                 let mem = std::mem::take(&mut self.lanes[lane].mem);
                 for m in mem.iter().filter(|m| m.rec.seq > hwm && !m.on_disk) {
                     if self.append(lane, &m.rec) != Appended::Written {
+                        refused = true;
                         break;
                     }
                     written_upto = Some(m.rec.seq);
                 }
                 self.lanes[lane].mem = mem;
             }
+            self.lanes[lane].unwritten = refused;
             if let Some(upto) = written_upto {
                 self.mark_on_disk(lane, upto);
                 self.metrics.buffer_spills.fetch_add(1, Ordering::Relaxed);
@@ -1025,6 +1047,7 @@ impl Buffer {
             }
         }
         w.pending.clear();
+        l.unwritten = true;
         self.metrics
             .buffer_write_errors
             .fetch_add(1, Ordering::Relaxed);
@@ -1164,6 +1187,7 @@ impl LaneLog {
             mem_bytes: 0,
             resend: VecDeque::new(),
             unspilled: VecDeque::new(),
+            unwritten: false,
             sent_hwm: 0,
             acked: 0,
         }
