@@ -18,6 +18,7 @@ pub mod source;
 pub mod topic;
 pub mod upstream;
 pub mod window;
+pub mod wire;
 
 pub use config::Config;
 pub use runtime::run;

@@ -9,6 +9,7 @@
 //! `received = accepted + sum(rejected)`.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Why a message or reading did not enter a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,11 +114,59 @@ pub struct Metrics {
     pub buffer_first_seq_this_run: AtomicI64,
     /// Measurement time of the oldest unacknowledged record on disk, ms.
     pub buffer_oldest_ts_ms: AtomicI64,
+    /// One entry per serial port, in configuration order.
+    serial: std::sync::Mutex<Vec<Arc<SerialPortMetrics>>>,
+}
+
+/// What one serial port reports. The port's decoder is owned by its task;
+/// the task copies the decoder's counters here after every read.
+#[derive(Debug, Default)]
+pub struct SerialPortMetrics {
+    pub port: String,
+    pub connected: AtomicI64,
+    pub opens: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub open_failures: AtomicU64,
+    snapshot: std::sync::Mutex<SerialSnapshot>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SerialSnapshot {
+    pub counters: crate::wire::PortCounters,
+    /// Per node id, sorted.
+    pub nodes: Vec<(String, crate::wire::node::NodeCounters)>,
+}
+
+impl SerialPortMetrics {
+    pub fn update(&self, decoder: &crate::wire::PortDecoder) {
+        let mut nodes: Vec<_> = decoder.nodes().map(|(n, c)| (n.to_owned(), *c)).collect();
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.counters = decoder.counters().clone();
+            s.nodes = nodes;
+        }
+    }
+
+    pub fn snapshot(&self) -> SerialSnapshot {
+        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Registers a serial port's metrics.
+    pub fn serial_port(&self, port: &str) -> Arc<SerialPortMetrics> {
+        let m = Arc::new(SerialPortMetrics {
+            port: port.to_owned(),
+            ..Default::default()
+        });
+        if let Ok(mut v) = self.serial.lock() {
+            v.push(m.clone());
+        }
+        m
     }
 
     pub fn reject(&self, reason: Reject) {
@@ -303,7 +352,131 @@ impl Metrics {
                 "gateway_upstream_dropped_total{{reason=\"{reason}\"}} {v}"
             );
         }
+        self.render_serial(&mut s);
         s
+    }
+
+    fn render_serial(&self, s: &mut String) {
+        use std::fmt::Write;
+        let ports: Vec<Arc<SerialPortMetrics>> = match self.serial.lock() {
+            Ok(v) => v.clone(),
+            Err(_) => return,
+        };
+        if ports.is_empty() {
+            return;
+        }
+        let snaps: Vec<SerialSnapshot> = ports.iter().map(|p| p.snapshot()).collect();
+        type PortValue = fn(&SerialPortMetrics, &SerialSnapshot) -> u64;
+        let per_port: &[(&str, &str, &str, PortValue)] = &[
+            (
+                "gateway_serial_connected",
+                "gauge",
+                "1 while the port is open.",
+                |p, _| p.connected.load(Ordering::Relaxed).max(0) as u64,
+            ),
+            (
+                "gateway_serial_opens_total",
+                "counter",
+                "Times the port was opened.",
+                |p, _| p.opens.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_serial_disconnects_total",
+                "counter",
+                "Times the port went away (unplugged, I/O error).",
+                |p, _| p.disconnects.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_serial_open_failures_total",
+                "counter",
+                "Failed attempts to open the port.",
+                |p, _| p.open_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_serial_bytes_total",
+                "counter",
+                "Bytes read.",
+                |_, s| s.counters.bytes,
+            ),
+            (
+                "gateway_serial_frames_total",
+                "counter",
+                "Frames or lines decoded and accepted.",
+                |_, s| s.counters.frames,
+            ),
+            (
+                "gateway_serial_readings_total",
+                "counter",
+                "Channel readings passed to the core.",
+                |_, s| s.counters.readings,
+            ),
+            (
+                "gateway_serial_unmapped_total",
+                "counter",
+                "Channel readings dropped because no mapping names them.",
+                |_, s| s.counters.unmapped,
+            ),
+        ];
+        for (name, kind, help, f) in per_port {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (p, snap) in ports.iter().zip(&snaps) {
+                let _ = writeln!(s, "{name}{{port=\"{}\"}} {}", p.port, f(p, snap));
+            }
+        }
+        let _ = writeln!(s, "# HELP gateway_serial_dropped_total Frames or lines dropped, by reason.\n# TYPE gateway_serial_dropped_total counter");
+        for (p, snap) in ports.iter().zip(&snaps) {
+            for r in crate::wire::Drop::ALL {
+                let _ = writeln!(
+                    s,
+                    "gateway_serial_dropped_total{{port=\"{}\",reason=\"{}\"}} {}",
+                    p.port,
+                    r.name(),
+                    snap.counters.dropped(r)
+                );
+            }
+        }
+        type NodeValue = fn(&crate::wire::node::NodeCounters) -> u64;
+        let per_node: &[(&str, &str, NodeValue)] = &[
+            (
+                "gateway_serial_node_frames_total",
+                "Frames accepted from the node.",
+                |c| c.frames,
+            ),
+            (
+                "gateway_serial_node_lost_frames_total",
+                "Frames the node sent that never arrived (sequence gaps).",
+                |c| c.lost,
+            ),
+            (
+                "gateway_serial_node_duplicates_total",
+                "Repeated or replayed frames dropped.",
+                |c| c.duplicates,
+            ),
+            (
+                "gateway_serial_node_reboots_total",
+                "Node restarts detected (sequence and clock restarted).",
+                |c| c.reboots,
+            ),
+            (
+                "gateway_serial_node_clock_resyncs_total",
+                "Jumps of the node's clock mapping.",
+                |c| c.resyncs,
+            ),
+        ];
+        for (name, help, f) in per_node {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (p, snap) in ports.iter().zip(&snaps) {
+                for (node, c) in &snap.nodes {
+                    let _ = writeln!(
+                        s,
+                        "{name}{{port=\"{}\",node=\"{}\"}} {}",
+                        p.port,
+                        escape_label(node),
+                        f(c)
+                    );
+                }
+            }
+        }
     }
 
     /// Records dropped before delivery, all reasons.
@@ -326,6 +499,19 @@ impl Metrics {
             self.upstream_dropped_total(),
             self.upstream_connected.load(Ordering::Relaxed) == 1,
         )
+    }
+}
+
+/// Escapes a label value of the Prometheus text format (node ids come
+/// from the wire).
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
     }
 }
 

@@ -24,6 +24,7 @@ use crate::metrics::{LogLimiter, Metrics, Reject};
 use crate::model::{Reading, RegistryError, SensorKey, SensorRegistry};
 use crate::topic::{OutputTemplate, TopicTemplate};
 use crate::window::WindowStats;
+use crate::wire::SerialReading;
 
 /// Version of the summary JSON layout; bumped on any incompatible change.
 pub const SUMMARY_SCHEMA: u32 = 1;
@@ -37,6 +38,17 @@ pub struct RawMessage {
     pub payload: bytes::Bytes,
     /// Gateway time of arrival, ms since the Unix epoch.
     pub received_ms: i64,
+}
+
+/// What the sources hand to the core.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// An MQTT message, decoded by the core.
+    Message(RawMessage),
+    /// Readings a serial port decoded (the port's decoder is pure too, but
+    /// runs in the port's task so that one busy port does not stall the
+    /// others' framing).
+    Serial(Vec<SerialReading>),
 }
 
 /// Delivery lanes: alarms are delivered before summaries.
@@ -78,7 +90,9 @@ pub struct SourceSpec {
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
     pub gateway_id: String,
-    pub sources: Vec<SourceSpec>,
+    /// Per configured source, by index; `None` for a serial port, whose
+    /// readings arrive decoded.
+    pub sources: Vec<Option<SourceSpec>>,
     pub rules: Vec<SensorRule>,
     pub default_window_ms: i64,
     pub allowed_lateness_ms: i64,
@@ -95,10 +109,11 @@ impl CoreSettings {
                 .sources
                 .iter()
                 .map(|s| match s {
-                    crate::config::SourceConfig::Mqtt(m) => SourceSpec {
+                    crate::config::SourceConfig::Mqtt(m) => Some(SourceSpec {
                         template: m.template.clone(),
                         payload: m.payload.clone(),
-                    },
+                    }),
+                    crate::config::SourceConfig::Serial(_) => None,
                 })
                 .collect(),
             rules: config.sensors.clone(),
@@ -119,6 +134,8 @@ struct SensorState {
     window_ms: i64,
     range: (f64, f64),
     stats: StatSet,
+    /// The unit a serial mapping gave, used when no rule names one.
+    unit: Option<Arc<str>>,
     open: Vec<(i64, WindowStats)>,
     max_event_ms: i64,
     last_arrival_ms: i64,
@@ -178,13 +195,13 @@ impl Processor {
         if msg.payload.len() > self.settings.max_payload_bytes {
             return Err(Reject::Oversize);
         }
-        if msg.source >= self.settings.sources.len() {
+        let Some(Some(spec)) = self.settings.sources.get(msg.source) else {
             return Err(Reject::UnknownTopic);
-        }
+        };
         let sensor = match self.registry.lookup(&msg.topic) {
             Some(k) => k,
             None => {
-                let info = self.settings.sources[msg.source]
+                let info = spec
                     .template
                     .resolve(&msg.topic)
                     .ok_or(Reject::UnknownTopic)?;
@@ -195,12 +212,14 @@ impl Processor {
                         RegistryError::Full(_) => Reject::SensorLimit,
                     })?;
                 if key.index() == self.sensors.len() {
-                    self.add_sensor_state(key);
+                    self.add_sensor_state(key, None);
                 }
                 key
             }
         };
-        let spec = &self.settings.sources[msg.source];
+        let Some(Some(spec)) = self.settings.sources.get(msg.source) else {
+            return Err(Reject::UnknownTopic);
+        };
         let decoded = decode::decode(&spec.payload, &msg.payload).map_err(|e| match e {
             DecodeError::NotUtf8 => Reject::NotUtf8,
             DecodeError::NotANumber => Reject::NotANumber,
@@ -218,7 +237,59 @@ impl Processor {
         })
     }
 
-    fn add_sensor_state(&mut self, key: SensorKey) {
+    /// Takes what a source sent; closed windows are appended to `out`.
+    pub fn ingest_input(&mut self, input: &Input, now_ms: i64, out: &mut Vec<Record>) {
+        match input {
+            Input::Message(m) => self.ingest(m, now_ms, out),
+            Input::Serial(readings) => {
+                for r in readings {
+                    self.ingest_serial(r, now_ms, out);
+                }
+            }
+        }
+    }
+
+    /// Takes one reading of a serial channel.
+    pub fn ingest_serial(&mut self, r: &SerialReading, now_ms: i64, out: &mut Vec<Record>) {
+        let sensor = match self.registry.lookup(&r.sensor) {
+            Some(k) => k,
+            None => {
+                let info = crate::model::SensorInfo {
+                    id: r.sensor.clone(),
+                    names: Arc::from(Vec::new()),
+                };
+                match self.registry.insert(&r.sensor, info) {
+                    Ok(key) => {
+                        if key.index() == self.sensors.len() {
+                            self.add_sensor_state(key, r.unit.clone());
+                        }
+                        key
+                    }
+                    Err(RegistryError::Full(_)) => {
+                        self.rejected(
+                            Reject::SensorLimit,
+                            &r.sensor.clone(),
+                            Some(r.value),
+                            now_ms,
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        self.record(
+            Reading {
+                sensor,
+                ts_ms: r.ts_ms,
+                value: r.value,
+                seq: None,
+            },
+            now_ms,
+            out,
+        );
+    }
+
+    fn add_sensor_state(&mut self, key: SensorKey, unit: Option<Arc<str>>) {
         let info = self.registry.info(key);
         let rule = best_rule(&self.settings.rules, &info.id);
         let (window_ms, range, stats) = match rule.map(|i| &self.settings.rules[i as usize]) {
@@ -241,6 +312,7 @@ impl Processor {
             window_ms: window_ms.max(1),
             range,
             stats,
+            unit,
             open: Vec::with_capacity(2),
             max_event_ms: i64::MIN,
             last_arrival_ms: i64::MIN,
@@ -359,9 +431,15 @@ impl Processor {
             state.closed_until_ms = state.closed_until_ms.max(start + window_ms);
         }
         let stats = state.stats;
-        let unit = state
+        let unit: Option<Arc<str>> = state
             .rule
-            .and_then(|r| self.settings.rules[r as usize].unit.clone());
+            .and_then(|r| {
+                self.settings.rules[r as usize]
+                    .unit
+                    .as_deref()
+                    .map(Arc::from)
+            })
+            .or_else(|| state.unit.clone());
         for (start, w) in closing {
             let seq = self.next_seq;
             self.next_seq += 1;

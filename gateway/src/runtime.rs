@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::buffer::Buffer;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::Metrics;
-use crate::processor::{CoreSettings, Processor, RawMessage, Record};
+use crate::processor::{CoreSettings, Input, Processor, Record};
 use crate::upstream;
 
 /// How often the core checks for windows to close.
@@ -58,7 +58,7 @@ pub async fn run(
         "Buffer recovered."
     );
     let tracker = TaskTracker::new();
-    let (raw_tx, raw_rx) = mpsc::channel::<RawMessage>(config.pipeline.channel_capacity);
+    let (raw_tx, raw_rx) = mpsc::channel::<Input>(config.pipeline.channel_capacity);
     let (rec_tx, rec_rx) = mpsc::channel::<Record>(256);
 
     for (index, source) in config.sources.iter().enumerate() {
@@ -68,6 +68,14 @@ pub async fn run(
                     index,
                     m.clone(),
                     config.pipeline.max_payload_bytes,
+                    raw_tx.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            SourceConfig::Serial(s) => {
+                tracker.spawn(crate::source::serial::run(
+                    s.clone(),
                     raw_tx.clone(),
                     metrics.clone(),
                     shutdown.clone(),
@@ -112,7 +120,7 @@ pub async fn run(
 /// closed windows, and flushes everything when its input closes.
 async fn process(
     mut processor: Processor,
-    mut rx: mpsc::Receiver<RawMessage>,
+    mut rx: mpsc::Receiver<Input>,
     tx: mpsc::Sender<Record>,
 ) {
     let mut out = Vec::new();
@@ -127,7 +135,7 @@ async fn process(
                 }
                 let now = crate::now_ms();
                 for msg in batch.drain(..) {
-                    processor.ingest(&msg, now, &mut out);
+                    processor.ingest_input(&msg, now, &mut out);
                 }
                 if !forward(&mut out, &tx).await {
                     return;

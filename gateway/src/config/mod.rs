@@ -7,6 +7,9 @@
 //! a file in one pass rather than one error per restart.
 
 mod raw;
+mod serial;
+
+pub use serial::{FlowControl, Parity};
 
 use std::fmt;
 use std::ops::Range;
@@ -86,6 +89,23 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Mqtt(MqttSourceConfig),
+    Serial(SerialSourceConfig),
+}
+
+/// A serial port: the line settings and how its bytes are decoded.
+#[derive(Debug, Clone)]
+pub struct SerialSourceConfig {
+    pub name: String,
+    /// The device; a `/dev/serial/by-id/...` link is followed at every open,
+    /// so a re-plugged adapter is found again under its stable name.
+    pub device: PathBuf,
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
+    pub reopen_backoff_max: Duration,
+    pub port: crate::wire::PortSettings,
 }
 
 /// A broker address, `host:port`.
@@ -287,6 +307,7 @@ impl Config {
         );
         for src in &self.sources {
             match src {
+                SourceConfig::Serial(c) => serial::render(&mut s, c),
                 SourceConfig::Mqtt(m) => {
                     let _ = writeln!(
                         s,
@@ -387,6 +408,7 @@ impl Config {
                         }
                     }
                 }
+                SourceConfig::Serial(_) => {}
             }
         }
         names
@@ -404,7 +426,7 @@ fn unit_name(u: TimestampUnit) -> &'static str {
 const SECTIONS: &[&str] = &[
     "gateway", "source", "sensor", "pipeline", "upstream", "buffer",
 ];
-const SOURCE_KINDS: &[&str] = &["mqtt"];
+const SOURCE_KINDS: &[&str] = &["mqtt", "serial"];
 
 /// The validation context: the text (for line numbers) and what went wrong.
 struct Cx<'a> {
@@ -605,7 +627,7 @@ impl<'a> Cx<'a> {
             self.at(
                 end.clone(),
                 "no `[[source]]` is configured, so the gateway would read nothing",
-                Some("add a `[[source]]` with `kind = \"mqtt\"`".into()),
+                Some("add a `[[source]]` with `kind = \"mqtt\"` or `kind = \"serial\"`".into()),
             );
         }
         // Check every section that parsed before giving up on a missing one,
@@ -693,6 +715,10 @@ impl<'a> Cx<'a> {
                 let raw = self.section::<RawMqttSource>(item)?;
                 Some(SourceConfig::Mqtt(self.mqtt_source(raw)))
             }
+            Some((Some(k), _)) if k == "serial" => {
+                let raw = self.section::<raw::RawSerialSource>(item)?;
+                Some(SourceConfig::Serial(self.serial_source(raw)))
+            }
             Some((k, kspan)) => {
                 let hint = format!("known kinds: {}", SOURCE_KINDS.join(", "));
                 self.at(
@@ -706,7 +732,7 @@ impl<'a> Cx<'a> {
                 self.at(
                     span,
                     "a `[[source]]` has no `kind`",
-                    Some("add `kind = \"mqtt\"`".into()),
+                    Some("add `kind = \"mqtt\"` or `kind = \"serial\"`".into()),
                 );
                 None
             }

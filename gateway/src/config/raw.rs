@@ -102,3 +102,52 @@ pub struct RawBuffer {
     pub memory_budget_bytes: Option<Spanned<u64>>,
     pub max_age: Option<Spanned<String>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerialSource {
+    /// Always `"serial"` here; the loader reads it first to choose this struct.
+    #[allow(dead_code)]
+    pub kind: String,
+    pub name: Option<Spanned<String>>,
+    pub device: Spanned<String>,
+    pub baud: Option<Spanned<u32>>,
+    pub data_bits: Option<Spanned<u8>>,
+    pub parity: Option<Spanned<String>>,
+    pub stop_bits: Option<Spanned<u8>>,
+    pub flow_control: Option<Spanned<String>>,
+    pub format: Spanned<String>,
+    pub checksum: Option<Spanned<String>>,
+    pub max_line_bytes: Option<Spanned<usize>>,
+    pub node_time: Option<Spanned<String>>,
+    pub unmapped: Option<Spanned<String>>,
+    pub max_nodes: Option<Spanned<usize>>,
+    pub reopen_backoff_max: Option<Spanned<String>>,
+    pub channel: Option<Vec<Spanned<RawChannel>>>,
+}
+
+/// A node or channel id: a name, or a number as `frame` nodes use.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NameOrNumber {
+    Name(String),
+    Number(i64),
+}
+
+impl NameOrNumber {
+    pub fn text(&self) -> String {
+        match self {
+            NameOrNumber::Name(s) => s.clone(),
+            NameOrNumber::Number(n) => n.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    pub node: Option<NameOrNumber>,
+    pub channel: NameOrNumber,
+    pub sensor: String,
+    pub unit: Option<String>,
+}

@@ -25,7 +25,9 @@ broker = "127.0.0.1:1884"
 fn minimal_config_gets_defaults() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.gateway.id, "gw-1");
-    let SourceConfig::Mqtt(m) = &c.sources[0];
+    let SourceConfig::Mqtt(m) = &c.sources[0] else {
+        panic!("an MQTT source")
+    };
     assert_eq!(m.topics, vec!["plant/+/+/+".to_owned()]);
     assert_eq!(m.payload, PayloadFormat::json_default());
     assert_eq!(

@@ -4,3 +4,4 @@
 //! stops the others.
 
 pub mod mqtt;
+pub mod serial;

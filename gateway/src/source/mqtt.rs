@@ -20,14 +20,14 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::MqttSourceConfig;
 use crate::metrics::Metrics;
-use crate::processor::RawMessage;
+use crate::processor::{Input, RawMessage};
 
 /// Runs one MQTT source until `cancel` fires.
 pub async fn run(
     index: usize,
     cfg: MqttSourceConfig,
     max_payload_bytes: usize,
-    tx: mpsc::Sender<RawMessage>,
+    tx: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -74,7 +74,7 @@ pub async fn run(
                 };
                 let sent = tokio::select! {
                     biased;
-                    r = tx.send(msg) => r.is_ok(),
+                    r = tx.send(Input::Message(msg)) => r.is_ok(),
                     _ = cancel.cancelled() => false,
                 };
                 if !sent {

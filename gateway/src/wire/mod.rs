@@ -1,0 +1,549 @@
+//! Serial wire formats: splitting a byte stream into frames, decoding the
+//! three formats, and turning what nodes send into readings. Pure: the
+//! serial shell (`source::serial`) owns the port and passes bytes and the
+//! time in.
+//!
+//! A [`PortDecoder`] holds everything one port needs: the [`Framer`] (which
+//! resynchronises at the next delimiter after any damage), the format, the
+//! per-node state ([`node::NodeState`]), the mapping of node and channel
+//! identities to sensors, and counters of every drop by reason.
+
+pub mod frame;
+pub mod json;
+pub mod line;
+pub mod node;
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use node::{NodeCounters, NodeState, Verdict};
+
+/// The wire format of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Line { require_checksum: bool },
+    Json,
+    Frame,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Line { .. } => "line",
+            Format::Json => "json",
+            Format::Frame => "frame",
+        }
+    }
+
+    pub fn delimiter(self) -> u8 {
+        match self {
+            Format::Frame => frame::DELIMITER,
+            _ => b'\n',
+        }
+    }
+}
+
+/// What a node's time field means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeTime {
+    /// Milliseconds since the node booted (mapped to gateway time).
+    Uptime,
+    /// Milliseconds since the Unix epoch (the node has a real-time clock).
+    UnixMs,
+    /// Ignore it; readings are stamped on arrival.
+    Ignore,
+}
+
+/// What to do with a channel no mapping names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmapped {
+    /// Accept it as sensor `<port>/<node>/<channel>` (`<port>/<channel>`
+    /// without a node id).
+    Accept,
+    /// Drop it and count it.
+    Drop,
+}
+
+/// One mapping of a node's channel to a sensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelMap {
+    /// `None` matches any node.
+    pub node: Option<String>,
+    pub channel: String,
+    pub sensor: String,
+    pub unit: Option<String>,
+}
+
+/// The settings of one port's decoder.
+#[derive(Debug, Clone)]
+pub struct PortSettings {
+    pub name: String,
+    pub format: Format,
+    /// The longest frame or line accepted, delimiter excluded.
+    pub max_frame_bytes: usize,
+    pub time: NodeTime,
+    pub unmapped: Unmapped,
+    pub channels: Vec<ChannelMap>,
+    /// Bound on distinct nodes (and on unmapped sensors cached).
+    pub max_nodes: usize,
+}
+
+/// Why bytes were dropped; every drop is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    Oversize,
+    NotUtf8,
+    BadChecksum,
+    MissingChecksum,
+    Syntax,
+    NotANumber,
+    TooManyFields,
+    NotAnObject,
+    ValueNotNumber,
+    BadCobs,
+    BadLength,
+    BadCrc,
+    BadVersion,
+    BadBody,
+    Duplicate,
+    TooManyNodes,
+    /// A partial frame cut off by a disconnect.
+    Torn,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 17] = [
+        Drop::Oversize,
+        Drop::NotUtf8,
+        Drop::BadChecksum,
+        Drop::MissingChecksum,
+        Drop::Syntax,
+        Drop::NotANumber,
+        Drop::TooManyFields,
+        Drop::NotAnObject,
+        Drop::ValueNotNumber,
+        Drop::BadCobs,
+        Drop::BadLength,
+        Drop::BadCrc,
+        Drop::BadVersion,
+        Drop::BadBody,
+        Drop::Duplicate,
+        Drop::TooManyNodes,
+        Drop::Torn,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::Oversize => "oversize",
+            Drop::NotUtf8 => "not_utf8",
+            Drop::BadChecksum => "bad_checksum",
+            Drop::MissingChecksum => "missing_checksum",
+            Drop::Syntax => "syntax",
+            Drop::NotANumber => "not_a_number",
+            Drop::TooManyFields => "too_many_fields",
+            Drop::NotAnObject => "not_an_object",
+            Drop::ValueNotNumber => "value_not_number",
+            Drop::BadCobs => "bad_cobs",
+            Drop::BadLength => "bad_length",
+            Drop::BadCrc => "bad_crc",
+            Drop::BadVersion => "bad_version",
+            Drop::BadBody => "bad_body",
+            Drop::Duplicate => "duplicate",
+            Drop::TooManyNodes => "too_many_nodes",
+            Drop::Torn => "torn",
+        }
+    }
+
+    fn from_line(e: line::LineError) -> Drop {
+        match e {
+            line::LineError::NotUtf8 => Drop::NotUtf8,
+            line::LineError::BadChecksum => Drop::BadChecksum,
+            line::LineError::MissingChecksum => Drop::MissingChecksum,
+            line::LineError::Syntax => Drop::Syntax,
+            line::LineError::NotANumber => Drop::NotANumber,
+            line::LineError::TooManyFields => Drop::TooManyFields,
+        }
+    }
+
+    fn from_json(e: json::JsonError) -> Drop {
+        match e {
+            json::JsonError::NotUtf8 => Drop::NotUtf8,
+            json::JsonError::Syntax | json::JsonError::BadReserved => Drop::Syntax,
+            json::JsonError::NotAnObject => Drop::NotAnObject,
+            json::JsonError::ValueNotNumber => Drop::ValueNotNumber,
+            json::JsonError::TooManyFields => Drop::TooManyFields,
+        }
+    }
+
+    fn from_frame(e: frame::FrameError) -> Drop {
+        match e {
+            frame::FrameError::Cobs => Drop::BadCobs,
+            frame::FrameError::Length | frame::FrameError::BufferTooSmall => Drop::BadLength,
+            frame::FrameError::Crc => Drop::BadCrc,
+            frame::FrameError::Version(_) => Drop::BadVersion,
+            frame::FrameError::Body => Drop::BadBody,
+        }
+    }
+}
+
+/// Splits a byte stream at a delimiter, bounding the length of a frame.
+///
+/// Bytes of an over-long frame are discarded up to the next delimiter and
+/// reported once. Nothing is allocated after the first `max` bytes.
+#[derive(Debug)]
+pub struct Framer {
+    delimiter: u8,
+    max: usize,
+    partial: Vec<u8>,
+    discarding: bool,
+}
+
+/// One piece of the stream between delimiters.
+pub enum Piece<'a> {
+    Frame(&'a mut [u8]),
+    Oversize,
+}
+
+impl Framer {
+    pub fn new(delimiter: u8, max: usize) -> Self {
+        Self {
+            delimiter,
+            max,
+            partial: Vec::new(),
+            discarding: false,
+        }
+    }
+
+    /// Feeds `data`; `f` is called for every complete piece. Empty frames
+    /// (two delimiters in a row) are skipped.
+    pub fn push(&mut self, data: &mut [u8], mut f: impl FnMut(Piece<'_>)) {
+        let mut rest = data;
+        while let Some(pos) = rest.iter().position(|&b| b == self.delimiter) {
+            let (head, tail) = rest.split_at_mut(pos);
+            if self.discarding {
+                self.discarding = false;
+                f(Piece::Oversize);
+            } else if !self.partial.is_empty() {
+                if self.partial.len() + head.len() > self.max {
+                    f(Piece::Oversize);
+                } else {
+                    self.partial.extend_from_slice(head);
+                    f(Piece::Frame(&mut self.partial));
+                }
+                self.partial.clear();
+            } else if head.len() > self.max {
+                f(Piece::Oversize);
+            } else if !head.is_empty() {
+                f(Piece::Frame(head));
+            }
+            rest = &mut tail[1..];
+        }
+        if !rest.is_empty() && !self.discarding {
+            if self.partial.len() + rest.len() > self.max {
+                self.partial.clear();
+                self.discarding = true;
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+        }
+    }
+
+    /// Forgets a partial frame (the port went away); true if there was one.
+    pub fn reset(&mut self) -> bool {
+        let had = !self.partial.is_empty() || self.discarding;
+        self.partial.clear();
+        self.discarding = false;
+        had
+    }
+}
+
+/// A decoded reading of a serial channel, ready for the core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialReading {
+    pub sensor: Arc<str>,
+    pub unit: Option<Arc<str>>,
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+/// Counters of one port, cumulative.
+#[derive(Debug, Clone, Default)]
+pub struct PortCounters {
+    pub bytes: u64,
+    /// Frames (lines) that decoded and were accepted.
+    pub frames: u64,
+    pub readings: u64,
+    /// Channels dropped because no mapping names them (`unmapped = "drop"`).
+    pub unmapped: u64,
+    pub dropped: [u64; Drop::ALL.len()],
+}
+
+impl PortCounters {
+    pub fn dropped(&self, reason: Drop) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+}
+
+/// Where a channel's readings go.
+#[derive(Debug, Clone)]
+struct Target {
+    /// `None`: dropped (unmapped).
+    sensor: Option<Arc<str>>,
+    unit: Option<Arc<str>>,
+}
+
+/// Decodes one port's byte stream into readings.
+#[derive(Debug)]
+pub struct PortDecoder {
+    settings: PortSettings,
+    framer: Framer,
+    targets: HashMap<Box<str>, Target>,
+    nodes: HashMap<Box<str>, NodeState>,
+    scratch: String,
+    counters: PortCounters,
+    last_drop: Option<(Drop, String)>,
+}
+
+/// Separates node and channel in lookup keys; cannot occur in names.
+const SEP: char = '\u{1f}';
+
+impl PortDecoder {
+    pub fn new(settings: PortSettings) -> Self {
+        let delimiter = settings.format.delimiter();
+        let max = match settings.format {
+            Format::Frame => settings.max_frame_bytes.min(frame::MAX_ENCODED_BYTES),
+            _ => settings.max_frame_bytes,
+        };
+        let mut targets = HashMap::new();
+        for c in &settings.channels {
+            let key = format!("{}{SEP}{}", c.node.as_deref().unwrap_or(""), c.channel);
+            targets.insert(
+                key.into_boxed_str(),
+                Target {
+                    sensor: Some(Arc::from(c.sensor.as_str())),
+                    unit: c.unit.as_deref().map(Arc::from),
+                },
+            );
+        }
+        Self {
+            framer: Framer::new(delimiter, max),
+            settings,
+            targets,
+            nodes: HashMap::new(),
+            scratch: String::new(),
+            counters: PortCounters::default(),
+            last_drop: None,
+        }
+    }
+
+    pub fn settings(&self) -> &PortSettings {
+        &self.settings
+    }
+
+    pub fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+
+    /// Per-node counters, by node id (`""` for a sender without one).
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &NodeCounters)> {
+        self.nodes.iter().map(|(k, v)| (&**k, &v.counters))
+    }
+
+    /// The most recent drop and a short description of it, taken.
+    pub fn take_last_drop(&mut self) -> Option<(Drop, String)> {
+        self.last_drop.take()
+    }
+
+    /// Feeds bytes read at `now_ms`; readings are appended to `out`.
+    pub fn push(&mut self, data: &mut [u8], now_ms: i64, out: &mut Vec<SerialReading>) {
+        self.counters.bytes += data.len() as u64;
+        let mut framer = std::mem::replace(&mut self.framer, Framer::new(0, 0));
+        framer.push(data, |piece| match piece {
+            Piece::Oversize => self.drop(Drop::Oversize, "over-long frame or line".into()),
+            Piece::Frame(bytes) => self.decode(bytes, now_ms, out),
+        });
+        self.framer = framer;
+    }
+
+    /// The port went away: a partial frame is lost.
+    pub fn disconnected(&mut self) {
+        if self.framer.reset() {
+            self.drop(Drop::Torn, "partial frame at disconnect".into());
+        }
+    }
+
+    fn drop(&mut self, reason: Drop, detail: String) {
+        self.counters.dropped[reason as usize] += 1;
+        self.last_drop = Some((reason, detail));
+    }
+
+    fn decode(&mut self, bytes: &mut [u8], now_ms: i64, out: &mut Vec<SerialReading>) {
+        match self.settings.format {
+            Format::Frame => match frame::decode(bytes) {
+                Ok(f) => {
+                    let node = itoa_u16(f.node);
+                    let node = node.as_str();
+                    let uptime = f.uptime_ms.map(|u| {
+                        let last = self.nodes.get(node).and_then(|n| n.last_uptime());
+                        node::unwrap_u32(last, u)
+                    });
+                    let Some(ts) = self.observe(node, Some(f.seq), uptime, now_ms) else {
+                        return;
+                    };
+                    for r in &f.readings {
+                        let ch = itoa_u16(u16::from(r.channel));
+                        self.emit(node, ch.as_str(), ts, f64::from(r.value), out);
+                    }
+                }
+                Err(e) => self.drop(Drop::from_frame(e), e.to_string()),
+            },
+            Format::Line { require_checksum } => match line::parse(bytes, require_checksum) {
+                Ok(Some(l)) => {
+                    let node = l.node.unwrap_or("");
+                    let Some(ts) = self.observe(node, l.seq, l.uptime_ms, now_ms) else {
+                        return;
+                    };
+                    for (name, v) in &l.readings {
+                        self.emit(node, name, ts, *v, out);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned();
+                    self.drop(Drop::from_line(e), text)
+                }
+            },
+            Format::Json => match json::parse(bytes) {
+                Ok(Some(l)) => {
+                    let node = l.node.as_deref().unwrap_or("");
+                    let Some(ts) = self.observe(node, l.seq, l.uptime_ms, now_ms) else {
+                        return;
+                    };
+                    for (name, v) in &l.readings {
+                        self.emit(node, name, ts, *v, out);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned();
+                    self.drop(Drop::from_json(e), text)
+                }
+            },
+        }
+    }
+
+    /// Runs the node's sequence and clock checks; the event time, or `None`
+    /// when the frame is dropped.
+    fn observe(
+        &mut self,
+        node: &str,
+        seq: Option<u32>,
+        time: Option<u64>,
+        now_ms: i64,
+    ) -> Option<i64> {
+        let (uptime, fixed_ts) = match self.settings.time {
+            NodeTime::Uptime => (time, None),
+            NodeTime::UnixMs => (None, time.map(|t| (t as i64).min(now_ms))),
+            NodeTime::Ignore => (None, None),
+        };
+        if !self.nodes.contains_key(node) {
+            if self.nodes.len() >= self.settings.max_nodes {
+                self.drop(
+                    Drop::TooManyNodes,
+                    format!(
+                        "node `{node}` exceeds the bound of {} nodes",
+                        self.settings.max_nodes
+                    ),
+                );
+                return None;
+            }
+            self.nodes.insert(node.into(), NodeState::default());
+        }
+        let state = self.nodes.get_mut(node)?;
+        match state.observe(seq, uptime, now_ms) {
+            Verdict::Accept { ts_ms } => {
+                self.counters.frames += 1;
+                Some(fixed_ts.unwrap_or(ts_ms))
+            }
+            Verdict::Duplicate => {
+                self.drop(
+                    Drop::Duplicate,
+                    format!("node `{node}` repeated sequence {seq:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn emit(
+        &mut self,
+        node: &str,
+        channel: &str,
+        ts_ms: i64,
+        value: f64,
+        out: &mut Vec<SerialReading>,
+    ) {
+        self.scratch.clear();
+        let _ = write!(self.scratch, "{node}{SEP}{channel}");
+        let found = match self.targets.get(self.scratch.as_str()) {
+            Some(t) => Some(t.clone()),
+            // A mapping without a node matches every node.
+            None if !node.is_empty() => self.targets.get(&self.scratch[node.len()..]).cloned(),
+            None => None,
+        };
+        let target = match found {
+            Some(t) => t,
+            None => {
+                let sensor = match self.settings.unmapped {
+                    Unmapped::Drop => None,
+                    Unmapped::Accept if node.is_empty() => {
+                        Some(Arc::from(format!("{}/{channel}", self.settings.name)))
+                    }
+                    Unmapped::Accept => Some(Arc::from(format!(
+                        "{}/{node}/{channel}",
+                        self.settings.name
+                    ))),
+                };
+                let t = Target { sensor, unit: None };
+                // Bounded: beyond it, names are built per reading (and the
+                // core's sensor limit applies).
+                if self.targets.len() < self.settings.channels.len() + self.settings.max_nodes * 16
+                {
+                    self.targets.insert(self.scratch.as_str().into(), t.clone());
+                }
+                t
+            }
+        };
+        self.emit_to(&target, ts_ms, value, out);
+    }
+
+    fn emit_to(&mut self, t: &Target, ts_ms: i64, value: f64, out: &mut Vec<SerialReading>) {
+        match &t.sensor {
+            Some(sensor) => {
+                self.counters.readings += 1;
+                out.push(SerialReading {
+                    sensor: sensor.clone(),
+                    unit: t.unit.clone(),
+                    ts_ms,
+                    value,
+                });
+            }
+            None => self.counters.unmapped += 1,
+        }
+    }
+}
+
+/// A `u16` in decimal, without allocating.
+fn itoa_u16(v: u16) -> heapless::String<5> {
+    let mut s = heapless::String::new();
+    let _ = write!(s, "{v}");
+    s
+}
+
+#[cfg(test)]
+mod tests;
