@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::publish::{self, PublishOptions, PublishStats};
 use crate::scenario::Scenario;
+use crate::serial::{SerialOptions, WireFormat};
 use crate::uplink::Uplink;
 
 /// The gateway configuration the demo runs (broker addresses are replaced).
@@ -115,12 +116,17 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
     let state_dir = tempfile::tempdir()?;
     let mut config = Config::parse(DEMO_CONFIG, Path::new("configs/demo.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let node_link = state_dir.path().join("ttyNODE");
     for s in &mut config.sources {
-        let SourceConfig::Mqtt(m) = s;
-        m.broker = BrokerAddr {
-            host: "127.0.0.1".into(),
-            port: plant_addr.port(),
-        };
+        match s {
+            SourceConfig::Mqtt(m) => {
+                m.broker = BrokerAddr {
+                    host: "127.0.0.1".into(),
+                    port: plant_addr.port(),
+                }
+            }
+            SourceConfig::Serial(p) => p.device = node_link.clone(),
+        }
     }
     config.upstream.broker = BrokerAddr {
         host: "127.0.0.1".into(),
@@ -134,6 +140,11 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
         scenario.sensors.len(),
         scenario.rate,
         scenario.fault_probability * 100.0
+    );
+    println!(
+        "   serial node      1 node x 2 channels, 50 frames/s as binary frames on a pty ({}), every 40th frame damaged, noise every 50th, unplugged for 2s at {}s",
+        node_link.display(),
+        timeline.outage_start.as_secs() / 2
     );
     println!(
         "   timeline         uplink cut at {}s, restored at {}s, simulator stops at {}s\n",
@@ -171,6 +182,24 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
             };
             publish::publish(&scenario, &opts, stats, stop).await
         })
+    };
+
+    let serial_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serial_node = {
+        let opts = SerialOptions {
+            format: WireFormat::Frame,
+            pty_link: Some(node_link.clone()),
+            rate: 50.0,
+            nodes: 1,
+            channels: 2,
+            corrupt_every: Some(40),
+            noise_every: Some(50),
+            unplug_after: Some(timeline.outage_start / 2),
+            unplug_for: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let stop = serial_stop.clone();
+        tokio::task::spawn_blocking(move || crate::serial::run_blocking(&opts, stop))
     };
 
     let start = Instant::now();
@@ -220,6 +249,8 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
     );
     sim_stop.cancel();
     sim.await??;
+    serial_stop.store(true, Ordering::Relaxed);
+    let serial = serial_node.await??;
     // Let the last readings cross the plant broker before the gateway stops.
     tokio::time::sleep(Duration::from_secs(1)).await;
     gw_stop.cancel();
@@ -267,9 +298,33 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
         "   summaries missing upstream              {}",
         missing.len()
     );
+    let text = metrics.render_prometheus();
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    };
+    let serial_frames = metric("gateway_serial_frames_total");
+    let serial_readings = metric("gateway_serial_readings_total");
+    let serial_dropped = metric("gateway_serial_dropped_total");
+    let serial_lost = metric("gateway_serial_node_lost_frames_total");
+    println!(
+        "   serial frames sent by the node          {} ({} damaged, {} noise bursts, {} while unplugged)",
+        serial.frames, serial.corrupted, serial.noise_bursts, serial.lost_unplugged
+    );
+    println!(
+        "   serial frames accepted by the gateway   {serial_frames} ({serial_readings} readings)"
+    );
+    println!("   serial frames dropped, with reason      {serial_dropped}");
+    println!("   serial frames lost (sequence gaps)      {serial_lost}");
+    let serial_ok = serial_frames == serial.intact
+        && serial_dropped >= serial.corrupted + serial.noise_bursts
+        && serial_lost == serial.corrupted + serial.lost_unplugged;
     let ok = missing.is_empty()
+        && serial_ok
         && received == published
-        && accepted + metrics.rejected_total() == received;
+        && accepted + metrics.rejected_total() == received + serial_readings;
     if ok {
         println!("\n   nothing lost: every reading is in a summary or counted with its reason, and every summary arrived.");
     } else {
@@ -308,7 +363,7 @@ async fn watch(addr: SocketAddr, seen: Arc<Mutex<Seen>>) {
                 if fresh
                     && v["sensor"]
                         .as_str()
-                        .is_some_and(|s| s.starts_with("line1/m1/"))
+                        .is_some_and(|s| s.starts_with("line1/m1/") || s.starts_with("line2/"))
                 {
                     println!(
                         "   upstream <- seq {:>4} {:<22} n={:<3} mean={:>8.3} min={:>8.3} max={:>8.3}",

@@ -11,5 +11,6 @@ pub mod broker;
 pub mod demo;
 pub mod publish;
 pub mod scenario;
+pub mod serial;
 pub mod signal;
 pub mod uplink;

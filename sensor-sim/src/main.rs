@@ -65,6 +65,53 @@ enum Cmd {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         idle: Duration,
     },
+    /// Play serial sensor nodes: write a wire format into a pty (or a
+    /// device) at a set rate, with optional faults and an unplug. Prints
+    /// what was sent as one JSON line at the end.
+    Serial {
+        #[arg(long, value_enum, default_value = "frame")]
+        format: sensor_sim::serial::WireFormat,
+        /// Create a pseudo-terminal and make this path a link to it.
+        #[arg(long, conflicts_with = "device")]
+        pty: Option<PathBuf>,
+        /// Write to this existing device instead (e.g. one end of a null-modem pair).
+        #[arg(long)]
+        device: Option<PathBuf>,
+        /// Frames per second, over all nodes.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, default_value_t = 1)]
+        nodes: u16,
+        #[arg(long, default_value_t = 2)]
+        channels: u8,
+        /// Do not send node uptime.
+        #[arg(long)]
+        no_uptime: bool,
+        /// Corrupt every k-th frame (bit flip or truncation, alternating).
+        #[arg(long)]
+        corrupt_every: Option<u64>,
+        /// Send a noise burst before every k-th frame.
+        #[arg(long)]
+        noise_every: Option<u64>,
+        /// Send an over-long run of bytes before every k-th frame.
+        #[arg(long)]
+        oversize_every: Option<u64>,
+        /// Unplug the pty after this long...
+        #[arg(long, value_parser = humantime::parse_duration)]
+        unplug_after: Option<Duration>,
+        /// ...for this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        unplug_for: Duration,
+        /// Restart the nodes (sequence and uptime from zero) every N frames.
+        #[arg(long)]
+        reboot_after: Option<u64>,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// The complete demo: simulated plant, brokers, the gateway, an uplink
     /// outage and a tally. Needs nothing installed.
     Demo {
@@ -108,6 +155,75 @@ fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
 }
 
 fn run(cmd: Cmd) -> anyhow::Result<bool> {
+    if let Cmd::Serial {
+        format,
+        pty,
+        device,
+        rate,
+        count,
+        duration,
+        nodes,
+        channels,
+        no_uptime,
+        corrupt_every,
+        noise_every,
+        oversize_every,
+        unplug_after,
+        unplug_for,
+        reboot_after,
+        seed,
+    } = cmd
+    {
+        let opts = sensor_sim::serial::SerialOptions {
+            format,
+            pty_link: pty.clone(),
+            device,
+            rate,
+            count,
+            duration,
+            nodes,
+            channels,
+            uptime: !no_uptime,
+            corrupt_every,
+            noise_every,
+            oversize_every,
+            unplug_after,
+            unplug_for,
+            reboot_after,
+            seed,
+            ..Default::default()
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let worker = std::thread::spawn(move || sensor_sim::serial::run_blocking(&opts, s));
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let wait = async {
+                while !worker.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = wait => {}
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            anyhow::Ok(())
+        })?;
+        let stats = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("the serial writer panicked"))??;
+        if let Some(p) = &pty {
+            sensor_sim::serial::remove_link(p);
+        }
+        println!("{}", serde_json::to_string(&stats)?);
+        return Ok(true);
+    }
     if let Cmd::Broker { listen } = cmd {
         sensor_sim::broker::run_blocking(listen)?;
         return Ok(true);
@@ -174,7 +290,7 @@ fn run(cmd: Cmd) -> anyhow::Result<bool> {
                 Ok(true)
             }
             Cmd::Demo { duration } => sensor_sim::demo::run(duration).await,
-            Cmd::Broker { .. } => Ok(true),
+            Cmd::Broker { .. } | Cmd::Serial { .. } => Ok(true),
         }
     })
 }

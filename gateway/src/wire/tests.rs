@@ -215,7 +215,10 @@ proptest! {
         for (idx, xor) in &hits {
             let pos = idx.index(stream.len());
             stream[pos] ^= xor;
-            if let Some(i) = spans.iter().position(|&(a, b)| pos >= a && pos < b) {
+            if pos == 0 {
+                // The leading delimiter: damaged, it joins the first frame.
+                hit_frames.insert(0);
+            } else if let Some(i) = spans.iter().position(|&(a, b)| pos >= a && pos < b) {
                 hit_frames.insert(i);
                 // A delimiter damaged into data merges the frame with the next.
                 if pos + 1 == spans[i].1 {
