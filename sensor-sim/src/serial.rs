@@ -145,15 +145,21 @@ impl Link {
         }
     }
 
-    /// Waits (bounded) until the reader has taken every byte written.
+    /// Waits (bounded) until the reader has taken every byte written. The
+    /// kernel moves bytes from the pty's buffer into the reader's queue
+    /// asynchronously, so an empty queue counts only when it stays empty
+    /// for 100 ms.
     fn drain(&self, within: Duration) {
         let Some(slave) = &self.slave else { return };
         let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
+        let mut empty_checks = 0;
+        while Instant::now() < deadline && empty_checks < 5 {
             match rustix::io::ioctl_fionread(slave.as_fd()) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                Ok(0) => empty_checks += 1,
+                Ok(_) => empty_checks = 0,
+                Err(_) => return,
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -3,6 +3,8 @@
 //! - `pipeline`: readings in, summaries out, every count exact.
 //! - `outage`: the upstream broker dies and comes back; nothing is lost.
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
+//! - `serial`: simulated nodes on real pseudo-terminals, three formats,
+//!   faults, unplug, reboots.
 //!
 //! Each scenario runs against the embedded rumqttd broker and against
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
@@ -10,6 +12,7 @@
 mod buffer;
 mod outage;
 mod pipeline;
+mod serial;
 mod shutdown;
 
 /// A start of event time aligned to a 1 s window boundary, a minute ago.

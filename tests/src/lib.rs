@@ -515,3 +515,98 @@ shutdown_grace = "5s"
         uport = upstream.port(),
     )
 }
+
+/// `sensor-sim serial`: a simulated serial node on a pty whose link is
+/// `<dir>/tty`, run as its own process.
+pub struct SerialNode {
+    child: Option<Child>,
+    pub link: PathBuf,
+}
+
+impl SerialNode {
+    /// Starts the node and waits until its pty link exists.
+    pub async fn start(link: &Path, args: &[&str]) -> SerialNode {
+        let child = Command::new(bin("sensor-sim"))
+            .arg("serial")
+            .arg("--pty")
+            .arg(link)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sensor-sim serial");
+        let node = SerialNode {
+            child: Some(child),
+            link: link.to_owned(),
+        };
+        wait_until("the pty link", Duration::from_secs(10), || link.exists()).await;
+        node
+    }
+
+    /// Waits for the node to finish (it drains the pty first) and returns
+    /// its account of what it sent.
+    pub async fn finish(mut self, within: Duration) -> serde_json::Value {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sensor-sim serial did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut out = String::new();
+        use std::io::Read;
+        child
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut out)
+            .expect("read the node's output");
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad stats {out:?}: {e}"))
+    }
+}
+
+impl Drop for SerialNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A gateway config for serial tests: one serial port, 1 s windows.
+pub fn serial_gateway_config(upstream: SocketAddr, device: &Path, port_settings: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-serial"
+state_dir = "@STATE_DIR@"
+metrics_interval = "100ms"
+
+[[source]]
+kind = "serial"
+name = "uart"
+device = "{device}"
+baud = 921600
+{port_settings}
+
+[pipeline]
+default_window = "1s"
+allowed_lateness = "0s"
+
+[upstream]
+broker = "{upstream}"
+client_id = "gw-serial-{uport}"
+reconnect_backoff_max = "1s"
+shutdown_grace = "5s"
+"#,
+        device = device.display(),
+        uport = upstream.port(),
+    )
+}

@@ -151,7 +151,7 @@ fn explain(cfg: &SerialSourceConfig, e: &tokio_serial::Error) -> (String, Option
             format!("permission denied opening {}", cfg.device.display()),
             Some("the gateway's user may not use serial ports: add it to the `dialout` group (`usermod -aG dialout sensor-gateway`), or keep `SupplementaryGroups=dialout` in its systemd unit"),
         )
-    } else if lower.contains("busy") {
+    } else if lower.contains("busy") || lower.contains("lock") {
         (
             format!("{} is in use by another program", cfg.device.display()),
             Some("find it with `fuser -v <device>` (often a getty, ModemManager or a second gateway) and stop it"),
@@ -204,5 +204,52 @@ impl DropLog {
         }
         self.logged_total = total;
         self.last_log_ms = Some(now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config() -> SerialSourceConfig {
+        let text = "[gateway]\nid = \"g\"\n[[source]]\nkind = \"serial\"\ndevice = \"/dev/ttyUSB0\"\nformat = \"line\"\n[upstream]\nbroker = \"localhost:1883\"\n";
+        match Config::parse(text, std::path::Path::new("t.toml")) {
+            Ok(c) => match c.sources.into_iter().next() {
+                Some(crate::config::SourceConfig::Serial(s)) => s,
+                _ => panic!("a serial source"),
+            },
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn open_failures_name_the_cause_and_the_fix() {
+        use tokio_serial::{Error, ErrorKind};
+        let cfg = config();
+        let denied = Error::new(
+            ErrorKind::Io(std::io::ErrorKind::PermissionDenied),
+            "Permission denied",
+        );
+        let (msg, fix) = explain(&cfg, &denied);
+        assert!(msg.contains("permission denied"), "{msg}");
+        assert!(fix.is_some_and(|f| f.contains("dialout")));
+        let locked = Error::new(
+            ErrorKind::NoDevice,
+            "Unable to acquire exclusive lock on serial port",
+        );
+        let (msg, fix) = explain(&cfg, &locked);
+        assert!(msg.contains("in use by another program"), "{msg}");
+        assert!(fix.is_some_and(|f| f.contains("fuser")));
+        let gone = Error::new(
+            ErrorKind::Io(std::io::ErrorKind::NotFound),
+            "No such file or directory",
+        );
+        let (msg, fix) = explain(&cfg, &gone);
+        assert!(msg.contains("does not exist"), "{msg}");
+        assert!(
+            fix.is_none(),
+            "an unplugged device is waited for, not an error"
+        );
     }
 }
