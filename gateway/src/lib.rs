@@ -10,6 +10,8 @@ pub mod backoff;
 pub mod buffer;
 pub mod config;
 pub mod decode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod model;
 pub mod processor;

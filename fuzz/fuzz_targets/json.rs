@@ -1,0 +1,8 @@
+#![no_main]
+//! See `sensor_gateway::fuzzing::json`.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    sensor_gateway::fuzzing::json(data);
+});
