@@ -6,6 +6,7 @@
 //! sockets and the clock ([`source`], [`upstream`], [`runtime`]). See
 //! ARCHITECTURE.md for the data flow and the invariants.
 
+pub mod alarm;
 pub mod backoff;
 pub mod buffer;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod processor;
 pub mod runtime;
+pub mod sketch;
 pub mod source;
 pub mod topic;
 pub mod upstream;

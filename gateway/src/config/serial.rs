@@ -323,7 +323,7 @@ pub(super) fn render(s: &mut String, c: &SerialSourceConfig) {
         humantime::format_duration(c.reopen_backoff_max).to_string(),
     );
     for m in &p.channels {
-        let _ = write!(s, "[[source.channel]]\n");
+        let _ = writeln!(s, "\n[[source.channel]]");
         if let Some(n) = &m.node {
             let _ = writeln!(s, "node = {n:?}");
         }

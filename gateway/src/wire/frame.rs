@@ -135,7 +135,7 @@ pub fn decode(bytes: &mut [u8]) -> Result<Frame, FrameError> {
         return Err(FrameError::Version(data[0]));
     }
     match postcard::take_from_bytes::<Frame>(&data[1..]) {
-        Ok((frame, rest)) if rest.is_empty() => Ok(frame),
+        Ok((frame, [])) => Ok(frame),
         _ => Err(FrameError::Body),
     }
 }

@@ -303,7 +303,11 @@ pub struct PortDecoder {
     settings: PortSettings,
     framer: Framer,
     targets: HashMap<Box<str>, Target>,
-    nodes: HashMap<Box<str>, NodeState>,
+    /// The `frame` fast path: `node << 8 | channel` to target.
+    frame_targets: HashMap<u32, Target, FastHash>,
+    nodes: Vec<(Box<str>, NodeState)>,
+    node_index: HashMap<Box<str>, usize>,
+    frame_node_index: HashMap<u16, usize, FastHash>,
     scratch: String,
     counters: PortCounters,
     last_drop: Option<(Drop, String)>,
@@ -334,7 +338,10 @@ impl PortDecoder {
             framer: Framer::new(delimiter, max),
             settings,
             targets,
-            nodes: HashMap::new(),
+            frame_targets: HashMap::default(),
+            nodes: Vec::new(),
+            node_index: HashMap::new(),
+            frame_node_index: HashMap::default(),
             scratch: String::new(),
             counters: PortCounters::default(),
             last_drop: None,
@@ -386,18 +393,37 @@ impl PortDecoder {
         match self.settings.format {
             Format::Frame => match frame::decode(bytes) {
                 Ok(f) => {
-                    let node = itoa_u16(f.node);
-                    let node = node.as_str();
-                    let uptime = f.uptime_ms.map(|u| {
-                        let last = self.nodes.get(node).and_then(|n| n.last_uptime());
-                        node::unwrap_u32(last, u)
-                    });
-                    let Some(ts) = self.observe(node, Some(f.seq), uptime, now_ms) else {
+                    let index = match self.frame_node_index.get(&f.node) {
+                        Some(&i) => i,
+                        None => match self.node_slot(itoa_u16(f.node).as_str()) {
+                            Some(i) => {
+                                self.frame_node_index.insert(f.node, i);
+                                i
+                            }
+                            None => return,
+                        },
+                    };
+                    let uptime = f
+                        .uptime_ms
+                        .map(|u| node::unwrap_u32(self.nodes[index].1.last_uptime(), u));
+                    let Some(ts) = self.observe(index, Some(f.seq), uptime, now_ms) else {
                         return;
                     };
                     for r in &f.readings {
-                        let ch = itoa_u16(u16::from(r.channel));
-                        self.emit(node, ch.as_str(), ts, f64::from(r.value), out);
+                        let key = u32::from(f.node) << 8 | u32::from(r.channel);
+                        let target = match self.frame_targets.get(&key) {
+                            Some(t) => t.clone(),
+                            None => {
+                                let node = itoa_u16(f.node);
+                                let ch = itoa_u16(u16::from(r.channel));
+                                let t = self.resolve(node.as_str(), ch.as_str());
+                                if self.frame_targets.len() < self.settings.max_nodes * 256 {
+                                    self.frame_targets.insert(key, t.clone());
+                                }
+                                t
+                            }
+                        };
+                        self.emit_to(&target, ts, f64::from(r.value), out);
                     }
                 }
                 Err(e) => self.drop(Drop::from_frame(e), e.to_string()),
@@ -405,7 +431,10 @@ impl PortDecoder {
             Format::Line { require_checksum } => match line::parse(bytes, require_checksum) {
                 Ok(Some(l)) => {
                     let node = l.node.unwrap_or("");
-                    let Some(ts) = self.observe(node, l.seq, l.uptime_ms, now_ms) else {
+                    let Some(index) = self.node_slot(node) else {
+                        return;
+                    };
+                    let Some(ts) = self.observe(index, l.seq, l.uptime_ms, now_ms) else {
                         return;
                     };
                     for (name, v) in &l.readings {
@@ -421,7 +450,10 @@ impl PortDecoder {
             Format::Json => match json::parse(bytes) {
                 Ok(Some(l)) => {
                     let node = l.node.as_deref().unwrap_or("");
-                    let Some(ts) = self.observe(node, l.seq, l.uptime_ms, now_ms) else {
+                    let Some(index) = self.node_slot(node) else {
+                        return;
+                    };
+                    let Some(ts) = self.observe(index, l.seq, l.uptime_ms, now_ms) else {
                         return;
                     };
                     for (name, v) in &l.readings {
@@ -437,11 +469,32 @@ impl PortDecoder {
         }
     }
 
+    /// The index of `node`'s state, created on first sight; `None` (and a
+    /// counted drop) beyond `max_nodes`.
+    fn node_slot(&mut self, node: &str) -> Option<usize> {
+        if let Some(&i) = self.node_index.get(node) {
+            return Some(i);
+        }
+        if self.nodes.len() >= self.settings.max_nodes {
+            self.drop(
+                Drop::TooManyNodes,
+                format!(
+                    "node `{node}` exceeds the bound of {} nodes",
+                    self.settings.max_nodes
+                ),
+            );
+            return None;
+        }
+        self.nodes.push((node.into(), NodeState::default()));
+        self.node_index.insert(node.into(), self.nodes.len() - 1);
+        Some(self.nodes.len() - 1)
+    }
+
     /// Runs the node's sequence and clock checks; the event time, or `None`
     /// when the frame is dropped.
     fn observe(
         &mut self,
-        node: &str,
+        index: usize,
         seq: Option<u32>,
         time: Option<u64>,
         now_ms: i64,
@@ -451,30 +504,15 @@ impl PortDecoder {
             NodeTime::UnixMs => (None, time.map(|t| (t as i64).min(now_ms))),
             NodeTime::Ignore => (None, None),
         };
-        if !self.nodes.contains_key(node) {
-            if self.nodes.len() >= self.settings.max_nodes {
-                self.drop(
-                    Drop::TooManyNodes,
-                    format!(
-                        "node `{node}` exceeds the bound of {} nodes",
-                        self.settings.max_nodes
-                    ),
-                );
-                return None;
-            }
-            self.nodes.insert(node.into(), NodeState::default());
-        }
-        let state = self.nodes.get_mut(node)?;
+        let (name, state) = &mut self.nodes[index];
         match state.observe(seq, uptime, now_ms) {
             Verdict::Accept { ts_ms } => {
                 self.counters.frames += 1;
                 Some(fixed_ts.unwrap_or(ts_ms))
             }
             Verdict::Duplicate => {
-                self.drop(
-                    Drop::Duplicate,
-                    format!("node `{node}` repeated sequence {seq:?}"),
-                );
+                let detail = format!("node `{name}` repeated sequence {seq:?}");
+                self.drop(Drop::Duplicate, detail);
                 None
             }
         }
@@ -488,6 +526,12 @@ impl PortDecoder {
         value: f64,
         out: &mut Vec<SerialReading>,
     ) {
+        let target = self.resolve(node, channel);
+        self.emit_to(&target, ts_ms, value, out);
+    }
+
+    /// Where readings of `channel` of `node` go.
+    fn resolve(&mut self, node: &str, channel: &str) -> Target {
         self.scratch.clear();
         let _ = write!(self.scratch, "{node}{SEP}{channel}");
         let found = match self.targets.get(self.scratch.as_str()) {
@@ -496,30 +540,26 @@ impl PortDecoder {
             None if !node.is_empty() => self.targets.get(&self.scratch[node.len()..]).cloned(),
             None => None,
         };
-        let target = match found {
-            Some(t) => t,
-            None => {
-                let sensor = match self.settings.unmapped {
-                    Unmapped::Drop => None,
-                    Unmapped::Accept if node.is_empty() => {
-                        Some(Arc::from(format!("{}/{channel}", self.settings.name)))
-                    }
-                    Unmapped::Accept => Some(Arc::from(format!(
-                        "{}/{node}/{channel}",
-                        self.settings.name
-                    ))),
-                };
-                let t = Target { sensor, unit: None };
-                // Bounded: beyond it, names are built per reading (and the
-                // core's sensor limit applies).
-                if self.targets.len() < self.settings.channels.len() + self.settings.max_nodes * 16
-                {
-                    self.targets.insert(self.scratch.as_str().into(), t.clone());
-                }
-                t
+        if let Some(t) = found {
+            return t;
+        }
+        let sensor = match self.settings.unmapped {
+            Unmapped::Drop => None,
+            Unmapped::Accept if node.is_empty() => {
+                Some(Arc::from(format!("{}/{channel}", self.settings.name)))
             }
+            Unmapped::Accept => Some(Arc::from(format!(
+                "{}/{node}/{channel}",
+                self.settings.name
+            ))),
         };
-        self.emit_to(&target, ts_ms, value, out);
+        let t = Target { sensor, unit: None };
+        // Bounded: beyond it, names are built per reading (and the core's
+        // sensor limit applies).
+        if self.targets.len() < self.settings.channels.len() + self.settings.max_nodes * 16 {
+            self.targets.insert(self.scratch.as_str().into(), t.clone());
+        }
+        t
     }
 
     fn emit_to(&mut self, t: &Target, ts_ms: i64, value: f64, out: &mut Vec<SerialReading>) {
@@ -537,6 +577,32 @@ impl PortDecoder {
         }
     }
 }
+
+/// A hasher for small integer keys (node ids, node and channel pairs):
+/// a multiply, instead of SipHash, on the per-reading path. The keys come
+/// from frames whose CRC passed, and the maps are bounded, so flooding is
+/// not a concern.
+#[derive(Default, Clone, Copy)]
+struct IntHasher(u64);
+
+impl std::hash::Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FastHash = std::hash::BuildHasherDefault<IntHasher>;
 
 /// A `u16` in decimal, without allocating.
 fn itoa_u16(v: u16) -> heapless::String<5> {
