@@ -7,6 +7,7 @@
 //! ARCHITECTURE.md for the data flow and the invariants.
 
 pub mod alarm;
+pub mod anomaly;
 pub mod backoff;
 pub mod buffer;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod processor;
 pub mod runtime;
 pub mod sketch;
 pub mod source;
+pub mod state;
 pub mod topic;
 pub mod upstream;
 pub mod window;

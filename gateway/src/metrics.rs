@@ -82,6 +82,17 @@ pub struct Metrics {
     pub readings_accepted: AtomicU64,
     rejected: [AtomicU64; 13],
     pub summaries_produced: AtomicU64,
+    pub alarms_raised: AtomicU64,
+    pub alarms_cleared: AtomicU64,
+    pub alarms_acknowledged: AtomicU64,
+    pub alarms_active: AtomicI64,
+    pub anomalies_raised: AtomicU64,
+    pub values_sent: AtomicU64,
+    pub commands_received: AtomicU64,
+    pub commands_rejected: AtomicU64,
+    pub state_saves: AtomicU64,
+    pub state_save_errors: AtomicU64,
+    pub state_load_errors: AtomicU64,
     pub source_connections: AtomicU64,
     pub source_disconnects: AtomicU64,
     pub source_subscriptions: AtomicU64,
@@ -203,6 +214,56 @@ impl Metrics {
                 c(&self.summaries_produced),
             ),
             (
+                "gateway_alarms_raised_total",
+                "Alarms raised.",
+                c(&self.alarms_raised),
+            ),
+            (
+                "gateway_alarms_cleared_total",
+                "Alarms cleared.",
+                c(&self.alarms_cleared),
+            ),
+            (
+                "gateway_alarms_acknowledged_total",
+                "Alarms acknowledged through the command topic.",
+                c(&self.alarms_acknowledged),
+            ),
+            (
+                "gateway_anomalies_raised_total",
+                "Anomalies (z-score or drift) raised.",
+                c(&self.anomalies_raised),
+            ),
+            (
+                "gateway_values_sent_total",
+                "Values sent by on_change or raw delivery.",
+                c(&self.values_sent),
+            ),
+            (
+                "gateway_commands_received_total",
+                "Commands received on the command topic.",
+                c(&self.commands_received),
+            ),
+            (
+                "gateway_commands_rejected_total",
+                "Commands rejected (malformed, unknown alarm, not active).",
+                c(&self.commands_rejected),
+            ),
+            (
+                "gateway_state_saves_total",
+                "Saves of the alarm and baseline state file.",
+                c(&self.state_saves),
+            ),
+            (
+                "gateway_state_save_errors_total",
+                "Failed saves of the alarm and baseline state file.",
+                c(&self.state_save_errors),
+            ),
+            (
+                "gateway_state_load_errors_total",
+                "State files that could not be read at start-up (set aside, started fresh).",
+                c(&self.state_load_errors),
+            ),
+            (
                 "gateway_source_connections_total",
                 "Successful source broker connections.",
                 c(&self.source_connections),
@@ -284,6 +345,11 @@ impl Metrics {
             ),
         ];
         let gauges: &[(&str, &str, i64)] = &[
+            (
+                "gateway_alarms_active",
+                "Alarms active now (including latched, unacknowledged ones).",
+                g(&self.alarms_active),
+            ),
             (
                 "gateway_upstream_connected",
                 "1 while the upstream broker is connected.",

@@ -94,8 +94,14 @@ impl SensorRegistry {
         self.by_wire_name.get(wire_name).copied()
     }
 
+    /// The key of a sensor id.
+    pub fn lookup_id(&self, id: &str) -> Option<SensorKey> {
+        self.by_id.get(id).copied()
+    }
+
     /// Interns `info` under `wire_name`. Two wire names that map to the same
-    /// sensor id share one key.
+    /// sensor id share one key. A sensor first known without labels (restored
+    /// from saved state) takes the labels of its first real message.
     pub fn insert(
         &mut self,
         wire_name: &str,
@@ -103,6 +109,10 @@ impl SensorRegistry {
     ) -> Result<SensorKey, RegistryError> {
         if let Some(key) = self.by_id.get(&info.id).copied() {
             self.by_wire_name.insert(wire_name.into(), key);
+            let known = &mut self.sensors[key.index()];
+            if known.names.is_empty() && !info.names.is_empty() {
+                *known = info;
+            }
             return Ok(key);
         }
         if self.sensors.len() >= self.max_sensors {

@@ -99,6 +99,8 @@ pub struct CoreSettings {
     pub max_sensors: usize,
     pub max_payload_bytes: usize,
     pub summary_topic: OutputTemplate,
+    pub alarm_topic: OutputTemplate,
+    pub value_topic: OutputTemplate,
 }
 
 impl CoreSettings {
@@ -122,6 +124,8 @@ impl CoreSettings {
             max_sensors: config.pipeline.max_sensors,
             max_payload_bytes: config.pipeline.max_payload_bytes,
             summary_topic: config.upstream.summary_topic.clone(),
+            alarm_topic: config.upstream.alarm_topic.clone(),
+            value_topic: config.upstream.value_topic.clone(),
         }
     }
 }
@@ -141,6 +145,9 @@ struct SensorState {
     last_arrival_ms: i64,
     /// Windows ending at or before this were emitted; older readings are late.
     closed_until_ms: i64,
+    /// Alarm, baseline and report-by-exception state, for sensors whose
+    /// rule asks for them (boxed: most sensors have none).
+    extra: Option<Box<analytics::Extra>>,
 }
 
 /// The synchronous processing core.
@@ -154,6 +161,14 @@ pub struct Processor {
     /// Where a bounded flush resumes (one cursor per kind of flush).
     flush_cursor: usize,
     flush_all_cursor: usize,
+    /// Alarm state changed since the last [`Processor::take_dirty`] (it must
+    /// be persisted before the events are delivered).
+    alarms_dirty: bool,
+    /// Baselines changed since the last [`Processor::take_dirty`].
+    baselines_dirty: bool,
+    /// Scratch space for events, reused.
+    alarm_events: Vec<crate::alarm::AlarmEvent>,
+    anomaly_events: Vec<crate::anomaly::AnomalyEvent>,
 }
 
 impl Processor {
@@ -169,6 +184,10 @@ impl Processor {
             limiter: LogLimiter::new(10_000),
             flush_cursor: 0,
             flush_all_cursor: 0,
+            alarms_dirty: false,
+            baselines_dirty: false,
+            alarm_events: Vec::new(),
+            anomaly_events: Vec::new(),
         }
     }
 
@@ -304,7 +323,7 @@ impl Processor {
             None => (
                 self.settings.default_window_ms,
                 (f64::NEG_INFINITY, f64::INFINITY),
-                StatSet::ALL,
+                StatSet::DEFAULT,
             ),
         };
         self.sensors.push(SensorState {
@@ -317,7 +336,19 @@ impl Processor {
             max_event_ms: i64::MIN,
             last_arrival_ms: i64::MIN,
             closed_until_ms: i64::MIN,
+            extra: None,
         });
+        let needs_extra = rule.is_some_and(|r| {
+            let r = &self.settings.rules[r as usize];
+            r.alarm.is_some()
+                || r.anomaly.is_some()
+                || r.delivery != crate::config::Delivery::Summary
+        });
+        if needs_extra {
+            if let Some(s) = self.sensors.last_mut() {
+                s.extra = Some(Box::default());
+            }
+        }
     }
 
     /// Validates a decoded reading and merges it into its window.
@@ -339,20 +370,27 @@ impl Processor {
             self.rejected(reason, &id, Some(r.value), now_ms);
             return;
         }
-        let start = r.ts_ms - r.ts_ms.rem_euclid(state.window_ms);
-        match state.open.binary_search_by_key(&start, |(s, _)| *s) {
-            Ok(i) => state.open[i].1.push(r.value, r.ts_ms),
-            Err(i) => {
-                let mut w = WindowStats::new();
-                w.push(r.value, r.ts_ms);
-                state.open.insert(i, (start, w));
-            }
-        }
         state.max_event_ms = state.max_event_ms.max(r.ts_ms);
         state.last_arrival_ms = now_ms;
         self.metrics
             .readings_accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if state.extra.is_some() {
+            // Alarms bypass the windows; non-summary delivery skips them.
+            if !self.analyse_reading(r, now_ms, out) {
+                return;
+            }
+        }
+        let state = &mut self.sensors[r.sensor.index()];
+        let start = r.ts_ms - r.ts_ms.rem_euclid(state.window_ms);
+        match state.open.binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(i) => state.open[i].1.push(r.value, r.ts_ms),
+            Err(i) => {
+                let mut w = WindowStats::with_options(start, state.stats.any_percentile());
+                w.push(r.value, r.ts_ms);
+                state.open.insert(i, (start, w));
+            }
+        }
         let watermark = state.max_event_ms - self.settings.allowed_lateness_ms;
         self.close_sensor(r.sensor, watermark, out);
     }
@@ -374,6 +412,9 @@ impl Processor {
         while self.flush_cursor < self.sensors.len() {
             let i = self.flush_cursor;
             self.flush_cursor += 1;
+            if self.sensors[i].extra.is_some() {
+                self.analyse_time(SensorKey(i as u32), now_ms, out);
+            }
             let s = &self.sensors[i];
             if s.open.is_empty() {
                 continue;
@@ -444,6 +485,11 @@ impl Processor {
             let seq = self.next_seq;
             self.next_seq += 1;
             let info = self.registry.info(key);
+            let q = |k: usize| {
+                stats.percentiles[k]
+                    .then(|| w.quantile(StatSet::QUANTILES[k].0))
+                    .flatten()
+            };
             let summary = SummaryJson {
                 schema: SUMMARY_SCHEMA,
                 kind: "summary",
@@ -459,6 +505,18 @@ impl Processor {
                 max: stats.max.then_some(w.max),
                 mean: stats.mean.then(|| w.mean()),
                 std: stats.std.then(|| w.std_dev()),
+                rms: stats.rms.then(|| w.rms()),
+                p2p: stats.p2p.then(|| w.peak_to_peak()),
+                crest: stats.crest.then(|| w.crest_factor()).flatten(),
+                skewness: stats.skewness.then(|| w.skewness()).flatten(),
+                kurtosis: stats.kurtosis.then(|| w.kurtosis()).flatten(),
+                p50: q(0),
+                p90: q(1),
+                p95: q(2),
+                p99: q(3),
+                slope_per_hour: stats.slope.then(|| w.slope_per_hour()).flatten(),
+                first: stats.first_last.then_some(w.first),
+                last: stats.first_last.then_some(w.last),
                 first_ts_ms: stats.first_last.then_some(w.first_ts_ms),
                 last_ts_ms: stats.first_last.then_some(w.last_ts_ms),
             };
@@ -477,6 +535,9 @@ impl Processor {
                     .render(&self.settings.gateway_id, info),
                 payload,
             });
+            if self.sensors[key.index()].extra.is_some() {
+                self.analyse_window(key, start, start + window_ms, &w, out);
+            }
         }
     }
 
@@ -552,12 +613,36 @@ struct SummaryJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     std: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    rms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p2p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crest: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skewness: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kurtosis: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p90: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p95: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slope_per_hour: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     first_ts_ms: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_ts_ms: Option<i64>,
 }
 
-struct Labels<'a>(&'a crate::model::SensorInfo);
+pub(crate) struct Labels<'a>(pub(crate) &'a crate::model::SensorInfo);
 
 impl Serialize for Labels<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -570,5 +655,8 @@ impl Serialize for Labels<'_> {
     }
 }
 
+mod analytics;
 #[cfg(test)]
 mod tests;
+
+pub use analytics::{parse_command, Command, PersistedSensor, PersistedState};

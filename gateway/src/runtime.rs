@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::buffer::Buffer;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::Metrics;
-use crate::processor::{CoreSettings, Input, Processor, Record};
+use crate::processor::{Command, CoreSettings, Input, Processor, Record};
 use crate::upstream;
 
 /// How often the core checks for windows to close.
@@ -85,18 +85,46 @@ pub async fn run(
     }
     drop(raw_tx);
 
-    let processor = Processor::new(
+    let mut processor = Processor::new(
         CoreSettings::from_config(&config),
         metrics.clone(),
         buffer.next_seq(),
     );
-    tracker.spawn(process(processor, raw_rx, rec_tx));
+    let state_dir = config.gateway.state_dir.clone();
+    match crate::state::load(&state_dir, crate::now_ms()) {
+        Ok(Some(state)) => {
+            let n = processor.restore(state, crate::now_ms());
+            tracing::info!(
+                sensors = n,
+                active_alarms = metrics
+                    .alarms_active
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                "Alarm and baseline state restored."
+            );
+        }
+        Ok(None) => {}
+        Err(e) => {
+            metrics
+                .state_load_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "Alarm and baseline state not restored; starting without it.");
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
+    tracker.spawn(process(
+        processor,
+        raw_rx,
+        rec_tx,
+        cmd_rx,
+        StateSaver::new(state_dir, metrics.clone()),
+    ));
     let sink = tracker.spawn(upstream::run(
         config.upstream.clone(),
         opts,
         buffer,
         rec_rx,
         metrics.clone(),
+        cmd_tx,
     ));
 
     let reporter_stop = CancellationToken::new();
@@ -116,17 +144,79 @@ pub async fn run(
     Ok(())
 }
 
-/// The core's task: feeds messages to the processor, ticks it, forwards
-/// closed windows, and flushes everything when its input closes.
+/// How often changed baselines are saved (alarm changes are saved at once).
+const BASELINE_SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// Saves the processor's alarm and baseline state to the state directory.
+struct StateSaver {
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    baselines_pending: bool,
+    last_save: tokio::time::Instant,
+}
+
+impl StateSaver {
+    fn new(dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Self {
+            dir,
+            metrics,
+            baselines_pending: false,
+            last_save: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Saves when alarm state changed (before its events go out, so a
+    /// restart neither repeats nor forgets an alarm), when baselines changed
+    /// and the last save is old enough, or when `force`d.
+    async fn save_if_needed(&mut self, processor: &mut Processor, force: bool) {
+        let (alarms, baselines) = processor.take_dirty();
+        self.baselines_pending |= baselines;
+        let due = self.baselines_pending && self.last_save.elapsed() >= BASELINE_SAVE_EVERY;
+        if !(alarms || due || (force && self.baselines_pending)) {
+            return;
+        }
+        let bytes = crate::state::encode(&processor.export_state());
+        let dir = self.dir.clone();
+        let result = tokio::task::spawn_blocking(move || crate::state::save(&dir, &bytes)).await;
+        self.last_save = tokio::time::Instant::now();
+        self.baselines_pending = false;
+        match result {
+            Ok(Ok(())) => {
+                self.metrics
+                    .state_saves
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                self.metrics
+                    .state_save_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(dir = %self.dir.display(), error = %e, "Cannot save the alarm and baseline state; a restart would forget changes since the last save.");
+            }
+            Err(e) => {
+                self.metrics
+                    .state_save_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "The state-saving task failed.");
+            }
+        }
+    }
+}
+
+/// The core's task: feeds messages to the processor, ticks it, applies
+/// commands, forwards closed windows and events, and flushes everything
+/// when its input closes.
 async fn process(
     mut processor: Processor,
     mut rx: mpsc::Receiver<Input>,
     tx: mpsc::Sender<Record>,
+    mut commands: mpsc::Receiver<Command>,
+    mut saver: StateSaver,
 ) {
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut commands_open = true;
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => {
@@ -137,6 +227,23 @@ async fn process(
                 for msg in batch.drain(..) {
                     processor.ingest_input(&msg, now, &mut out);
                 }
+                saver.save_if_needed(&mut processor, false).await;
+                if !forward(&mut out, &tx).await {
+                    return;
+                }
+            }
+            cmd = commands.recv(), if commands_open => {
+                let Some(cmd) = cmd else {
+                    commands_open = false;
+                    continue;
+                };
+                if let Err(e) = processor.command(&cmd, crate::now_ms(), &mut out) {
+                    saver.metrics.commands_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(alarm_id = %cmd.alarm_id, by = %cmd.by, error = %e, "Command rejected.");
+                } else {
+                    tracing::info!(alarm_id = %cmd.alarm_id, by = %cmd.by, "Alarm acknowledged.");
+                }
+                saver.save_if_needed(&mut processor, false).await;
                 if !forward(&mut out, &tx).await {
                     return;
                 }
@@ -147,6 +254,7 @@ async fn process(
                 let now = crate::now_ms();
                 loop {
                     let done = processor.flush_due_bounded(now, &mut out, BATCH);
+                    saver.save_if_needed(&mut processor, false).await;
                     if !forward(&mut out, &tx).await {
                         return;
                     }
@@ -161,6 +269,7 @@ async fn process(
     loop {
         let done = processor.flush_all_bounded(&mut out, BATCH);
         flushed += out.len();
+        saver.save_if_needed(&mut processor, done).await;
         if !forward(&mut out, &tx).await || done {
             break;
         }

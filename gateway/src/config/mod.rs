@@ -7,7 +7,10 @@
 //! a file in one pass rather than one error per restart.
 
 mod raw;
+mod rules;
 mod serial;
+
+pub use rules::{Delivery, STAT_NAMES};
 
 pub use serial::{FlowControl, Parity};
 
@@ -20,6 +23,10 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use std::sync::Arc;
+
+use crate::alarm::AlarmSpec;
+use crate::anomaly::AnomalySpec;
 use crate::decode::{PayloadFormat, TimestampUnit};
 use crate::topic::{OutputTemplate, TopicTemplate};
 use raw::*;
@@ -144,17 +151,89 @@ pub struct StatSet {
     pub mean: bool,
     pub std: bool,
     pub first_last: bool,
+    pub rms: bool,
+    pub p2p: bool,
+    pub crest: bool,
+    pub skewness: bool,
+    pub kurtosis: bool,
+    pub slope: bool,
+    /// p50, p90, p95, p99.
+    pub percentiles: [bool; 4],
 }
 
 impl StatSet {
-    pub const ALL: StatSet = StatSet {
+    /// What a rule without `stats` reports.
+    pub const DEFAULT: StatSet = StatSet {
         min: true,
         max: true,
         mean: true,
         std: true,
         first_last: true,
+        ..StatSet::NONE
     };
-    const NAMES: &'static [&'static str] = &["count", "min", "max", "mean", "std", "first_last"];
+    pub const NONE: StatSet = StatSet {
+        min: false,
+        max: false,
+        mean: false,
+        std: false,
+        first_last: false,
+        rms: false,
+        p2p: false,
+        crest: false,
+        skewness: false,
+        kurtosis: false,
+        slope: false,
+        percentiles: [false; 4],
+    };
+    /// Every statistic.
+    pub const EVERYTHING: StatSet = StatSet {
+        min: true,
+        max: true,
+        mean: true,
+        std: true,
+        first_last: true,
+        rms: true,
+        p2p: true,
+        crest: true,
+        skewness: true,
+        kurtosis: true,
+        slope: true,
+        percentiles: [true; 4],
+    };
+    /// The quantiles of `percentiles`, in order.
+    pub const QUANTILES: [(f64, &'static str); 4] =
+        [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")];
+
+    pub fn any_percentile(&self) -> bool {
+        self.percentiles.iter().any(|p| *p)
+    }
+
+    /// The names, as a rule lists them.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = vec!["count"];
+        for (on, n) in [
+            (self.min, "min"),
+            (self.max, "max"),
+            (self.mean, "mean"),
+            (self.std, "std"),
+            (self.rms, "rms"),
+            (self.p2p, "p2p"),
+            (self.crest, "crest"),
+            (self.skewness, "skewness"),
+            (self.kurtosis, "kurtosis"),
+            (self.percentiles[0], "p50"),
+            (self.percentiles[1], "p90"),
+            (self.percentiles[2], "p95"),
+            (self.percentiles[3], "p99"),
+            (self.slope, "slope"),
+            (self.first_last, "first_last"),
+        ] {
+            if on {
+                v.push(n);
+            }
+        }
+        v
+    }
 }
 
 /// Settings for the sensors whose id matches a glob pattern.
@@ -168,6 +247,9 @@ pub struct SensorRule {
     pub window: Duration,
     pub stats: StatSet,
     pub unit: Option<String>,
+    pub delivery: Delivery,
+    pub alarm: Option<Arc<AlarmSpec>>,
+    pub anomaly: Option<AnomalySpec>,
 }
 
 impl SensorRule {
@@ -197,6 +279,12 @@ pub struct UpstreamConfig {
     pub broker: BrokerAddr,
     pub client_id: String,
     pub summary_topic: OutputTemplate,
+    /// Where alarm and anomaly events go.
+    pub alarm_topic: OutputTemplate,
+    /// Where `on_change` and `raw` values go.
+    pub value_topic: OutputTemplate,
+    /// Subscribed for commands (alarm acknowledgements).
+    pub command_topic: String,
     pub qos: rumqttc::QoS,
     pub keep_alive: Duration,
     pub reconnect_backoff_max: Duration,
@@ -345,22 +433,33 @@ impl Config {
             if let Some(max) = r.max {
                 let _ = writeln!(s, "max = {max:?}");
             }
-            let st = r.stats;
-            let stats: Vec<&str> = [
-                (true, "count"),
-                (st.min, "min"),
-                (st.max, "max"),
-                (st.mean, "mean"),
-                (st.std, "std"),
-                (st.first_last, "first_last"),
-            ]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
+            let stats = r.stats.names();
             let _ = writeln!(s, "window = {:?}\nstats = {:?}", d(r.window), stats);
             if let Some(u) = &r.unit {
                 let _ = writeln!(s, "unit = {u:?}");
+            }
+            let _ = writeln!(s, "delivery = {:?}", r.delivery.name());
+            if let Delivery::OnChange {
+                deadband,
+                deadband_percent,
+                max_silence_ms,
+            } = r.delivery
+            {
+                if let Some(v) = deadband {
+                    let _ = writeln!(s, "deadband = {v:?}");
+                }
+                if let Some(v) = deadband_percent {
+                    let _ = writeln!(s, "deadband_percent = {v:?}");
+                }
+                if let Some(v) = max_silence_ms {
+                    let _ = writeln!(s, "max_silence = {:?}", d(Duration::from_millis(v as u64)));
+                }
+            }
+            if let Some(a) = &r.alarm {
+                rules::render_alarm(&mut s, a);
+            }
+            if let Some(a) = &r.anomaly {
+                let _ = writeln!(s, "[sensor.anomaly]\nwarmup_windows = {}\nalpha = {:?}\nz_limit = {:?}\ncusum_k = {:?}\ncusum_h = {:?}\nmin_relative_std = {:?}", a.warmup_windows, a.alpha, a.z_limit, a.cusum_k, a.cusum_h, a.min_relative_std);
             }
             s.push('\n');
         }
@@ -373,8 +472,8 @@ impl Config {
         let u = &self.upstream;
         let _ = writeln!(
             s,
-            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
-            u.broker, u.client_id, u.summary_topic.as_str(), q(u.qos), d(u.keep_alive), d(u.reconnect_backoff_max), u.inflight, d(u.shutdown_grace)
+            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
+            u.broker, u.client_id, u.summary_topic.as_str(), u.alarm_topic.as_str(), u.value_topic.as_str(), u.command_topic, q(u.qos), d(u.keep_alive), d(u.reconnect_backoff_max), u.inflight, d(u.shutdown_grace)
         );
         if let Some(t) = &u.tls {
             let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
@@ -669,6 +768,9 @@ impl<'a> Cx<'a> {
                 },
                 client_id: String::new(),
                 summary_topic: OutputTemplate::parse("x", &[]).ok()?,
+                alarm_topic: OutputTemplate::parse("x", &[]).ok()?,
+                value_topic: OutputTemplate::parse("x", &[]).ok()?,
+                command_topic: String::new(),
                 qos: rumqttc::QoS::AtLeastOnce,
                 keep_alive: Duration::ZERO,
                 reconnect_backoff_max: Duration::ZERO,
@@ -891,38 +993,16 @@ impl<'a> Cx<'a> {
                 self.at(w.span(), "`window` must be at least 100ms", None);
             }
         }
-        let mut stats = StatSet::ALL;
-        if let Some(list) = &raw.stats {
-            stats = StatSet {
-                min: false,
-                max: false,
-                mean: false,
-                std: false,
-                first_last: false,
-            };
-            for name in list.get_ref() {
-                match name.as_str() {
-                    "count" => {}
-                    "min" => stats.min = true,
-                    "max" => stats.max = true,
-                    "mean" => stats.mean = true,
-                    "std" => stats.std = true,
-                    "first_last" => stats.first_last = true,
-                    other => {
-                        let hint = did_you_mean(other, StatSet::NAMES)
-                            .map(|s| format!("did you mean `{s}`?"))
-                            .unwrap_or_else(|| {
-                                format!("known statistics: {}", StatSet::NAMES.join(", "))
-                            });
-                        self.at(
-                            list.span(),
-                            format!("unknown statistic `{other}`"),
-                            Some(hint),
-                        );
-                    }
-                }
-            }
-        }
+        let stats = self.stats(&raw.stats);
+        let delivery = self.delivery(&raw);
+        let alarm = raw
+            .alarm
+            .as_ref()
+            .map(|a| self.alarm(a, (min, max), raw.unit.as_deref()));
+        let anomaly = raw.anomaly.as_ref().map(|a| {
+            let span = raw.delivery.as_ref().map(|d| d.span());
+            self.anomaly(a, delivery, span)
+        });
         Some(SensorRule {
             pattern: raw.pattern.into_inner(),
             matcher: matcher?,
@@ -931,6 +1011,9 @@ impl<'a> Cx<'a> {
             window,
             stats,
             unit: raw.unit,
+            delivery,
+            alarm,
+            anomaly,
         })
     }
 
@@ -999,21 +1082,42 @@ impl<'a> Cx<'a> {
                 client_auth,
             }
         });
-        let topic_text = raw
-            .summary_topic
-            .clone()
-            .map(|t| (t.get_ref().clone(), t.span()))
-            .unwrap_or_else(|| {
-                (
-                    "gateways/{gateway}/summary/{sensor}".into(),
-                    raw.broker.span(),
-                )
-            });
-        let summary_topic = match OutputTemplate::parse(&topic_text.0, labels) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.at(topic_text.1, format!("bad summary_topic: {e}"), None);
-                None
+        let mut topic = |v: &Option<Spanned<String>>, name: &str, default: &str| {
+            let (text, span) = v
+                .as_ref()
+                .map(|t| (t.get_ref().clone(), t.span()))
+                .unwrap_or_else(|| (default.to_owned(), raw.broker.span()));
+            match OutputTemplate::parse(&text, labels) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.at(span, format!("bad {name}: {e}"), None);
+                    None
+                }
+            }
+        };
+        let summary_topic = topic(
+            &raw.summary_topic,
+            "summary_topic",
+            "gateways/{gateway}/summary/{sensor}",
+        );
+        let alarm_topic = topic(
+            &raw.alarm_topic,
+            "alarm_topic",
+            "gateways/{gateway}/alarm/{sensor}",
+        );
+        let value_topic = topic(
+            &raw.value_topic,
+            "value_topic",
+            "gateways/{gateway}/value/{sensor}",
+        );
+        let command_topic = match &raw.command_topic {
+            None => format!("gateways/{gateway_id}/command"),
+            Some(t) => {
+                let text = t.get_ref().replace("{gateway}", gateway_id);
+                if text.is_empty() || text.contains(['+', '#', '{']) {
+                    self.at(t.span(), "`command_topic` must be a plain topic (`{gateway}` is the only placeholder)", Some("for example \"gateways/{gateway}/command\"".into()));
+                }
+                text
             }
         };
         let qos = self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce);
@@ -1029,6 +1133,9 @@ impl<'a> Cx<'a> {
                 .map(|c| c.into_inner())
                 .unwrap_or_else(|| format!("sensor-gateway-{gateway_id}")),
             summary_topic: summary_topic?,
+            alarm_topic: alarm_topic?,
+            value_topic: value_topic?,
+            command_topic,
             qos,
             keep_alive: self.duration(&raw.keep_alive, Duration::from_secs(30)),
             reconnect_backoff_max: self

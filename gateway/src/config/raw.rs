@@ -54,6 +54,56 @@ pub struct RawSensorRule {
     pub window: Option<Spanned<String>>,
     pub stats: Option<Spanned<Vec<String>>>,
     pub unit: Option<String>,
+    pub delivery: Option<Spanned<String>>,
+    pub deadband: Option<Spanned<f64>>,
+    pub deadband_percent: Option<Spanned<f64>>,
+    pub max_silence: Option<Spanned<String>>,
+    pub alarm: Option<Spanned<RawAlarm>>,
+    pub anomaly: Option<Spanned<RawAnomaly>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlarm {
+    pub low_low: Option<Spanned<f64>>,
+    pub low: Option<Spanned<f64>>,
+    pub high: Option<Spanned<f64>>,
+    pub high_high: Option<Spanned<f64>>,
+    pub hysteresis: Option<Spanned<f64>>,
+    pub on_delay: Option<Spanned<String>>,
+    pub on_delay_readings: Option<Spanned<u32>>,
+    pub off_delay: Option<Spanned<String>>,
+    pub off_delay_readings: Option<Spanned<u32>>,
+    pub latch: Option<bool>,
+    pub severity: Option<RawSeverities>,
+    pub rate_of_change: Option<Spanned<f64>>,
+    pub rate_interval: Option<Spanned<String>>,
+    pub rate_direction: Option<Spanned<String>>,
+    pub stale_after: Option<Spanned<String>>,
+    /// The unit the limits are written in; must match the rule's.
+    pub unit: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeverities {
+    pub low_low: Option<Spanned<String>>,
+    pub low: Option<Spanned<String>>,
+    pub high: Option<Spanned<String>>,
+    pub high_high: Option<Spanned<String>>,
+    pub rate_of_change: Option<Spanned<String>>,
+    pub stale: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnomaly {
+    pub warmup_windows: Option<Spanned<u32>>,
+    pub alpha: Option<Spanned<f64>>,
+    pub z_limit: Option<Spanned<f64>>,
+    pub cusum_k: Option<Spanned<f64>>,
+    pub cusum_h: Option<Spanned<f64>>,
+    pub min_relative_std: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +122,9 @@ pub struct RawUpstream {
     pub broker: Spanned<String>,
     pub client_id: Option<Spanned<String>>,
     pub summary_topic: Option<Spanned<String>>,
+    pub alarm_topic: Option<Spanned<String>>,
+    pub value_topic: Option<Spanned<String>>,
+    pub command_topic: Option<Spanned<String>>,
     pub qos: Option<Spanned<u8>>,
     pub keep_alive: Option<Spanned<String>>,
     pub reconnect_backoff_max: Option<Spanned<String>>,

@@ -31,7 +31,7 @@ use crate::backoff::Backoff;
 use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
-use crate::processor::Record;
+use crate::processor::{Command, Record};
 
 /// What the link task reports to the sink.
 #[derive(Debug)]
@@ -78,6 +78,7 @@ pub async fn run(
     mut buffer: Buffer,
     mut records: mpsc::Receiver<Record>,
     metrics: Arc<Metrics>,
+    commands: mpsc::Sender<Command>,
 ) {
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let link_cancel = CancellationToken::new();
@@ -88,6 +89,7 @@ pub async fn run(
         link_tx,
         metrics.clone(),
         link_cancel.clone(),
+        (cfg.command_topic.clone(), commands),
     ));
 
     let mut state = SinkState {
@@ -278,6 +280,7 @@ async fn drive_link(
     tx: mpsc::UnboundedSender<LinkEvent>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    (command_topic, commands): (String, mpsc::Sender<Command>),
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), backoff_max);
     let mut epoch = 0u64;
@@ -301,12 +304,33 @@ async fn drive_link(
                     was_up = true;
                     metrics.upstream_connections.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%broker, "Connected to upstream.");
+                    if let Err(e) =
+                        client.try_subscribe(command_topic.clone(), rumqttc::QoS::AtLeastOnce)
+                    {
+                        tracing::error!(topic = %command_topic, error = %e, "Cannot subscribe to the command topic.");
+                    }
                     LinkEvent::Up {
                         epoch,
                         client: client.clone(),
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent { epoch, pkid },
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == command_topic => {
+                    metrics.commands_received.fetch_add(1, Ordering::Relaxed);
+                    match crate::processor::parse_command(&p.payload) {
+                        Ok(cmd) => {
+                            if commands.try_send(cmd).is_err() {
+                                metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!("Too many commands at once; one was dropped.");
+                            }
+                        }
+                        Err(e) => {
+                            metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(topic = %command_topic, error = %e, "Rejected a command.");
+                        }
+                    }
+                    continue;
+                }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked {
                     epoch,
                     pkid: ack.pkid,

@@ -1,0 +1,526 @@
+//! Validation of the analytics parts of `[[sensor]]` rules: statistics,
+//! delivery mode, `[sensor.alarm]` and `[sensor.anomaly]`.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawAlarm, RawAnomaly, RawSensorRule};
+use super::{did_you_mean, Cx, StatSet};
+use crate::alarm::{AlarmKind, AlarmSpec, Delay, RateSpec, Severity, Threshold};
+use crate::anomaly::AnomalySpec;
+
+/// How a sensor's readings go upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Delivery {
+    /// Window summaries.
+    Summary,
+    /// Report by exception: a value is sent when it moved by more than a
+    /// deadband from the last one sent, or after `max_silence` anyway.
+    OnChange {
+        deadband: Option<f64>,
+        deadband_percent: Option<f64>,
+        max_silence_ms: Option<i64>,
+    },
+    /// Every reading, for event-like signals.
+    Raw,
+}
+
+impl Delivery {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Delivery::Summary => "summary",
+            Delivery::OnChange { .. } => "on_change",
+            Delivery::Raw => "raw",
+        }
+    }
+}
+
+/// The statistic names a rule may list.
+pub const STAT_NAMES: &[&str] = &[
+    "count",
+    "min",
+    "max",
+    "mean",
+    "std",
+    "rms",
+    "p2p",
+    "crest",
+    "skewness",
+    "kurtosis",
+    "p50",
+    "p90",
+    "p95",
+    "p99",
+    "slope",
+    "first",
+    "last",
+    "first_last",
+];
+
+impl Cx<'_> {
+    pub(super) fn stats(&mut self, list: &Option<Spanned<Vec<String>>>) -> StatSet {
+        let Some(list) = list else {
+            return StatSet::DEFAULT;
+        };
+        let mut stats = StatSet::NONE;
+        for name in list.get_ref() {
+            match name.as_str() {
+                "count" => {}
+                "min" => stats.min = true,
+                "max" => stats.max = true,
+                "mean" => stats.mean = true,
+                "std" => stats.std = true,
+                "rms" => stats.rms = true,
+                "p2p" => stats.p2p = true,
+                "crest" => stats.crest = true,
+                "skewness" => stats.skewness = true,
+                "kurtosis" => stats.kurtosis = true,
+                "p50" => stats.percentiles[0] = true,
+                "p90" => stats.percentiles[1] = true,
+                "p95" => stats.percentiles[2] = true,
+                "p99" => stats.percentiles[3] = true,
+                "slope" => stats.slope = true,
+                "first" | "last" | "first_last" => stats.first_last = true,
+                other => {
+                    let hint = did_you_mean(other, STAT_NAMES)
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| format!("known statistics: {}", STAT_NAMES.join(", ")));
+                    self.at(
+                        list.span(),
+                        format!("unknown statistic `{other}`"),
+                        Some(hint),
+                    );
+                }
+            }
+        }
+        stats
+    }
+
+    pub(super) fn delivery(&mut self, raw: &RawSensorRule) -> Delivery {
+        let mode = raw
+            .delivery
+            .as_ref()
+            .map(|d| (d.get_ref().as_str(), d.span()));
+        let delivery = match mode {
+            None | Some(("summary", _)) => Delivery::Summary,
+            Some(("raw", _)) => Delivery::Raw,
+            Some(("on_change", span)) => {
+                let deadband = raw.deadband.as_ref().map(|d| *d.get_ref());
+                let deadband_percent = raw.deadband_percent.as_ref().map(|d| *d.get_ref());
+                for d in [&raw.deadband, &raw.deadband_percent].into_iter().flatten() {
+                    if !(d.get_ref().is_finite() && *d.get_ref() >= 0.0) {
+                        self.at(d.span(), "a deadband must be a finite number >= 0", None);
+                    }
+                }
+                let max_silence_ms = raw.max_silence.as_ref().map(|_| {
+                    self.duration(&raw.max_silence, Duration::from_secs(300))
+                        .as_millis() as i64
+                });
+                if deadband.is_none() && deadband_percent.is_none() && max_silence_ms.is_none() {
+                    self.at(
+                        span,
+                        "`on_change` needs `deadband`, `deadband_percent` or `max_silence`",
+                        Some("for example `deadband = 0.5` and `max_silence = \"15m\"`".into()),
+                    );
+                }
+                Delivery::OnChange {
+                    deadband,
+                    deadband_percent,
+                    max_silence_ms,
+                }
+            }
+            Some((other, span)) => {
+                let hint = did_you_mean(other, &["summary", "on_change", "raw"])
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| "use \"summary\", \"on_change\" or \"raw\"".into());
+                self.at(span, format!("unknown delivery `{other}`"), Some(hint));
+                Delivery::Summary
+            }
+        };
+        if !matches!(delivery, Delivery::OnChange { .. }) {
+            for (name, span) in [
+                ("deadband", raw.deadband.as_ref().map(|d| d.span())),
+                (
+                    "deadband_percent",
+                    raw.deadband_percent.as_ref().map(|d| d.span()),
+                ),
+                ("max_silence", raw.max_silence.as_ref().map(|d| d.span())),
+            ] {
+                if let Some(span) = span {
+                    self.at(
+                        span,
+                        format!("`{name}` applies to `delivery = \"on_change\"` only"),
+                        Some("set `delivery = \"on_change\"` or remove it".into()),
+                    );
+                }
+            }
+        }
+        delivery
+    }
+
+    fn severity(&mut self, v: &Option<Spanned<String>>, default: Severity) -> Severity {
+        match v {
+            None => default,
+            Some(s) => Severity::from_name(s.get_ref()).unwrap_or_else(|| {
+                self.at(
+                    s.span(),
+                    format!("unknown severity `{}`", s.get_ref()),
+                    Some("use \"info\", \"warning\" or \"critical\"".into()),
+                );
+                default
+            }),
+        }
+    }
+
+    fn delay(&mut self, time: &Option<Spanned<String>>, readings: &Option<Spanned<u32>>) -> Delay {
+        match (time, readings) {
+            (Some(_), Some(r)) => {
+                self.at(
+                    r.span(),
+                    "set a delay as a duration or as a number of readings, not both",
+                    None,
+                );
+                Delay::None
+            }
+            (Some(_), None) => Delay::Ms(self.duration(time, Duration::ZERO).as_millis() as i64),
+            (None, Some(r)) => Delay::Readings(*r.get_ref()),
+            (None, None) => Delay::None,
+        }
+    }
+
+    /// Validates `[sensor.alarm]` against the rule's range and unit.
+    pub(super) fn alarm(
+        &mut self,
+        raw: &Spanned<RawAlarm>,
+        range: (Option<f64>, Option<f64>),
+        unit: Option<&str>,
+    ) -> Arc<AlarmSpec> {
+        let table = raw.span();
+        let raw = raw.get_ref();
+        let sev = raw.severity.as_ref();
+        let levels = [
+            (
+                AlarmKind::LowLow,
+                &raw.low_low,
+                Severity::Critical,
+                sev.and_then(|s| s.low_low.clone()),
+            ),
+            (
+                AlarmKind::Low,
+                &raw.low,
+                Severity::Warning,
+                sev.and_then(|s| s.low.clone()),
+            ),
+            (
+                AlarmKind::High,
+                &raw.high,
+                Severity::Warning,
+                sev.and_then(|s| s.high.clone()),
+            ),
+            (
+                AlarmKind::HighHigh,
+                &raw.high_high,
+                Severity::Critical,
+                sev.and_then(|s| s.high_high.clone()),
+            ),
+        ];
+        let mut thresholds = Vec::new();
+        let mut previous: Option<(AlarmKind, f64)> = None;
+        let mut smallest_gap: Option<(f64, AlarmKind, AlarmKind)> = None;
+        for (kind, limit, default, severity) in levels {
+            let Some(limit) = limit else { continue };
+            let value = *limit.get_ref();
+            if !value.is_finite() {
+                self.at(limit.span(), "an alarm limit must be a finite number", None);
+                continue;
+            }
+            if let Some((pk, pv)) = previous {
+                if value <= pv {
+                    self.at(
+                        limit.span(),
+                        format!(
+                            "`{}` ({value}) must be greater than `{}` ({pv})",
+                            kind.name(),
+                            pk.name()
+                        ),
+                        Some(
+                            "limits must rise in the order low_low < low < high < high_high".into(),
+                        ),
+                    );
+                } else if smallest_gap.is_none_or(|(g, _, _)| value - pv < g) {
+                    smallest_gap = Some((value - pv, pk, kind));
+                }
+            }
+            if let Some(lo) = range.0.filter(|lo| value < *lo) {
+                self.at(
+                    limit.span(),
+                    format!(
+                        "`{}` ({value}) is below the rule's `min` ({lo}): it can never be reached",
+                        kind.name()
+                    ),
+                    Some("readings below `min` are rejected before alarms see them".into()),
+                );
+            }
+            if let Some(hi) = range.1.filter(|hi| value > *hi) {
+                self.at(
+                    limit.span(),
+                    format!(
+                        "`{}` ({value}) is above the rule's `max` ({hi}): it can never be reached",
+                        kind.name()
+                    ),
+                    Some("readings above `max` are rejected before alarms see them".into()),
+                );
+            }
+            previous = Some((kind, value));
+            let severity = self.severity(&severity, default);
+            thresholds.push(Threshold {
+                kind,
+                limit: value,
+                severity,
+            });
+        }
+        let hysteresis = raw.hysteresis.as_ref().map(|h| *h.get_ref()).unwrap_or(0.0);
+        if let Some(h) = &raw.hysteresis {
+            if !(hysteresis.is_finite() && hysteresis >= 0.0) {
+                self.at(h.span(), "`hysteresis` must be a finite number >= 0", None);
+            } else if let Some((gap, a, b)) = smallest_gap.filter(|(g, _, _)| hysteresis >= *g) {
+                self.at(
+                    h.span(),
+                    format!("`hysteresis` ({hysteresis}) must be smaller than the band between `{}` and `{}` ({gap})", a.name(), b.name()),
+                    Some("otherwise the lower alarm could never clear while the upper one is active".into()),
+                );
+            }
+        }
+        let rate = raw.rate_of_change.as_ref().map(|r| {
+            if !(r.get_ref().is_finite() && *r.get_ref() > 0.0) {
+                self.at(
+                    r.span(),
+                    "`rate_of_change` must be a positive number (units per minute)",
+                    None,
+                );
+            }
+            let both = match raw
+                .rate_direction
+                .as_ref()
+                .map(|d| (d.get_ref().as_str(), d.span()))
+            {
+                None | Some(("up", _)) => false,
+                Some(("both", _)) => true,
+                Some((other, span)) => {
+                    self.at(
+                        span,
+                        format!("unknown rate_direction `{other}`"),
+                        Some("use \"up\" or \"both\"".into()),
+                    );
+                    false
+                }
+            };
+            let interval = self.duration(&raw.rate_interval, Duration::from_secs(60));
+            if let Some(i) = &raw.rate_interval {
+                if interval < Duration::from_secs(1) {
+                    self.at(i.span(), "`rate_interval` must be at least 1s", None);
+                }
+            }
+            RateSpec {
+                limit_per_min: *r.get_ref(),
+                interval_ms: interval.as_millis() as i64,
+                both_directions: both,
+                severity: self.severity(
+                    &sev.and_then(|s| s.rate_of_change.clone()),
+                    Severity::Warning,
+                ),
+            }
+        });
+        for (name, v) in [
+            ("rate_interval", &raw.rate_interval),
+            ("rate_direction", &raw.rate_direction),
+        ] {
+            if let (Some(v), None) = (v, &raw.rate_of_change) {
+                self.at(v.span(), format!("`{name}` needs `rate_of_change`"), None);
+            }
+        }
+        let stale_after_ms = raw.stale_after.as_ref().map(|_| {
+            self.duration(&raw.stale_after, Duration::from_secs(60))
+                .as_millis() as i64
+        });
+        if let (Some(au), Some(ru)) = (&raw.unit, unit) {
+            if au.get_ref() != ru {
+                self.at(
+                    au.span(),
+                    format!(
+                        "the alarm's unit `{}` differs from the rule's unit `{ru}`",
+                        au.get_ref()
+                    ),
+                    Some("write the limits in the rule's unit".into()),
+                );
+            }
+        }
+        if let (Some(au), None) = (&raw.unit, unit) {
+            self.at(
+                au.span(),
+                "the alarm names a unit but its rule has none",
+                Some("set `unit` on the `[[sensor]]` rule".into()),
+            );
+        }
+        if thresholds.is_empty() && rate.is_none() && stale_after_ms.is_none() {
+            self.at(
+                table.clone(),
+                "`[sensor.alarm]` sets no alarm",
+                Some("set a limit (`high = ...`), `rate_of_change` or `stale_after`".into()),
+            );
+        }
+        let spec = AlarmSpec {
+            thresholds,
+            hysteresis,
+            on_delay: self.delay(&raw.on_delay, &raw.on_delay_readings),
+            off_delay: self.delay(&raw.off_delay, &raw.off_delay_readings),
+            latch: raw.latch.unwrap_or(false),
+            rate,
+            stale_after_ms,
+            stale_severity: self.severity(&sev.and_then(|s| s.stale.clone()), Severity::Warning),
+        };
+        Arc::new(spec)
+    }
+
+    pub(super) fn anomaly(
+        &mut self,
+        raw: &Spanned<RawAnomaly>,
+        delivery: Delivery,
+        delivery_span: Option<Range<usize>>,
+    ) -> AnomalySpec {
+        let span = raw.span();
+        let raw = raw.get_ref();
+        if delivery != Delivery::Summary {
+            self.at(
+                delivery_span.unwrap_or(span),
+                "`[sensor.anomaly]` works on window statistics and needs `delivery = \"summary\"`",
+                None,
+            );
+        }
+        let d = AnomalySpec::default();
+        let mut f = |v: &Option<Spanned<f64>>,
+                     name: &str,
+                     default: f64,
+                     ok: fn(f64) -> bool,
+                     what: &str|
+         -> f64 {
+            match v {
+                None => default,
+                Some(x) if ok(*x.get_ref()) => *x.get_ref(),
+                Some(x) => {
+                    self.at(x.span(), format!("`{name}` must be {what}"), None);
+                    default
+                }
+            }
+        };
+        let alpha = f(
+            &raw.alpha,
+            "alpha",
+            d.alpha,
+            |x| x > 0.0 && x <= 1.0,
+            "in (0, 1]",
+        );
+        let z_limit = f(
+            &raw.z_limit,
+            "z_limit",
+            d.z_limit,
+            |x| x > 0.0 && x.is_finite(),
+            "a positive number",
+        );
+        let cusum_k = f(
+            &raw.cusum_k,
+            "cusum_k",
+            d.cusum_k,
+            |x| x >= 0.0 && x.is_finite(),
+            "a number >= 0",
+        );
+        let cusum_h = f(
+            &raw.cusum_h,
+            "cusum_h",
+            d.cusum_h,
+            |x| x > 0.0 && x.is_finite(),
+            "a positive number",
+        );
+        let min_relative_std = f(
+            &raw.min_relative_std,
+            "min_relative_std",
+            d.min_relative_std,
+            |x| (0.0..1.0).contains(&x),
+            "in [0, 1)",
+        );
+        let warmup_windows = match &raw.warmup_windows {
+            None => d.warmup_windows,
+            Some(w) if *w.get_ref() >= 2 => *w.get_ref(),
+            Some(w) => {
+                self.at(w.span(), "`warmup_windows` must be at least 2", None);
+                d.warmup_windows
+            }
+        };
+        AnomalySpec {
+            warmup_windows,
+            alpha,
+            z_limit,
+            cusum_k,
+            cusum_h,
+            min_relative_std,
+        }
+    }
+}
+
+/// The `[sensor.alarm]` part of `Config::render_effective`.
+pub(super) fn render_alarm(s: &mut String, a: &AlarmSpec) {
+    use std::fmt::Write;
+    let delay = |d: Delay, name: &str| match d {
+        Delay::None => String::new(),
+        Delay::Ms(ms) => format!(
+            "{name} = {:?}\n",
+            humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
+        ),
+        Delay::Readings(n) => format!("{name}_readings = {n}\n"),
+    };
+    let _ = writeln!(s, "[sensor.alarm]");
+    for t in &a.thresholds {
+        let _ = writeln!(s, "{} = {:?}", t.kind.name(), t.limit);
+    }
+    let _ = write!(
+        s,
+        "hysteresis = {:?}\n{}{}latch = {}\n",
+        a.hysteresis,
+        delay(a.on_delay, "on_delay"),
+        delay(a.off_delay, "off_delay"),
+        a.latch
+    );
+    if let Some(r) = &a.rate {
+        let _ = writeln!(
+            s,
+            "rate_of_change = {:?}\nrate_interval = {:?}\nrate_direction = {:?}",
+            r.limit_per_min,
+            humantime::format_duration(Duration::from_millis(r.interval_ms as u64)).to_string(),
+            if r.both_directions { "both" } else { "up" }
+        );
+    }
+    if let Some(ms) = a.stale_after_ms {
+        let _ = writeln!(
+            s,
+            "stale_after = {:?}",
+            humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
+        );
+    }
+    let mut sev: Vec<String> = a
+        .thresholds
+        .iter()
+        .map(|t| format!("{} = {:?}", t.kind.name(), t.severity.name()))
+        .collect();
+    if let Some(r) = &a.rate {
+        sev.push(format!("rate_of_change = {:?}", r.severity.name()));
+    }
+    if a.stale_after_ms.is_some() {
+        sev.push(format!("stale = {:?}", a.stale_severity.name()));
+    }
+    if !sev.is_empty() {
+        let _ = writeln!(s, "severity = {{ {} }}", sev.join(", "));
+    }
+}

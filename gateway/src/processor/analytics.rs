@@ -1,0 +1,531 @@
+//! The analytics part of the core: alarms on every reading, report by
+//! exception (`on_change`) and `raw` delivery, anomaly detection on closed
+//! windows, alarm acknowledgements, and the state that survives restarts.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Labels, Lane, Processor, Record, SUMMARY_SCHEMA};
+use crate::alarm::{AlarmEvent, AlarmKind, SensorAlarms, Transition};
+use crate::anomaly::{AnomalyEvent, Baseline};
+use crate::config::Delivery;
+use crate::model::{Reading, SensorInfo, SensorKey};
+use crate::window::WindowStats;
+
+/// Per-sensor analytics state.
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    alarms: SensorAlarms,
+    baseline: Baseline,
+    /// The last value sent by `on_change`: (value, event time, gateway time sent).
+    last_sent: Option<(f64, i64, i64)>,
+}
+
+/// A command from upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Command {
+    pub command: String,
+    /// `<sensor id>:<alarm kind>`, as alarm events carry it.
+    pub alarm_id: String,
+    /// Who acknowledged (an operator's name), for the record.
+    #[serde(default = "unknown")]
+    pub by: String,
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// Parses a command payload: `{"command":"ack","alarm_id":"...","by":"..."}`.
+pub fn parse_command(payload: &[u8]) -> Result<Command, String> {
+    let c: Command = serde_json::from_slice(payload).map_err(|e| format!("not a command: {e}"))?;
+    if c.command != "ack" {
+        return Err(format!("unknown command `{}` (known: ack)", c.command));
+    }
+    Ok(c)
+}
+
+/// What survives a restart: alarm states and baselines, per sensor id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub sensors: Vec<PersistedSensor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedSensor {
+    pub id: String,
+    pub alarms: SensorAlarms,
+    pub baseline: Baseline,
+}
+
+#[derive(Serialize)]
+struct AlarmJson<'a> {
+    schema: u32,
+    kind: &'static str,
+    event: &'static str,
+    gateway: &'a str,
+    seq: u64,
+    alarm_id: String,
+    sensor: &'a str,
+    labels: Labels<'a>,
+    #[serde(rename = "type")]
+    alarm_type: &'static str,
+    severity: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    ts_ms: i64,
+    since_ms: i64,
+    duration_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak: Option<f64>,
+    latched: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AnomalyJson<'a> {
+    schema: u32,
+    kind: &'static str,
+    event: &'static str,
+    gateway: &'a str,
+    seq: u64,
+    anomaly_id: String,
+    sensor: &'a str,
+    labels: Labels<'a>,
+    detector: &'static str,
+    feature: &'static str,
+    direction: &'static str,
+    score: f64,
+    limit: f64,
+    value: f64,
+    baseline_mean: f64,
+    baseline_std: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    window_start_ms: i64,
+    window_end_ms: i64,
+}
+
+#[derive(Serialize)]
+struct ValueJson<'a> {
+    schema: u32,
+    kind: &'static str,
+    gateway: &'a str,
+    seq: u64,
+    sensor: &'a str,
+    labels: Labels<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<&'a str>,
+    ts_ms: i64,
+    value: f64,
+    reason: &'static str,
+}
+
+impl Processor {
+    fn unit_of(&self, key: SensorKey) -> Option<Arc<str>> {
+        let state = &self.sensors[key.index()];
+        state
+            .rule
+            .and_then(|r| {
+                self.settings.rules[r as usize]
+                    .unit
+                    .as_deref()
+                    .map(Arc::from)
+            })
+            .or_else(|| state.unit.clone())
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Alarms and non-summary delivery for one accepted reading; returns
+    /// whether the reading also goes into a window.
+    pub(super) fn analyse_reading(
+        &mut self,
+        r: Reading,
+        now_ms: i64,
+        out: &mut Vec<Record>,
+    ) -> bool {
+        let state = &mut self.sensors[r.sensor.index()];
+        let Some(rule) = state.rule.map(|i| &self.settings.rules[i as usize]) else {
+            return true;
+        };
+        let Some(extra) = state.extra.as_mut() else {
+            return true;
+        };
+        let mut events = std::mem::take(&mut self.alarm_events);
+        if let Some(spec) = &rule.alarm {
+            extra.alarms.reading(spec, r.value, r.ts_ms, &mut events);
+        }
+        let latch = rule.alarm.as_ref().is_some_and(|a| a.latch);
+        let send = match rule.delivery {
+            Delivery::Summary => None,
+            Delivery::Raw => Some("raw"),
+            Delivery::OnChange {
+                deadband,
+                deadband_percent,
+                ..
+            } => {
+                let changed = match extra.last_sent {
+                    None => true,
+                    Some((last, _, _)) => {
+                        let d = (r.value - last).abs();
+                        deadband.is_some_and(|b| d > b)
+                            || deadband_percent.is_some_and(|p| d > p / 100.0 * last.abs())
+                            || (deadband.is_none() && deadband_percent.is_none() && d > 0.0)
+                    }
+                };
+                changed.then_some("change")
+            }
+        };
+        if send.is_some() && matches!(rule.delivery, Delivery::OnChange { .. }) {
+            extra.last_sent = Some((r.value, r.ts_ms, now_ms));
+        }
+        let windows = rule.delivery == Delivery::Summary;
+        self.emit_alarm_events(r.sensor, &events, latch, out);
+        events.clear();
+        self.alarm_events = events;
+        if let Some(reason) = send {
+            self.emit_value(r.sensor, r.ts_ms, r.value, reason, out);
+        }
+        windows
+    }
+
+    /// Time-driven checks of one sensor: stale alarms, heartbeats.
+    pub(super) fn analyse_time(&mut self, key: SensorKey, now_ms: i64, out: &mut Vec<Record>) {
+        let state = &mut self.sensors[key.index()];
+        let Some(rule) = state.rule.map(|i| &self.settings.rules[i as usize]) else {
+            return;
+        };
+        let Some(extra) = state.extra.as_mut() else {
+            return;
+        };
+        let mut events = std::mem::take(&mut self.alarm_events);
+        if let Some(spec) = &rule.alarm {
+            if state.last_arrival_ms != i64::MIN {
+                extra
+                    .alarms
+                    .tick(spec, now_ms, state.last_arrival_ms, &mut events);
+            }
+        }
+        let latch = rule.alarm.as_ref().is_some_and(|a| a.latch);
+        let mut heartbeat = None;
+        if let Delivery::OnChange {
+            max_silence_ms: Some(silence),
+            ..
+        } = rule.delivery
+        {
+            if let Some((value, ts, sent_at)) = extra.last_sent {
+                if now_ms - sent_at >= silence {
+                    extra.last_sent = Some((value, ts, now_ms));
+                    heartbeat = Some((ts, value));
+                }
+            }
+        }
+        self.emit_alarm_events(key, &events, latch, out);
+        events.clear();
+        self.alarm_events = events;
+        if let Some((ts, value)) = heartbeat {
+            self.emit_value(key, ts, value, "heartbeat", out);
+        }
+    }
+
+    /// Anomaly detection on one closed window.
+    pub(super) fn analyse_window(
+        &mut self,
+        key: SensorKey,
+        start_ms: i64,
+        end_ms: i64,
+        w: &WindowStats,
+        out: &mut Vec<Record>,
+    ) {
+        let state = &mut self.sensors[key.index()];
+        let Some(spec) = state
+            .rule
+            .and_then(|i| self.settings.rules[i as usize].anomaly)
+        else {
+            return;
+        };
+        let Some(extra) = state.extra.as_mut() else {
+            return;
+        };
+        let mut events = std::mem::take(&mut self.anomaly_events);
+        extra.baseline.window(&spec, w.mean(), w.rms(), &mut events);
+        self.baselines_dirty = true;
+        for e in &events {
+            self.emit_anomaly(key, e, start_ms, end_ms, out);
+        }
+        events.clear();
+        self.anomaly_events = events;
+    }
+
+    /// Acknowledges an alarm; the number of events it produced.
+    pub fn command(
+        &mut self,
+        cmd: &Command,
+        now_ms: i64,
+        out: &mut Vec<Record>,
+    ) -> Result<usize, String> {
+        let (sensor, kind) = cmd
+            .alarm_id
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{}` is not an alarm id (<sensor>:<type>)", cmd.alarm_id))?;
+        let kind =
+            AlarmKind::from_name(kind).ok_or_else(|| format!("unknown alarm type `{kind}`"))?;
+        let key = self
+            .registry
+            .lookup_id(sensor)
+            .ok_or_else(|| format!("unknown sensor `{sensor}`"))?;
+        let state = &mut self.sensors[key.index()];
+        let spec = state
+            .rule
+            .and_then(|i| self.settings.rules[i as usize].alarm.clone())
+            .ok_or_else(|| format!("sensor `{sensor}` has no alarms"))?;
+        let extra = state
+            .extra
+            .as_mut()
+            .ok_or_else(|| format!("sensor `{sensor}` has no alarms"))?;
+        let mut events = Vec::new();
+        if !extra
+            .alarms
+            .acknowledge(&spec, kind, &cmd.by, now_ms, &mut events)
+        {
+            return Err(format!(
+                "alarm `{}` is not active or already acknowledged",
+                cmd.alarm_id
+            ));
+        }
+        self.emit_alarm_events(key, &events, spec.latch, out);
+        Ok(events.len())
+    }
+
+    fn emit_alarm_events(
+        &mut self,
+        key: SensorKey,
+        events: &[AlarmEvent],
+        latched: bool,
+        out: &mut Vec<Record>,
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        self.alarms_dirty = true;
+        let unit = self.unit_of(key);
+        for e in events {
+            let seq = self.take_seq();
+            let m = &self.metrics;
+            match e.transition {
+                Transition::Raised => {
+                    m.alarms_raised.fetch_add(1, Ordering::Relaxed);
+                    m.alarms_active.fetch_add(1, Ordering::Relaxed);
+                }
+                Transition::Cleared => {
+                    m.alarms_cleared.fetch_add(1, Ordering::Relaxed);
+                    m.alarms_active.fetch_sub(1, Ordering::Relaxed);
+                }
+                Transition::Acknowledged => {
+                    m.alarms_acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let info = self.registry.info(key);
+            let payload = AlarmJson {
+                schema: SUMMARY_SCHEMA,
+                kind: "alarm",
+                event: e.transition.name(),
+                gateway: &self.settings.gateway_id,
+                seq,
+                alarm_id: format!("{}:{}", info.id, e.kind.name()),
+                sensor: &info.id,
+                labels: Labels(info),
+                alarm_type: e.kind.name(),
+                severity: e.severity.name(),
+                value: e.value,
+                limit: e.limit,
+                unit: unit.as_deref(),
+                ts_ms: e.ts_ms,
+                since_ms: e.since_ms,
+                duration_ms: e.duration_ms,
+                peak: e.peak.filter(|p| p.is_finite()),
+                latched,
+                by: e.by.as_deref(),
+            };
+            tracing::info!(
+                alarm = %payload.alarm_id,
+                event = payload.event,
+                severity = payload.severity,
+                value = e.value,
+                limit = e.limit,
+                "Alarm."
+            );
+            let payload = serde_json::to_vec(&payload).unwrap_or_default();
+            out.push(Record {
+                seq,
+                lane: Lane::Alarm,
+                ts_ms: e.ts_ms,
+                topic: self
+                    .settings
+                    .alarm_topic
+                    .render(&self.settings.gateway_id, info),
+                payload,
+            });
+        }
+    }
+
+    fn emit_anomaly(
+        &mut self,
+        key: SensorKey,
+        e: &AnomalyEvent,
+        start_ms: i64,
+        end_ms: i64,
+        out: &mut Vec<Record>,
+    ) {
+        self.alarms_dirty = true;
+        let unit = self.unit_of(key);
+        let seq = self.take_seq();
+        if e.raised {
+            self.metrics
+                .anomalies_raised
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let info = self.registry.info(key);
+        let payload = AnomalyJson {
+            schema: SUMMARY_SCHEMA,
+            kind: "anomaly",
+            event: if e.raised { "raised" } else { "cleared" },
+            gateway: &self.settings.gateway_id,
+            seq,
+            anomaly_id: format!("{}:{}:{}", info.id, e.detector.name(), e.feature.name()),
+            sensor: &info.id,
+            labels: Labels(info),
+            detector: e.detector.name(),
+            feature: e.feature.name(),
+            direction: if e.upward { "up" } else { "down" },
+            score: e.score,
+            limit: e.limit,
+            value: e.value,
+            baseline_mean: e.baseline_mean,
+            baseline_std: e.baseline_std,
+            unit: unit.as_deref(),
+            window_start_ms: start_ms,
+            window_end_ms: end_ms,
+        };
+        tracing::info!(anomaly = %payload.anomaly_id, event = payload.event, score = e.score, "Anomaly.");
+        let payload = serde_json::to_vec(&payload).unwrap_or_default();
+        out.push(Record {
+            seq,
+            lane: Lane::Alarm,
+            ts_ms: end_ms,
+            topic: self
+                .settings
+                .alarm_topic
+                .render(&self.settings.gateway_id, info),
+            payload,
+        });
+    }
+
+    fn emit_value(
+        &mut self,
+        key: SensorKey,
+        ts_ms: i64,
+        value: f64,
+        reason: &'static str,
+        out: &mut Vec<Record>,
+    ) {
+        let unit = self.unit_of(key);
+        let seq = self.take_seq();
+        self.metrics.values_sent.fetch_add(1, Ordering::Relaxed);
+        let info = self.registry.info(key);
+        let payload = ValueJson {
+            schema: SUMMARY_SCHEMA,
+            kind: "value",
+            gateway: &self.settings.gateway_id,
+            seq,
+            sensor: &info.id,
+            labels: Labels(info),
+            unit: unit.as_deref(),
+            ts_ms,
+            value,
+            reason,
+        };
+        let payload = serde_json::to_vec(&payload).unwrap_or_default();
+        out.push(Record {
+            seq,
+            lane: Lane::Summary,
+            ts_ms,
+            topic: self
+                .settings
+                .value_topic
+                .render(&self.settings.gateway_id, info),
+            payload,
+        });
+    }
+
+    /// Whether alarm state (first) and baselines (second) changed since the
+    /// last call. Alarm changes must be persisted before their events are
+    /// delivered, so that a restart neither repeats nor forgets them.
+    pub fn take_dirty(&mut self) -> (bool, bool) {
+        let d = (self.alarms_dirty, self.baselines_dirty);
+        self.alarms_dirty = false;
+        self.baselines_dirty = false;
+        d
+    }
+
+    /// The state to persist: every sensor with an alarm or a baseline.
+    pub fn export_state(&self) -> PersistedState {
+        let mut sensors = Vec::new();
+        for (i, s) in self.sensors.iter().enumerate() {
+            let Some(extra) = &s.extra else { continue };
+            if !extra.alarms.any_active() && extra.baseline.windows == 0 {
+                continue;
+            }
+            sensors.push(PersistedSensor {
+                id: self.registry.info(SensorKey(i as u32)).id.to_string(),
+                alarms: extra.alarms.clone(),
+                baseline: extra.baseline,
+            });
+        }
+        PersistedState { sensors }
+    }
+
+    /// Restores persisted state at start-up. Sensors are known from now on
+    /// (so one that never comes back goes stale), with `now_ms` as their
+    /// last arrival: each gets its full `stale_after` to report again.
+    pub fn restore(&mut self, state: PersistedState, now_ms: i64) -> usize {
+        let mut restored = 0;
+        for p in state.sensors {
+            let id: Arc<str> = Arc::from(p.id.as_str());
+            let info = SensorInfo {
+                id: id.clone(),
+                names: Arc::from(Vec::new()),
+            };
+            let Ok(key) = self.registry.insert(&id, info) else {
+                continue;
+            };
+            if key.index() == self.sensors.len() {
+                self.add_sensor_state(key, None);
+            }
+            let s = &mut self.sensors[key.index()];
+            s.last_arrival_ms = now_ms;
+            if let Some(extra) = s.extra.as_mut() {
+                let active = p.alarms.states.iter().filter(|a| a.active).count();
+                self.metrics
+                    .alarms_active
+                    .fetch_add(active as i64, Ordering::Relaxed);
+                extra.alarms = p.alarms;
+                extra.baseline = p.baseline;
+                restored += 1;
+            }
+        }
+        restored
+    }
+}

@@ -1,0 +1,125 @@
+//! The analytics state file, `<state_dir>/analytics.state`: alarm states
+//! and baselines that survive restarts.
+//!
+//! Layout: the magic `SGWSTAT1`, the body length (u32 LE), the CRC-32 of the
+//! body (u32 LE), the body (postcard of [`PersistedState`]). It is replaced
+//! atomically: written to a temporary file, fsynced, renamed over the old
+//! one, and the directory fsynced. A file that does not check out is set
+//! aside (renamed with a `.bad-<ms>` suffix), counted and logged, and the
+//! gateway starts without it: a damaged state file never stops start-up.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::processor::PersistedState;
+
+const MAGIC: &[u8; 8] = b"SGWSTAT1";
+const FILE: &str = "analytics.state";
+
+/// The state file's path inside `state_dir`.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+/// Why a state file was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged ({what}); it was set aside as {aside}")]
+    Damaged {
+        path: PathBuf,
+        what: &'static str,
+        aside: PathBuf,
+    },
+}
+
+/// Loads the state; `Ok(None)` when there is none yet.
+pub fn load(state_dir: &Path, now_ms: i64) -> Result<Option<PersistedState>, LoadError> {
+    let path = path(state_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LoadError::Io { path, source }),
+    };
+    match decode(&bytes) {
+        Ok(s) => Ok(Some(s)),
+        Err(what) => {
+            let aside = path.with_extension(format!("state.bad-{now_ms}"));
+            let _ = std::fs::rename(&path, &aside);
+            Err(LoadError::Damaged { path, what, aside })
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<PersistedState, &'static str> {
+    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+        return Err("no state-file header");
+    }
+    let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    let crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    let body = bytes.get(16..16 + len).ok_or("truncated")?;
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch");
+    }
+    postcard::from_bytes(body).map_err(|_| "body does not decode")
+}
+
+/// Encodes the state file's bytes.
+pub fn encode(state: &PersistedState) -> Vec<u8> {
+    // Serializing plain structs into a Vec cannot fail.
+    let body = postcard::to_allocvec(state).unwrap_or_default();
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Replaces the state file atomically and durably.
+pub fn save(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = path(state_dir);
+    let tmp = path.with_extension("state.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::PersistedSensor;
+
+    #[test]
+    fn round_trip_and_damage_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path(), 0).unwrap().is_none());
+        let state = PersistedState {
+            sensors: vec![PersistedSensor {
+                id: "l1/m1/vib".into(),
+                alarms: Default::default(),
+                baseline: Default::default(),
+            }],
+        };
+        save(dir.path(), &encode(&state)).unwrap();
+        assert_eq!(load(dir.path(), 0).unwrap(), Some(state));
+        let mut bytes = std::fs::read(path(dir.path())).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(path(dir.path()), &bytes).unwrap();
+        let err = load(dir.path(), 7).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        assert!(!path(dir.path()).exists());
+        assert!(dir.path().join("analytics.state.bad-7").exists());
+        assert!(load(dir.path(), 8).unwrap().is_none());
+    }
+}
