@@ -657,6 +657,8 @@ impl Serialize for Labels<'_> {
 
 mod analytics;
 #[cfg(test)]
+mod analytics_tests;
+#[cfg(test)]
 mod tests;
 
 pub use analytics::{parse_command, Command, PersistedSensor, PersistedState};

@@ -363,6 +363,7 @@ impl Config {
         let mut cx = Cx {
             text,
             diags: Vec::new(),
+            mapped_units: Vec::new(),
         };
         let config = cx.build();
         match config {
@@ -531,6 +532,9 @@ const SOURCE_KINDS: &[&str] = &["mqtt", "serial"];
 struct Cx<'a> {
     text: &'a str,
     diags: Vec<Diagnostic>,
+    /// Units given by serial channel mappings: (sensor, unit, where), checked
+    /// against the rules once those are read.
+    mapped_units: Vec<(String, String, Range<usize>)>,
 }
 
 impl<'a> Cx<'a> {
@@ -732,7 +736,22 @@ impl<'a> Cx<'a> {
         // Check every section that parsed before giving up on a missing one,
         // so that all mistakes are reported together.
         let gateway = gateway.map(|g| self.gateway(g));
-        let rules = rules.into_iter().filter_map(|r| self.rule(r)).collect();
+        let rules: Vec<SensorRule> = rules.into_iter().filter_map(|r| self.rule(r)).collect();
+        for (sensor, unit, span) in std::mem::take(&mut self.mapped_units) {
+            let best = rules
+                .iter()
+                .filter(|r| r.matcher.is_match(&sensor))
+                .max_by_key(|r| r.specificity());
+            if let Some(rule_unit) = best.and_then(|r| r.unit.as_deref()) {
+                if rule_unit != unit {
+                    self.at(
+                        span,
+                        format!("sensor `{sensor}` is mapped with unit `{unit}`, but its rule says `{rule_unit}`"),
+                        Some("alarm limits and statistics are in the rule's unit: make the two agree".into()),
+                    );
+                }
+            }
+        }
         let pipeline = self.pipeline(pipeline);
         let buffer = self.buffer(buffer);
         let Some(gateway) = gateway else {

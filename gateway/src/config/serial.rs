@@ -249,6 +249,10 @@ impl Cx<'_> {
                 );
                 continue;
             }
+            if let Some(unit) = &map.unit {
+                self.mapped_units
+                    .push((map.sensor.clone(), unit.clone(), span.clone()));
+            }
             channels.push(map);
         }
         SerialSourceConfig {
