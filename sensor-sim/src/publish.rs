@@ -106,6 +106,11 @@ pub async fn publish(
             let i = (sent % sensors) as usize;
             let (topic, sensor, machine) = &topics[i];
             let spec = &scenario.sensors[*sensor];
+            if spec.stop_after().is_some_and(|d| elapsed >= d) {
+                // Fallen silent: its share of the rate stays unused.
+                sent += 1;
+                continue;
+            }
             seqs[i] += 1;
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

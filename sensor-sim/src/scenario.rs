@@ -63,6 +63,9 @@ pub struct SensorSpec {
     /// Motor current only: amplitude of the load cycle.
     #[serde(default)]
     pub load_amplitude: f64,
+    /// The sensor falls silent after this long (a duration): a cut cable,
+    /// for the stale-sensor alarm.
+    pub stop_after: Option<String>,
 }
 
 fn default_prefix() -> String {
@@ -111,7 +114,7 @@ impl Scenario {
             "fault_probability must be within 0..1"
         );
         for sensor in &s.sensors {
-            for d in [&sensor.wear_start, &sensor.load_period]
+            for d in [&sensor.wear_start, &sensor.load_period, &sensor.stop_after]
                 .into_iter()
                 .flatten()
             {
@@ -151,6 +154,12 @@ impl Scenario {
 impl SensorSpec {
     pub fn wear_start(&self) -> Option<Duration> {
         self.wear_start
+            .as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
+    }
+
+    pub fn stop_after(&self) -> Option<Duration> {
+        self.stop_after
             .as_deref()
             .and_then(|d| humantime::parse_duration(d).ok())
     }

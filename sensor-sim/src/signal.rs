@@ -73,6 +73,7 @@ mod tests {
             wear_rate: 4.0,
             load_period: Some("60s".into()),
             load_amplitude: 1.0,
+            stop_after: None,
         }
     }
 

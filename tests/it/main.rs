@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `sensor-gateway` binary between real brokers.
 //!
 //! - `pipeline`: readings in, summaries out, every count exact.
+//! - `analytics`: the wear scenario's alarms and anomalies, acknowledgement,
+//!   kill -9 with active alarms.
 //! - `outage`: the upstream broker dies and comes back; nothing is lost.
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
@@ -9,6 +11,7 @@
 //! Each scenario runs against the embedded rumqttd broker and against
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
 
+mod analytics;
 mod buffer;
 mod outage;
 mod pipeline;

@@ -88,8 +88,17 @@ impl Core {
         self.take()
             .into_iter()
             .map(|(_, v)| match v["kind"].as_str().unwrap() {
-                "alarm" => format!("alarm:{}:{}", v["event"].as_str().unwrap(), v["type"].as_str().unwrap()),
-                "anomaly" => format!("anomaly:{}:{}:{}", v["event"].as_str().unwrap(), v["detector"].as_str().unwrap(), v["feature"].as_str().unwrap()),
+                "alarm" => format!(
+                    "alarm:{}:{}",
+                    v["event"].as_str().unwrap(),
+                    v["type"].as_str().unwrap()
+                ),
+                "anomaly" => format!(
+                    "anomaly:{}:{}:{}",
+                    v["event"].as_str().unwrap(),
+                    v["detector"].as_str().unwrap(),
+                    v["feature"].as_str().unwrap()
+                ),
                 k => k.to_owned(),
             })
             .collect()
@@ -116,7 +125,12 @@ fn alarms_bypass_windows_on_the_alarm_lane_with_full_payloads() {
     assert_eq!(v["latched"], true);
     assert_eq!(v["ts_ms"], T0 + 100);
     assert_eq!(v["labels"]["machine"], "m1");
-    assert_eq!(c.metrics.alarms_active.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        c.metrics
+            .alarms_active
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     let (alarms, _) = c.p.take_dirty();
     assert!(alarms, "alarm state must be saved before delivery");
 }
@@ -130,7 +144,21 @@ fn every_statistic_appears_in_the_summary() {
     c.p.flush_all(&mut c.out);
     let recs = c.take();
     let summary = &recs.iter().find(|(_, v)| v["kind"] == "summary").unwrap().1;
-    for key in ["rms", "p2p", "crest", "skewness", "kurtosis", "p50", "p90", "p95", "p99", "slope_per_hour", "first", "last", "first_ts_ms"] {
+    for key in [
+        "rms",
+        "p2p",
+        "crest",
+        "skewness",
+        "kurtosis",
+        "p50",
+        "p90",
+        "p95",
+        "p99",
+        "slope_per_hour",
+        "first",
+        "last",
+        "first_ts_ms",
+    ] {
         assert!(summary[key].is_number(), "{key} missing in {summary}");
     }
     assert!(summary.get("min").is_none(), "only the listed statistics");
@@ -143,18 +171,30 @@ fn latched_alarm_stays_until_acknowledged_by_command() {
     let mut c = Core::new();
     c.reading("l1/m1/vibration", 3.0, T0);
     c.reading("l1/m1/vibration", 1.0, T0 + S);
-    assert_eq!(c.kinds(), ["alarm:raised:high"], "latched: no clear without ack");
-    let ack = parse_command(br#"{"command":"ack","alarm_id":"l1/m1/vibration:high","by":"jane"}"#).unwrap();
+    assert_eq!(
+        c.kinds(),
+        ["alarm:raised:high"],
+        "latched: no clear without ack"
+    );
+    let ack = parse_command(br#"{"command":"ack","alarm_id":"l1/m1/vibration:high","by":"jane"}"#)
+        .unwrap();
     c.p.command(&ack, T0 + 2 * S, &mut c.out).unwrap();
     let recs = c.take();
-    let events: Vec<_> = recs.iter().map(|(_, v)| v["event"].as_str().unwrap().to_owned()).collect();
+    let events: Vec<_> = recs
+        .iter()
+        .map(|(_, v)| v["event"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(events, ["acknowledged", "cleared"]);
     assert_eq!(recs[0].1["by"], "jane");
     assert_eq!(recs[1].1["duration_ms"], 2 * S);
     // Unknown and repeated acknowledgements are errors, not events.
     assert!(c.p.command(&ack, T0 + 3 * S, &mut c.out).is_err());
     let bad = parse_command(br#"{"command":"ack","alarm_id":"nope:high"}"#).unwrap();
-    assert!(c.p.command(&bad, T0, &mut c.out).unwrap_err().contains("unknown sensor"));
+    assert!(c
+        .p
+        .command(&bad, T0, &mut c.out)
+        .unwrap_err()
+        .contains("unknown sensor"));
     assert!(parse_command(br#"{"command":"reboot"}"#).is_err());
 }
 
@@ -172,21 +212,35 @@ fn restart_with_an_active_alarm_raises_nothing_twice_and_clears_later() {
     let state = crate::state::load(dir.path(), 0).unwrap().unwrap();
     assert_eq!(d.p.restore(state, T0 + S), 1);
     d.reading("l1/m1/vibration", 5.1, T0 + 2 * S);
-    assert!(d.kinds().iter().all(|k| k == "summary"), "nothing raised twice");
+    assert!(
+        d.kinds().iter().all(|k| k == "summary"),
+        "nothing raised twice"
+    );
     d.reading("l1/m1/vibration", 1.0, T0 + 3 * S);
     let ack = |kind: &str| Command {
         command: "ack".into(),
         alarm_id: format!("l1/m1/vibration:{kind}"),
         by: "op".into(),
     };
-    d.p.command(&ack("high_high"), T0 + 4 * S, &mut d.out).unwrap();
+    d.p.command(&ack("high_high"), T0 + 4 * S, &mut d.out)
+        .unwrap();
     d.p.command(&ack("high"), T0 + 4 * S, &mut d.out).unwrap();
     let k: Vec<_> = d.kinds().into_iter().filter(|k| k != "summary").collect();
     assert_eq!(
         k,
-        ["alarm:acknowledged:high_high", "alarm:cleared:high_high", "alarm:acknowledged:high", "alarm:cleared:high"]
+        [
+            "alarm:acknowledged:high_high",
+            "alarm:cleared:high_high",
+            "alarm:acknowledged:high",
+            "alarm:cleared:high"
+        ]
     );
-    assert_eq!(d.metrics.alarms_active.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        d.metrics
+            .alarms_active
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -216,7 +270,11 @@ fn on_change_sends_past_the_deadband_and_heartbeats() {
             v["value"].as_f64().unwrap()
         })
         .collect();
-    assert_eq!(values, [10.0, 10.6, 11.2], "first value, then moves of more than 0.5");
+    assert_eq!(
+        values,
+        [10.0, 10.6, 11.2],
+        "first value, then moves of more than 0.5"
+    );
     c.p.flush_due(T0 + 500 + 9 * S, &mut c.out);
     assert!(c.take().is_empty());
     c.p.flush_due(T0 + 500 + 10 * S, &mut c.out);
@@ -237,7 +295,12 @@ fn raw_forwards_every_reading() {
     let recs = c.take();
     assert_eq!(recs.len(), 5);
     assert!(recs.iter().all(|(_, v)| v["reason"] == "raw"));
-    assert_eq!(c.metrics.values_sent.load(std::sync::atomic::Ordering::Relaxed), 5);
+    assert_eq!(
+        c.metrics
+            .values_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
 }
 
 #[test]
@@ -251,7 +314,11 @@ fn a_step_in_vibration_after_warm_up_is_an_anomaly() {
         }
     }
     for i in 0..20 {
-        c.reading("l1/m2/vibration", 2.0 + 0.05 * (i as f64).sin(), T0 + 10 * S + i * 50);
+        c.reading(
+            "l1/m2/vibration",
+            2.0 + 0.05 * (i as f64).sin(),
+            T0 + 10 * S + i * 50,
+        );
     }
     c.p.flush_all(&mut c.out);
     let anomalies: Vec<_> = c
@@ -264,7 +331,10 @@ fn a_step_in_vibration_after_warm_up_is_an_anomaly() {
     assert_eq!(*lane, Lane::Alarm);
     assert_eq!(a["event"], "raised");
     assert_eq!(a["direction"], "up");
-    assert!(a["anomaly_id"].as_str().unwrap().starts_with("l1/m2/vibration:"));
+    assert!(a["anomaly_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("l1/m2/vibration:"));
 }
 
 #[test]
@@ -290,12 +360,18 @@ unit = "degF"
 [upstream]
 broker = "h:2"
 "#;
-    let err = Config::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+    let err = Config::parse(text, Path::new("r.toml"))
+        .unwrap_err()
+        .to_string();
     for expected in [
-        "r.toml:12:", "did you mean `on_change`",
-        "r.toml:15:", "`high` (40) must be greater than `low` (50)",
-        "r.toml:16:", "above the rule's `max`",
-        "r.toml:18:", "differs from the rule's unit",
+        "r.toml:12:",
+        "did you mean `on_change`",
+        "r.toml:15:",
+        "`high` (40) must be greater than `low` (50)",
+        "r.toml:16:",
+        "above the rule's `max`",
+        "r.toml:18:",
+        "differs from the rule's unit",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
@@ -304,8 +380,13 @@ broker = "h:2"
 #[test]
 fn hysteresis_must_be_smaller_than_the_band() {
     let text = RULES.replace("hysteresis = 0.2", "hysteresis = 2.0");
-    let err = Config::parse(&text, Path::new("r.toml")).unwrap_err().to_string();
-    assert!(err.contains("must be smaller than the band between `high` and `high_high`"), "{err}");
+    let err = Config::parse(&text, Path::new("r.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("must be smaller than the band between `high` and `high_high`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -327,7 +408,12 @@ unit = "degC"
 [upstream]
 broker = "h:2"
 "#;
-    let err = Config::parse(text, Path::new("u.toml")).unwrap_err().to_string();
+    let err = Config::parse(text, Path::new("u.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("u.toml:7:"), "{err}");
-    assert!(err.contains("mapped with unit `degF`, but its rule says `degC`"), "{err}");
+    assert!(
+        err.contains("mapped with unit `degF`, but its rule says `degC`"),
+        "{err}"
+    );
 }
