@@ -82,6 +82,9 @@ pub struct Metrics {
     pub readings_accepted: AtomicU64,
     rejected: [AtomicU64; 13],
     pub summaries_produced: AtomicU64,
+    /// Every record numbered for upstream: summaries, alarm and anomaly
+    /// events, values.
+    pub records_produced: AtomicU64,
     pub alarms_raised: AtomicU64,
     pub alarms_cleared: AtomicU64,
     pub alarms_acknowledged: AtomicU64,

@@ -482,8 +482,7 @@ impl Processor {
             })
             .or_else(|| state.unit.clone());
         for (start, w) in closing {
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = self.take_seq();
             let info = self.registry.info(key);
             let q = |k: usize| {
                 stats.percentiles[k]

@@ -98,6 +98,8 @@ struct Seen {
     seqs: BTreeSet<u64>,
     messages: u64,
     subscriptions: u64,
+    /// Sensors whose first anomaly was printed.
+    anomalous: BTreeSet<String>,
 }
 
 /// Runs the demo for about `total`; returns whether nothing was lost.
@@ -263,7 +265,7 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
     let faults = stats.faults.load(Ordering::Relaxed);
     let accepted = metrics.readings_accepted.load(Ordering::Relaxed);
     let received = metrics.messages_received.load(Ordering::Relaxed);
-    let produced = metrics.summaries_produced.load(Ordering::Relaxed);
+    let produced = metrics.records_produced.load(Ordering::Relaxed);
     let seen = seen
         .lock()
         .map_err(|_| anyhow::anyhow!("watcher state poisoned"))?;
@@ -284,10 +286,23 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
             println!("       {:<28} {n}", r.name());
         }
     }
-    println!("   summaries produced by the gateway       {produced}");
+    println!(
+        "   summaries produced by the gateway       {}",
+        metrics.summaries_produced.load(Ordering::Relaxed)
+    );
+    println!(
+        "   alarms raised / cleared                 {} / {}",
+        metrics.alarms_raised.load(Ordering::Relaxed),
+        metrics.alarms_cleared.load(Ordering::Relaxed)
+    );
+    println!(
+        "   anomalies raised (drift, z-score)       {}",
+        metrics.anomalies_raised.load(Ordering::Relaxed)
+    );
+    println!("   records produced (summaries + events)   {produced}");
     println!("   largest backlog during the outage       {peak_backlog}");
     println!(
-        "   summaries received upstream (unique)    {}",
+        "   records received upstream (unique)      {}",
         seen.seqs.len()
     );
     println!(
@@ -295,7 +310,7 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
         seen.messages - seen.seqs.len() as u64
     );
     println!(
-        "   summaries missing upstream              {}",
+        "   records missing upstream                {}",
         missing.len()
     );
     let text = metrics.render_prometheus();
@@ -353,6 +368,7 @@ async fn watch(addr: SocketAddr, seen: Arc<Mutex<Seen>>) {
                     continue;
                 };
                 let seq = v["seq"].as_u64().unwrap_or(0);
+                let kind = v["kind"].as_str().unwrap_or("");
                 let fresh = match seen.lock() {
                     Ok(mut s) => {
                         s.messages += 1;
@@ -360,7 +376,39 @@ async fn watch(addr: SocketAddr, seen: Arc<Mutex<Seen>>) {
                     }
                     Err(_) => return,
                 };
-                if fresh
+                if fresh && kind == "alarm" {
+                    println!(
+                        "   ALARM    <- seq {:>4} {:<12} {:<40} {:<9} value={:>8} limit={}",
+                        seq,
+                        v["event"].as_str().unwrap_or("?"),
+                        v["alarm_id"].as_str().unwrap_or("?"),
+                        v["severity"].as_str().unwrap_or("?"),
+                        v["value"]
+                            .as_f64()
+                            .map(|x| format!("{x:.3}"))
+                            .unwrap_or_else(|| "-".into()),
+                        v["limit"],
+                    );
+                } else if fresh
+                    && kind == "anomaly"
+                    && v["event"] == "raised"
+                    && seen
+                        .lock()
+                        .map(|mut s| s.anomalous.insert(v["sensor"].to_string()))
+                        .unwrap_or(false)
+                {
+                    println!(
+                        "   ANOMALY  <- seq {:>4} {:<6} on {:<4} of {:<22} value={:>8.3} baseline={:.3} score={:.1}",
+                        seq,
+                        v["detector"].as_str().unwrap_or("?"),
+                        v["feature"].as_str().unwrap_or("?"),
+                        v["sensor"].as_str().unwrap_or("?"),
+                        v["value"].as_f64().unwrap_or(f64::NAN),
+                        v["baseline_mean"].as_f64().unwrap_or(f64::NAN),
+                        v["score"].as_f64().unwrap_or(f64::NAN),
+                    );
+                } else if fresh
+                    && kind == "summary"
                     && v["sensor"]
                         .as_str()
                         .is_some_and(|s| s.starts_with("line1/m1/") || s.starts_with("line2/"))

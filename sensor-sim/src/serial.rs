@@ -191,7 +191,7 @@ use std::os::unix::fs::OpenOptionsExt;
 /// The value of channel `c` of node `n` at `t` seconds: plausible plant
 /// signals (temperature, vibration, current, pressure).
 pub fn value(n: u16, c: u8, t: f64, rng: &mut impl Rng) -> f32 {
-    let base = [45.0, 2.5, 12.0, 4.2][usize::from(c) % 4] + f64::from(n) * 0.5;
+    let base = [45.0, 1.2, 12.0, 4.2][usize::from(c) % 4] + f64::from(n) * 0.2;
     let swing = [0.5, 0.3, 2.0, 0.1][usize::from(c) % 4];
     (base + swing * (t / 10.0 + f64::from(c)).sin() + swing * 0.2 * crate::signal::gaussian(rng))
         as f32

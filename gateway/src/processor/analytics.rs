@@ -142,9 +142,13 @@ impl Processor {
             .or_else(|| state.unit.clone())
     }
 
-    fn take_seq(&mut self) -> u64 {
+    /// The next record's sequence number.
+    pub(super) fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.metrics
+            .records_produced
+            .fetch_add(1, Ordering::Relaxed);
         seq
     }
 
