@@ -35,6 +35,17 @@ rate_of_change = 5.0
 rate_interval = "5s"
 
 [[sensor]]
+match = "*/current"
+unit = "A"
+window = "1s"
+
+[sensor.alarm]
+low_low = 18.5
+low = 20.0
+hysteresis = 0.5
+on_delay_readings = 3
+
+[[sensor]]
 match = "*/pressure"
 window = "1s"
 
@@ -100,13 +111,27 @@ async fn wear_scenario_raises_drift_before_the_alarms_and_survives_a_crash() {
     );
     assert!(first["value"].as_f64().unwrap() < 2.8, "{first}");
     assert_eq!(first["direction"], "up");
-    // The bearing heating up, and the cut pressure cable.
-    wait_until("rate and stale alarms", Duration::from_secs(20), || {
-        let a = events(&sub, "alarm");
-        !alarm(&a, "line1/m1/temperature:rate_of_change", "raised").is_empty()
-            && !alarm(&a, "line1/m1/pressure:stale", "raised").is_empty()
-    })
+    // The bearing heating up, the cut pressure cable, and the pump losing
+    // suction at every trough of its load cycle (and recovering).
+    wait_until(
+        "rate, stale and low alarms",
+        Duration::from_secs(20),
+        || {
+            let a = events(&sub, "alarm");
+            !alarm(&a, "line1/m1/temperature:rate_of_change", "raised").is_empty()
+                && !alarm(&a, "line1/m1/pressure:stale", "raised").is_empty()
+                && !alarm(&a, "line1/m1/current:low_low", "cleared").is_empty()
+                && !alarm(&a, "line1/m1/current:low", "cleared").is_empty()
+        },
+    )
     .await;
+    let a = events(&sub, "alarm");
+    let low = alarm(&a, "line1/m1/current:low", "raised")[0];
+    assert!(low["value"].as_f64().unwrap() < 20.0, "{low}");
+    assert_eq!(
+        alarm(&a, "line1/m1/current:low_low", "raised")[0]["severity"],
+        "critical"
+    );
 
     // Acknowledge the zone C alarm over the command topic.
     let mut operator = Publisher::connect(upstream.addr).await;
