@@ -118,6 +118,20 @@ pub struct Baseline {
     features: [FeatureState; 2],
 }
 
+/// A detector's state change: raised above `limit`, cleared below half of
+/// it; `Some(raised)` when it changed.
+fn crossed(active: &mut bool, score: f64, limit: f64) -> Option<bool> {
+    if !*active && score > limit {
+        *active = true;
+        Some(true)
+    } else if *active && score < limit / 2.0 {
+        *active = false;
+        Some(false)
+    } else {
+        None
+    }
+}
+
 fn floor(spec: &AnomalySpec, std: f64, mean: f64) -> f64 {
     std.max(spec.min_relative_std * mean.abs()).max(1e-9)
 }
@@ -160,25 +174,11 @@ impl Baseline {
             let d = x - st.ewma;
             st.ewma += spec.alpha * d;
             st.ewma_var = (1.0 - spec.alpha) * (st.ewma_var + spec.alpha * d * d);
-            if !st.z_active && z.abs() > spec.z_limit {
-                st.z_active = true;
+            if let Some(raised) = crossed(&mut st.z_active, z.abs(), spec.z_limit) {
                 out.push(AnomalyEvent {
                     detector: Detector::EwmaZ,
                     feature: f,
-                    raised: true,
-                    upward: z > 0.0,
-                    score: z,
-                    limit: spec.z_limit,
-                    value: x,
-                    baseline_mean: prev_mean,
-                    baseline_std: prev_std,
-                });
-            } else if st.z_active && z.abs() < spec.z_limit / 2.0 {
-                st.z_active = false;
-                out.push(AnomalyEvent {
-                    detector: Detector::EwmaZ,
-                    feature: f,
-                    raised: false,
+                    raised,
                     upward: z > 0.0,
                     score: z,
                     limit: spec.z_limit,
@@ -194,25 +194,11 @@ impl Baseline {
             st.cusum_down = (st.cusum_down - s - spec.cusum_k).clamp(0.0, cap);
             let score = st.cusum_up.max(st.cusum_down);
             let upward = st.cusum_up >= st.cusum_down;
-            if !st.cusum_active && score > spec.cusum_h {
-                st.cusum_active = true;
+            if let Some(raised) = crossed(&mut st.cusum_active, score, spec.cusum_h) {
                 out.push(AnomalyEvent {
                     detector: Detector::Cusum,
                     feature: f,
-                    raised: true,
-                    upward,
-                    score,
-                    limit: spec.cusum_h,
-                    value: x,
-                    baseline_mean: st.ref_mean,
-                    baseline_std: ref_std,
-                });
-            } else if st.cusum_active && score < spec.cusum_h / 2.0 {
-                st.cusum_active = false;
-                out.push(AnomalyEvent {
-                    detector: Detector::Cusum,
-                    feature: f,
-                    raised: false,
+                    raised,
                     upward,
                     score,
                     limit: spec.cusum_h,

@@ -472,15 +472,7 @@ impl Processor {
             state.closed_until_ms = state.closed_until_ms.max(start + window_ms);
         }
         let stats = state.stats;
-        let unit: Option<Arc<str>> = state
-            .rule
-            .and_then(|r| {
-                self.settings.rules[r as usize]
-                    .unit
-                    .as_deref()
-                    .map(Arc::from)
-            })
-            .or_else(|| state.unit.clone());
+        let unit = self.unit_of(key);
         for (start, w) in closing {
             let seq = self.take_seq();
             let info = self.registry.info(key);

@@ -129,7 +129,8 @@ struct ValueJson<'a> {
 }
 
 impl Processor {
-    fn unit_of(&self, key: SensorKey) -> Option<Arc<str>> {
+    /// The unit of a sensor: its rule's, else its serial mapping's.
+    pub(super) fn unit_of(&self, key: SensorKey) -> Option<Arc<str>> {
         let state = &self.sensors[key.index()];
         state
             .rule

@@ -430,42 +430,49 @@ impl PortDecoder {
             },
             Format::Line { require_checksum } => match line::parse(bytes, require_checksum) {
                 Ok(Some(l)) => {
-                    let node = l.node.unwrap_or("");
-                    let Some(index) = self.node_slot(node) else {
-                        return;
-                    };
-                    let Some(ts) = self.observe(index, l.seq, l.uptime_ms, now_ms) else {
-                        return;
-                    };
-                    for (name, v) in &l.readings {
-                        self.emit(node, name, ts, *v, out);
-                    }
+                    let readings = l.readings.iter().map(|(n, v)| (*n, *v));
+                    self.deliver(
+                        l.node.unwrap_or(""),
+                        l.seq,
+                        l.uptime_ms,
+                        readings,
+                        now_ms,
+                        out,
+                    )
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned();
-                    self.drop(Drop::from_line(e), text)
-                }
+                Err(e) => self.drop(Drop::from_line(e), excerpt(bytes)),
             },
             Format::Json => match json::parse(bytes) {
                 Ok(Some(l)) => {
+                    let readings = l.readings.iter().map(|(n, v)| (&**n, *v));
                     let node = l.node.as_deref().unwrap_or("");
-                    let Some(index) = self.node_slot(node) else {
-                        return;
-                    };
-                    let Some(ts) = self.observe(index, l.seq, l.uptime_ms, now_ms) else {
-                        return;
-                    };
-                    for (name, v) in &l.readings {
-                        self.emit(node, name, ts, *v, out);
-                    }
+                    self.deliver(node, l.seq, l.uptime_ms, readings, now_ms, out)
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned();
-                    self.drop(Drop::from_json(e), text)
-                }
+                Err(e) => self.drop(Drop::from_json(e), excerpt(bytes)),
             },
+        }
+    }
+
+    /// Delivers the readings of one text message after the node checks.
+    fn deliver<'a>(
+        &mut self,
+        node: &str,
+        seq: Option<u32>,
+        uptime_ms: Option<u64>,
+        readings: impl Iterator<Item = (&'a str, f64)>,
+        now_ms: i64,
+        out: &mut Vec<SerialReading>,
+    ) {
+        let Some(index) = self.node_slot(node) else {
+            return;
+        };
+        let Some(ts) = self.observe(index, seq, uptime_ms, now_ms) else {
+            return;
+        };
+        for (name, v) in readings {
+            self.emit(node, name, ts, v, out);
         }
     }
 
@@ -603,6 +610,11 @@ impl std::hash::Hasher for IntHasher {
 }
 
 type FastHash = std::hash::BuildHasherDefault<IntHasher>;
+
+/// The start of a dropped message, for the log.
+fn excerpt(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned()
+}
 
 /// A `u16` in decimal, without allocating.
 fn itoa_u16(v: u16) -> heapless::String<5> {
