@@ -5,6 +5,8 @@
 //!   kill -9 with active alarms.
 //! - `outage`: the upstream broker dies and comes back; nothing is lost.
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
+//! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
+//!   is refused.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //!
@@ -17,6 +19,7 @@ mod outage;
 mod pipeline;
 mod serial;
 mod shutdown;
+mod tls;
 
 /// A start of event time aligned to a 1 s window boundary, a minute ago.
 pub fn aligned_base_ms() -> i64 {
