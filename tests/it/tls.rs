@@ -115,7 +115,11 @@ async fn summaries_reach_a_tls_broker_and_a_wrong_ca_is_refused() {
     let other = pki();
     let wrong_ca = dir.path().join("other-ca.pem");
     std::fs::write(&wrong_ca, &other.ca_pem).expect("write the other CA");
-    let mut impostor = Gateway::start(&config(source.addr, upstream.tls, &wrong_ca));
+    // Its own client ids: its persistent source session must not be the
+    // one the next gateway takes over.
+    let impostor_config = config(source.addr, upstream.tls, &wrong_ca)
+        .replace("client_id = \"gw-e2e-", "client_id = \"impostor-");
+    let mut impostor = Gateway::start(&impostor_config);
     impostor.wait_ready().await;
     wait_until(
         "the certificate to be refused",
