@@ -219,9 +219,12 @@ struct Step {
     raise: bool,
     clear: bool,
     more_extreme: fn(f64, f64) -> bool,
+    on_delay: Delay,
+    off_delay: Delay,
+    latch: bool,
 }
 
-fn step(spec: &AlarmSpec, st: &mut AlarmState, s: Step, ts_ms: i64, out: &mut Vec<AlarmEvent>) {
+fn step(st: &mut AlarmState, s: Step, ts_ms: i64, out: &mut Vec<AlarmEvent>) {
     let event = |st: &AlarmState, transition, ts_ms: i64| AlarmEvent {
         kind: s.kind,
         transition,
@@ -236,7 +239,7 @@ fn step(spec: &AlarmSpec, st: &mut AlarmState, s: Step, ts_ms: i64, out: &mut Ve
     };
     if !st.active {
         if s.raise {
-            if delay_met(spec.on_delay, st, ts_ms) {
+            if delay_met(s.on_delay, st, ts_ms) {
                 reset_pending(st);
                 *st = AlarmState {
                     active: true,
@@ -262,9 +265,9 @@ fn step(spec: &AlarmSpec, st: &mut AlarmState, s: Step, ts_ms: i64, out: &mut Ve
         return;
     }
     if s.clear {
-        if delay_met(spec.off_delay, st, ts_ms) {
+        if delay_met(s.off_delay, st, ts_ms) {
             reset_pending(st);
-            if spec.latch && !st.acknowledged {
+            if s.latch && !st.acknowledged {
                 st.returned = true;
             } else {
                 out.push(event(st, Transition::Cleared, ts_ms));
@@ -291,7 +294,6 @@ impl SensorAlarms {
                 |a, b| a > b
             };
             step(
-                spec,
                 &mut self.states[t.kind as usize],
                 Step {
                     kind: t.kind,
@@ -301,6 +303,9 @@ impl SensorAlarms {
                     raise,
                     clear,
                     more_extreme,
+                    on_delay: spec.on_delay,
+                    off_delay: spec.off_delay,
+                    latch: spec.latch,
                 },
                 ts_ms,
                 out,
@@ -319,15 +324,7 @@ impl SensorAlarms {
                         per_min
                     };
                     let hysteresis = rate.limit_per_min * 0.1;
-                    // Rate alarms are evaluated once per interval: no delays.
-                    let immediate = AlarmSpec {
-                        on_delay: Delay::None,
-                        off_delay: Delay::None,
-                        latch: spec.latch,
-                        ..AlarmSpec::default()
-                    };
                     step(
-                        &immediate,
                         &mut self.states[AlarmKind::Rate as usize],
                         Step {
                             kind: AlarmKind::Rate,
@@ -337,6 +334,10 @@ impl SensorAlarms {
                             raise: r > rate.limit_per_min,
                             clear: r < rate.limit_per_min - hysteresis,
                             more_extreme: |a, b| a.abs() > b.abs(),
+                            // Evaluated once per interval: no delays.
+                            on_delay: Delay::None,
+                            off_delay: Delay::None,
+                            latch: spec.latch,
                         },
                         ts_ms,
                         out,

@@ -224,16 +224,7 @@ impl Processor {
                     .template
                     .resolve(&msg.topic)
                     .ok_or(Reject::UnknownTopic)?;
-                let key = self
-                    .registry
-                    .insert(&msg.topic, info)
-                    .map_err(|e| match e {
-                        RegistryError::Full(_) => Reject::SensorLimit,
-                    })?;
-                if key.index() == self.sensors.len() {
-                    self.add_sensor_state(key, None);
-                }
-                key
+                self.intern(&msg.topic, info, None)?
             }
         };
         let Some(Some(spec)) = self.settings.sources.get(msg.source) else {
@@ -277,20 +268,10 @@ impl Processor {
                     id: r.sensor.clone(),
                     names: Arc::from(Vec::new()),
                 };
-                match self.registry.insert(&r.sensor, info) {
-                    Ok(key) => {
-                        if key.index() == self.sensors.len() {
-                            self.add_sensor_state(key, r.unit.clone());
-                        }
-                        key
-                    }
-                    Err(RegistryError::Full(_)) => {
-                        self.rejected(
-                            Reject::SensorLimit,
-                            &r.sensor.clone(),
-                            Some(r.value),
-                            now_ms,
-                        );
+                match self.intern(&r.sensor, info, r.unit.clone()) {
+                    Ok(key) => key,
+                    Err(reason) => {
+                        self.rejected(reason, &r.sensor.clone(), Some(r.value), now_ms);
                         return;
                     }
                 }
@@ -308,9 +289,31 @@ impl Processor {
         );
     }
 
+    /// Interns a sensor under `wire_name` and gives a new one its state. A
+    /// sensor already known by its id (restored from saved state, or named
+    /// by another wire name) keeps its state and takes a `unit` it lacked.
+    fn intern(
+        &mut self,
+        wire_name: &str,
+        info: crate::model::SensorInfo,
+        unit: Option<Arc<str>>,
+    ) -> Result<SensorKey, Reject> {
+        let key = self.registry.insert(wire_name, info).map_err(|e| match e {
+            RegistryError::Full(_) => Reject::SensorLimit,
+        })?;
+        if key.index() == self.sensors.len() {
+            self.add_sensor_state(key, unit);
+        } else if let Some(state) = self.sensors.get_mut(key.index()) {
+            if state.unit.is_none() {
+                state.unit = unit;
+            }
+        }
+        Ok(key)
+    }
+
     fn add_sensor_state(&mut self, key: SensorKey, unit: Option<Arc<str>>) {
         let info = self.registry.info(key);
-        let rule = best_rule(&self.settings.rules, &info.id);
+        let rule = SensorRule::best(&self.settings.rules, &info.id).map(|i| i as u32);
         let (window_ms, range, stats) = match rule.map(|i| &self.settings.rules[i as usize]) {
             Some(r) => (
                 r.window.as_millis() as i64,
@@ -565,21 +568,6 @@ fn reject_sentence(r: Reject) -> &'static str {
             "its window was already sent (raise pipeline.allowed_lateness to accept later readings)"
         }
     }
-}
-
-/// The most specific rule whose pattern matches `id`; ties go to the rule
-/// that comes first in the file.
-fn best_rule(rules: &[SensorRule], id: &str) -> Option<u32> {
-    let mut best: Option<(usize, u32)> = None;
-    for (i, r) in rules.iter().enumerate() {
-        if r.matcher.is_match(id) {
-            let spec = r.specificity();
-            if best.is_none_or(|(b, _)| spec > b) {
-                best = Some((spec, i as u32));
-            }
-        }
-    }
-    best.map(|(_, i)| i)
 }
 
 #[derive(Serialize)]

@@ -253,6 +253,21 @@ pub struct SensorRule {
 }
 
 impl SensorRule {
+    /// The index of the most specific rule whose pattern matches `id`; ties
+    /// go to the rule that comes first in the file.
+    pub fn best(rules: &[SensorRule], id: &str) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, r) in rules.iter().enumerate() {
+            if r.matcher.is_match(id) {
+                let spec = r.specificity();
+                if best.is_none_or(|(b, _)| spec > b) {
+                    best = Some((spec, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
     /// More literal characters means a more specific pattern.
     pub fn specificity(&self) -> usize {
         self.pattern
@@ -738,10 +753,7 @@ impl<'a> Cx<'a> {
         let gateway = gateway.map(|g| self.gateway(g));
         let rules: Vec<SensorRule> = rules.into_iter().filter_map(|r| self.rule(r)).collect();
         for (sensor, unit, span) in std::mem::take(&mut self.mapped_units) {
-            let best = rules
-                .iter()
-                .filter(|r| r.matcher.is_match(&sensor))
-                .max_by_key(|r| r.specificity());
+            let best = SensorRule::best(&rules, &sensor).map(|i| &rules[i]);
             if let Some(rule_unit) = best.and_then(|r| r.unit.as_deref()) {
                 if rule_unit != unit {
                     self.at(

@@ -513,12 +513,16 @@ impl Processor {
                 id: id.clone(),
                 names: Arc::from(Vec::new()),
             };
-            let Ok(key) = self.registry.insert(&id, info) else {
-                continue;
+            // Interned under a wire name no source uses, so that the first
+            // real message of the sensor goes through `intern` and brings
+            // its labels and unit.
+            let key = match self.intern(&format!("\u{1f}saved/{id}"), info, None) {
+                Ok(key) => key,
+                Err(_) => {
+                    tracing::warn!(sensor = %id, "Saved alarm state not restored: pipeline.max_sensors is reached.");
+                    continue;
+                }
             };
-            if key.index() == self.sensors.len() {
-                self.add_sensor_state(key, None);
-            }
             let s = &mut self.sensors[key.index()];
             s.last_arrival_ms = now_ms;
             if let Some(extra) = s.extra.as_mut() {

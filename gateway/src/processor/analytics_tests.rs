@@ -417,3 +417,26 @@ broker = "h:2"
         "{err}"
     );
 }
+
+#[test]
+fn a_restored_serial_sensor_keeps_its_mapped_unit() {
+    let mut c = Core::new();
+    let state = PersistedState {
+        sensors: vec![PersistedSensor {
+            id: "uart/1/0".into(),
+            alarms: Default::default(),
+            baseline: Default::default(),
+        }],
+    };
+    c.p.restore(state, T0);
+    let r = crate::wire::SerialReading {
+        sensor: Arc::from("uart/1/0"),
+        unit: Some(Arc::from("bar")),
+        ts_ms: T0,
+        value: 4.2,
+    };
+    c.p.ingest_serial(&r, T0, &mut c.out);
+    c.p.flush_all(&mut c.out);
+    let recs = c.take();
+    assert_eq!(recs[0].1["unit"], "bar");
+}
