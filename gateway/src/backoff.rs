@@ -2,15 +2,24 @@
 //!
 //! A gateway that nobody can reach for a week must never give up on a broker,
 //! and must not hammer it either: delays double from `initial` up to `max`
-//! and stay there; a successful connection resets them.
+//! and stay there. Only a connection that *stayed up* (for [`STABLE_AFTER`])
+//! resets them: a broker that accepts the connection and drops it at once
+//! (a poison message, an ACL that kicks the client, a half-dead adapter) must
+//! not turn the loop into a reconnect storm. Time is passed in.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a connection must last before the next failure starts the
+/// delays from `initial` again.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
     max: Duration,
     current: Duration,
+    /// When the current connection came up, if it is up.
+    connected_at: Option<Instant>,
     /// A small xorshift state, so jitter needs no global RNG.
     rng: u64,
 }
@@ -26,8 +35,26 @@ impl Backoff {
             initial,
             max: max.max(initial),
             current: initial,
+            connected_at: None,
             rng: seed,
         }
+    }
+
+    /// The connection is up (CONNACK received, port opened and readable).
+    pub fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The connection failed at `now`: the delay before the next attempt.
+    /// The delays start over only if the connection that failed had lasted
+    /// [`STABLE_AFTER`].
+    pub fn failed(&mut self, now: Instant) -> Duration {
+        if let Some(up) = self.connected_at.take() {
+            if now.saturating_duration_since(up) >= STABLE_AFTER {
+                self.reset();
+            }
+        }
+        self.next_delay()
     }
 
     /// The delay before the next attempt: the current step plus up to 20 %
@@ -61,5 +88,31 @@ mod tests {
         assert_eq!(*delays.last().unwrap(), Duration::from_secs(1));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn a_connection_that_fails_at_once_does_not_reset_the_backoff() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let t0 = Instant::now();
+        let mut last = Duration::ZERO;
+        for i in 0..6u32 {
+            let now = t0 + Duration::from_secs(u64::from(i));
+            b.connected(now);
+            last = b.failed(now + Duration::from_millis(50));
+        }
+        // Six immediate failures: 100 ms doubled five times, not 100 ms again.
+        assert!(last >= Duration::from_millis(3200), "{last:?}");
+    }
+
+    #[test]
+    fn a_connection_that_stayed_up_resets_the_backoff() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        for _ in 0..5 {
+            b.next_delay();
+        }
+        let t0 = Instant::now();
+        b.connected(t0);
+        let d = b.failed(t0 + STABLE_AFTER);
+        assert!(d <= Duration::from_millis(120), "{d:?}");
     }
 }

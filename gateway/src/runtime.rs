@@ -68,6 +68,7 @@ pub async fn run(
                     index,
                     m.clone(),
                     config.pipeline.max_payload_bytes,
+                    config.gateway.state_dir.clone(),
                     raw_tx.clone(),
                     metrics.clone(),
                     shutdown.clone(),

@@ -7,6 +7,7 @@
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
 //! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
 //!   is refused.
+//! - `hostile`: poison messages and hostile publishers cost only themselves.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //!
@@ -15,6 +16,7 @@
 
 mod analytics;
 mod buffer;
+mod hostile;
 mod outage;
 mod pipeline;
 mod serial;

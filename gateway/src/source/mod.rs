@@ -3,5 +3,6 @@
 //! channel. Each source is one task; a failing source is retried and never
 //! stops the others.
 
+pub mod guard;
 pub mod mqtt;
 pub mod serial;

@@ -8,12 +8,25 @@
 //! retried forever with capped exponential backoff; the session is persistent
 //! (`clean_session = false`) so that a QoS 1 subscription keeps its messages
 //! at the broker while the gateway reconnects.
+//!
+//! Acknowledgements are manual: a QoS 1/2 message is acknowledged to the
+//! broker only once it is in the core's channel, so a message the broker
+//! considers delivered is always in the core's hands (the core drains its
+//! channel at shutdown). rumqttc connects through the [`guard`] on a Unix
+//! socket, which reads past oversize messages so that one poison message
+//! cannot make the connection fail.
+//!
+//! [`guard`]: crate::source::guard
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -21,34 +34,84 @@ use crate::backoff::Backoff;
 use crate::config::MqttSourceConfig;
 use crate::metrics::Metrics;
 use crate::processor::{Input, RawMessage};
+use crate::source::guard::{self, Guard};
 
 /// Runs one MQTT source until `cancel` fires.
 pub async fn run(
     index: usize,
     cfg: MqttSourceConfig,
     max_payload_bytes: usize,
+    state_dir: PathBuf,
     tx: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
+    let limit = guard::packet_limit(max_payload_bytes);
+    let guard = match Guard::bind(
+        guard::socket_path(&state_dir, index),
+        cfg.broker.clone(),
+        limit,
+        cfg.name.clone(),
+        metrics.clone(),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(source = %cfg.name, dir = %state_dir.display(), error = %e, "Cannot create the source's socket in the state directory; this source stays off. Check that gateway.state_dir is writable.");
+            return;
+        }
+    };
     let mut opts = MqttOptions::new(
         cfg.client_id.clone(),
-        cfg.broker.host.clone(),
-        cfg.broker.port,
+        guard.path().to_string_lossy().into_owned(),
+        0,
     );
+    opts.set_transport(Transport::Unix);
     opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
     opts.set_clean_session(false);
-    // Oversize payloads are still read (and then counted by the core) up to a
-    // generous limit; beyond it the broker connection would be cut.
-    let packet_limit = (max_payload_bytes * 4).max(64 * 1024) + 1024;
-    opts.set_max_packet_size(packet_limit, packet_limit);
+    opts.set_manual_acks(true);
+    // The guard passes nothing larger, so this limit is never what fails.
+    opts.set_max_packet_size(limit.saturating_add(16), 64 * 1024);
     if let Some((u, p)) = &cfg.credentials {
         opts.set_credentials(u.clone(), p.clone());
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let last_error = guard.last_error();
+    let guard_cancel = CancellationToken::new();
+    let relay = guard.serve(guard_cancel.clone());
+    let source = run_client(index, &cfg, opts, tx, &metrics, &cancel, &last_error);
+    tokio::pin!(relay);
+    tokio::select! {
+        _ = &mut relay => {}
+        _ = source => {}
+    }
+    guard_cancel.cancel();
+    relay.await;
+    tracing::info!(source = %cfg.name, "MQTT source stopped.");
+}
+
+async fn run_client(
+    index: usize,
+    cfg: &MqttSourceConfig,
+    opts: MqttOptions,
+    tx: mpsc::Sender<Input>,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    last_error: &std::sync::Mutex<Option<String>>,
+) {
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let mut backoff = Backoff::new(Duration::from_millis(200), cfg.reconnect_backoff_max);
+    // Acknowledgements not yet queued in rumqttc (its request channel was
+    // full); bounded by the broker's in-flight window for this session.
+    let mut acks: VecDeque<(QoS, u16)> = VecDeque::new();
     tracing::info!(source = %cfg.name, broker = %cfg.broker, topics = ?cfg.topics, "Starting MQTT source.");
     loop {
+        while let Some(&(qos, pkid)) = acks.front() {
+            let mut p = Publish::new("", qos, Vec::new());
+            p.pkid = pkid;
+            if client.try_ack(&p).is_err() {
+                break;
+            }
+            acks.pop_front();
+        }
         let event = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -56,7 +119,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
+                backoff.connected(Instant::now());
                 metrics.source_connections.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(source = %cfg.name, broker = %cfg.broker, "Connected to the source broker.");
                 for topic in &cfg.topics {
@@ -66,6 +129,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                let ack = (p.qos != QoS::AtMostOnce).then_some((p.qos, p.pkid));
                 let msg = RawMessage {
                     source: index,
                     topic: p.topic,
@@ -78,8 +142,10 @@ pub async fn run(
                     _ = cancel.cancelled() => false,
                 };
                 if !sent {
+                    // Not acknowledged: the broker sends it again.
                     break;
                 }
+                acks.extend(ack);
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack
@@ -95,8 +161,12 @@ pub async fn run(
             Ok(_) => {}
             Err(e) => {
                 metrics.source_disconnects.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff.next_delay();
-                tracing::warn!(source = %cfg.name, broker = %cfg.broker, error = %e, retry_in = ?delay, "Source broker connection failed; retrying.");
+                // Acknowledgements belong to the connection that is gone;
+                // the broker sends those messages again.
+                acks.clear();
+                let delay = backoff.failed(Instant::now());
+                let cause = last_error.lock().ok().and_then(|mut l| l.take());
+                tracing::warn!(source = %cfg.name, broker = %cfg.broker, error = %e, cause, retry_in = ?delay, "Source broker connection failed; retrying.");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
@@ -104,8 +174,12 @@ pub async fn run(
             }
         }
     }
+    while let Some((qos, pkid)) = acks.pop_front() {
+        let mut p = Publish::new("", qos, Vec::new());
+        p.pkid = pkid;
+        let _ = client.try_ack(&p);
+    }
     disconnect(&client, &mut eventloop).await;
-    tracing::info!(source = %cfg.name, "MQTT source stopped.");
 }
 
 /// Sends DISCONNECT and gives the event loop a moment to write it, so the

@@ -300,7 +300,7 @@ async fn drive_link(
             };
             let link_ev = match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff.reset();
+                    backoff.connected(std::time::Instant::now());
                     was_up = true;
                     metrics.upstream_connections.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%broker, "Connected to upstream.");
@@ -338,7 +338,7 @@ async fn drive_link(
                 Ok(_) => continue,
                 Err(e) => {
                     metrics.upstream_disconnects.fetch_add(1, Ordering::Relaxed);
-                    let delay = backoff.next_delay();
+                    let delay = backoff.failed(std::time::Instant::now());
                     if was_up {
                         tracing::warn!(%broker, error = %e, retry_in = ?delay, "Lost the upstream connection; buffering and retrying.");
                     } else {

@@ -1,0 +1,538 @@
+//! The oversize guard: a poison message on the plant broker costs only itself.
+//!
+//! rumqttc (MQTT 3.1.1) fails the whole connection when an incoming packet is
+//! larger than its `max_incoming_packet_size`. With a persistent session and
+//! QoS 1 the broker redelivers that message at every reconnect, so one 200 KB
+//! publish would stop ingestion for good. The guard sits between rumqttc and
+//! the broker: rumqttc connects to a Unix socket in the state directory, and
+//! the guard relays every byte to the broker's TCP connection and back,
+//! except PUBLISH packets from the broker that are larger than the limit.
+//! Those it reads past without holding them (memory: one 64 KiB read buffer
+//! per direction, whatever the packet size, up to MQTT's 256 MB), answers
+//! for the client (PUBACK for QoS 1; PUBREC, then PUBCOMP to the broker's
+//! PUBREL, for QoS 2, so that the broker considers them delivered and never
+//! sends them again), and counts as `oversize`.
+//!
+//! [`InboundFilter`] is the pure part (a byte-stream state machine over the
+//! broker's packets, tested and fuzzed on its own); [`Guard`] is the shell.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerAddr;
+use crate::metrics::{Metrics, Reject};
+
+/// Bytes of topic allowed in a passed PUBLISH beyond the payload limit.
+pub const TOPIC_ALLOWANCE: usize = 1024;
+
+const PUBLISH: u8 = 3;
+const PUBREL: u8 = 6;
+
+/// The largest PUBLISH (remaining length: topic, packet id and payload) the
+/// guard passes for a payload limit of `max_payload_bytes`.
+pub fn packet_limit(max_payload_bytes: usize) -> usize {
+    max_payload_bytes
+        .saturating_add(TOPIC_ALLOWANCE)
+        .saturating_add(4)
+}
+
+/// The broker sent bytes that are not MQTT (a remaining length longer than
+/// four bytes); the connection is closed as rumqttc would close it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the broker sent a malformed packet length")]
+pub struct Malformed;
+
+/// One oversize publish that was discarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discarded {
+    /// The packet's remaining length (topic, packet id and payload).
+    pub len: usize,
+    pub qos: u8,
+    /// The first bytes of its topic, for the log.
+    pub topic_prefix: String,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a fixed header (type byte and up to four length bytes).
+    Header,
+    /// Passing the rest of a packet through.
+    Forward { left: usize },
+    /// Holding a PUBREL's packet id to decide whether it answers a discarded
+    /// QoS 2 publish.
+    PubRel { left: usize },
+    /// Reading past an oversize publish.
+    Discard(Discard),
+}
+
+#[derive(Debug)]
+struct Discard {
+    qos: u8,
+    len: usize,
+    /// Bytes of the packet still to read.
+    left: usize,
+    /// Position within the packet (topic length, topic, packet id).
+    pos: usize,
+    topic_len: usize,
+    pkid: u16,
+    topic: Vec<u8>,
+}
+
+/// Splits the broker-to-client byte stream into packets and drops oversize
+/// publishes. Pure: bytes in, bytes to forward and acknowledgements to send
+/// out.
+#[derive(Debug)]
+pub struct InboundFilter {
+    limit: usize,
+    state: State,
+    head: [u8; 5],
+    head_len: usize,
+    /// Packet ids of discarded QoS 2 publishes whose PUBREL is still due
+    /// (one bit per packet id: 8 KiB, bounded by construction).
+    awaiting_rel: Box<[u64; 1024]>,
+}
+
+impl InboundFilter {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            state: State::Header,
+            head: [0; 5],
+            head_len: 0,
+            awaiting_rel: Box::new([0; 1024]),
+        }
+    }
+
+    /// Feeds bytes from the broker. Bytes for the client are appended to
+    /// `forward`, packets to send to the broker to `replies`, and discarded
+    /// publishes to `discarded`.
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        forward: &mut Vec<u8>,
+        replies: &mut Vec<[u8; 4]>,
+        discarded: &mut Vec<Discarded>,
+    ) -> Result<(), Malformed> {
+        while !input.is_empty() {
+            match &mut self.state {
+                State::Header => {
+                    self.head[self.head_len] = input[0];
+                    self.head_len += 1;
+                    input = &input[1..];
+                    if self.head_len == 1 {
+                        continue;
+                    }
+                    let last = self.head[self.head_len - 1];
+                    if last & 0x80 != 0 {
+                        if self.head_len == 5 {
+                            return Err(Malformed);
+                        }
+                        continue;
+                    }
+                    let remaining = self.head[1..self.head_len]
+                        .iter()
+                        .rev()
+                        .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7f));
+                    let kind = self.head[0] >> 4;
+                    let qos = (self.head[0] >> 1) & 3;
+                    if kind == PUBLISH && remaining > self.limit {
+                        self.state = State::Discard(Discard {
+                            qos,
+                            len: remaining,
+                            left: remaining,
+                            pos: 0,
+                            topic_len: 0,
+                            pkid: 0,
+                            topic: Vec::new(),
+                        });
+                    } else if kind == PUBREL && remaining == 2 {
+                        self.state = State::PubRel { left: 2 };
+                    } else {
+                        forward.extend_from_slice(&self.head[..self.head_len]);
+                        self.head_len = 0;
+                        self.state = State::Forward { left: remaining };
+                    }
+                    if remaining == 0 {
+                        self.finish_packet(forward, replies, discarded);
+                    }
+                }
+                State::Forward { left } => {
+                    let n = (*left).min(input.len());
+                    forward.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    *left -= n;
+                    if *left == 0 {
+                        self.state = State::Header;
+                    }
+                }
+                State::PubRel { left } => {
+                    self.head[self.head_len] = input[0];
+                    self.head_len += 1;
+                    input = &input[1..];
+                    *left -= 1;
+                    if *left == 0 {
+                        self.finish_packet(forward, replies, discarded);
+                    }
+                }
+                State::Discard(d) => {
+                    // The variable header: topic length, topic, packet id.
+                    let header_end = 2 + d.topic_len + if d.qos > 0 { 2 } else { 0 };
+                    if d.pos < 2 || d.pos < header_end {
+                        let b = input[0];
+                        match d.pos {
+                            0 => d.topic_len = usize::from(b) << 8,
+                            1 => d.topic_len |= usize::from(b),
+                            p if p < 2 + d.topic_len => {
+                                if d.topic.len() < 64 {
+                                    d.topic.push(b);
+                                }
+                            }
+                            p if p == 2 + d.topic_len => d.pkid = u16::from(b) << 8,
+                            _ => d.pkid |= u16::from(b),
+                        }
+                        d.pos += 1;
+                        d.left -= 1;
+                        input = &input[1..];
+                    } else {
+                        let n = d.left.min(input.len());
+                        d.pos += n;
+                        d.left -= n;
+                        input = &input[n..];
+                    }
+                    if d.left == 0 {
+                        self.finish_packet(forward, replies, discarded);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_packet(
+        &mut self,
+        forward: &mut Vec<u8>,
+        replies: &mut Vec<[u8; 4]>,
+        discarded: &mut Vec<Discarded>,
+    ) {
+        match std::mem::replace(&mut self.state, State::Header) {
+            State::Discard(d) => {
+                let [hi, lo] = d.pkid.to_be_bytes();
+                match d.qos {
+                    1 => replies.push([0x40, 0x02, hi, lo]),
+                    2 => {
+                        replies.push([0x50, 0x02, hi, lo]);
+                        self.awaiting_rel[usize::from(d.pkid) / 64] |= 1 << (d.pkid % 64);
+                    }
+                    _ => {}
+                }
+                discarded.push(Discarded {
+                    len: d.len,
+                    qos: d.qos,
+                    topic_prefix: String::from_utf8_lossy(&d.topic).into_owned(),
+                });
+            }
+            State::PubRel { .. } => {
+                let pkid = u16::from_be_bytes([
+                    self.head[self.head_len - 2],
+                    self.head[self.head_len - 1],
+                ]);
+                let (word, bit) = (usize::from(pkid) / 64, 1u64 << (pkid % 64));
+                if self.awaiting_rel[word] & bit != 0 {
+                    self.awaiting_rel[word] &= !bit;
+                    let [hi, lo] = pkid.to_be_bytes();
+                    replies.push([0x70, 0x02, hi, lo]);
+                } else {
+                    forward.extend_from_slice(&self.head[..self.head_len]);
+                }
+            }
+            State::Forward { .. } | State::Header => {}
+        }
+        self.head_len = 0;
+    }
+}
+
+/// Where the guard of source `index` listens: a private directory of the
+/// state directory (0700), or the temporary directory when that path is too
+/// long for a Unix socket address.
+pub fn socket_path(state_dir: &Path, index: usize) -> PathBuf {
+    let preferred = state_dir.join("run").join(format!("source-{index}.sock"));
+    if preferred.as_os_str().len() < 100 {
+        preferred
+    } else {
+        std::env::temp_dir()
+            .join(format!("sensor-gateway-{}", std::process::id()))
+            .join(format!("source-{index}.sock"))
+    }
+}
+
+/// The relay of one MQTT source.
+pub struct Guard {
+    listener: UnixListener,
+    path: PathBuf,
+    broker: BrokerAddr,
+    limit: usize,
+    source: String,
+    metrics: Arc<Metrics>,
+    /// Why the last broker connection failed, for the source's log line.
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Guard {
+    /// Binds the guard's socket (replacing a stale one from a previous run).
+    pub fn bind(
+        path: PathBuf,
+        broker: BrokerAddr,
+        limit: usize,
+        source: String,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Guard> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = UnixListener::bind(&path)?;
+        Ok(Guard {
+            listener,
+            path,
+            broker,
+            limit,
+            source,
+            metrics,
+            last_error: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A handle to the reason of the last failed broker connection.
+    pub fn last_error(&self) -> Arc<Mutex<Option<String>>> {
+        self.last_error.clone()
+    }
+
+    /// Relays one client connection at a time until `cancel` fires.
+    pub async fn serve(self, cancel: CancellationToken) {
+        let mut last_log_ms = i64::MIN;
+        let mut suppressed = 0u64;
+        loop {
+            let conn = tokio::select! {
+                _ = cancel.cancelled() => break,
+                c = self.listener.accept() => c,
+            };
+            let client = match conn {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "The source guard cannot accept a connection.");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    }
+                }
+            };
+            let result = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.relay(client, &mut last_log_ms, &mut suppressed) => r,
+            };
+            if let (Err(e), Ok(mut last)) = (result, self.last_error.lock()) {
+                *last = Some(e.to_string());
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    async fn relay(
+        &self,
+        client: UnixStream,
+        last_log_ms: &mut i64,
+        suppressed: &mut u64,
+    ) -> io::Result<()> {
+        let addr = (self.broker.host.as_str(), self.broker.port);
+        let broker = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
+        broker.set_nodelay(true)?;
+        let (mut client_rd, mut client_wr) = client.into_split();
+        let (mut broker_rd, mut broker_wr) = broker.into_split();
+        // Replies for discarded publishes; bounded by the broker's in-flight
+        // window in practice, and backpressured beyond it.
+        let (reply_tx, mut reply_rx) = mpsc::channel::<[u8; 4]>(256);
+        let up = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    n = client_rd.read(&mut buf) => {
+                        let n = n?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        broker_wr.write_all(&buf[..n]).await?;
+                    }
+                    Some(reply) = reply_rx.recv() => broker_wr.write_all(&reply).await?,
+                }
+            }
+        };
+        let down = async {
+            let mut filter = InboundFilter::new(self.limit);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut forward = Vec::with_capacity(64 * 1024);
+            let mut replies = Vec::new();
+            let mut discarded = Vec::new();
+            loop {
+                let n = broker_rd.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<(), io::Error>(());
+                }
+                filter
+                    .feed(&buf[..n], &mut forward, &mut replies, &mut discarded)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                for d in discarded.drain(..) {
+                    self.count_discarded(&d, last_log_ms, suppressed);
+                }
+                for r in replies.drain(..) {
+                    if reply_tx.send(r).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if !forward.is_empty() {
+                    client_wr.write_all(&forward).await?;
+                    forward.clear();
+                }
+            }
+        };
+        tokio::select! {
+            r = up => r,
+            r = down => r,
+        }
+    }
+
+    fn count_discarded(&self, d: &Discarded, last_log_ms: &mut i64, suppressed: &mut u64) {
+        self.metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.reject(Reject::Oversize);
+        let now = crate::now_ms();
+        if *last_log_ms == i64::MIN || now.saturating_sub(*last_log_ms) >= 10_000 {
+            *last_log_ms = now;
+            tracing::warn!(
+                source = %self.source,
+                topic_prefix = ?d.topic_prefix,
+                bytes = d.len,
+                qos = d.qos,
+                similar_suppressed = std::mem::take(suppressed),
+                "Discarded an oversize message without holding it: it is larger than pipeline.max_payload_bytes. It was acknowledged to the broker, so it is not sent again; limit message sizes at the broker (e.g. Mosquitto's max_packet_size) to stop it earlier."
+            );
+        } else {
+            *suppressed += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(qos: u8, pkid: u16, topic: &str, payload_len: usize) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        if qos > 0 {
+            body.extend_from_slice(&pkid.to_be_bytes());
+        }
+        body.extend(std::iter::repeat_n(b'x', payload_len));
+        let mut p = vec![0x30 | (qos << 1)];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            p.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        p.extend(body);
+        p
+    }
+
+    /// Feeds `input` in chunks of `chunk` bytes.
+    fn run(limit: usize, input: &[u8], chunk: usize) -> (Vec<u8>, Vec<[u8; 4]>, Vec<Discarded>) {
+        let mut f = InboundFilter::new(limit);
+        let (mut fw, mut rp, mut ds) = (Vec::new(), Vec::new(), Vec::new());
+        for c in input.chunks(chunk) {
+            f.feed(c, &mut fw, &mut rp, &mut ds).unwrap();
+        }
+        (fw, rp, ds)
+    }
+
+    #[test]
+    fn an_oversize_publish_is_dropped_and_acknowledged_while_its_neighbours_pass() {
+        let small_a = publish(1, 7, "plant/a", 10);
+        let big = publish(1, 8, "plant/poison", 200_000);
+        let small_b = publish(1, 9, "plant/b", 10);
+        let input = [small_a.clone(), big, small_b.clone()].concat();
+        for chunk in [1, 3, 7, 4096, usize::MAX] {
+            let (fw, rp, ds) = run(4096, &input, chunk.min(input.len()));
+            assert_eq!(
+                fw,
+                [small_a.clone(), small_b.clone()].concat(),
+                "chunk {chunk}"
+            );
+            assert_eq!(rp, vec![[0x40, 0x02, 0, 8]]);
+            assert_eq!(ds.len(), 1);
+            assert_eq!(ds[0].topic_prefix, "plant/poison");
+            assert_eq!(ds[0].qos, 1);
+        }
+    }
+
+    #[test]
+    fn a_discarded_qos2_publish_is_completed_by_the_guard() {
+        let big = publish(2, 300, "t", 10_000);
+        let pubrel_ours = [0x62, 0x02, 0x01, 0x2c];
+        let pubrel_theirs = [0x62, 0x02, 0x00, 0x05];
+        let input = [big, pubrel_ours.to_vec(), pubrel_theirs.to_vec()].concat();
+        let (fw, rp, ds) = run(100, &input, 2);
+        assert_eq!(ds.len(), 1);
+        assert_eq!(rp, vec![[0x50, 0x02, 0x01, 0x2c], [0x70, 0x02, 0x01, 0x2c]]);
+        assert_eq!(fw, pubrel_theirs.to_vec());
+    }
+
+    #[test]
+    fn other_packets_pass_untouched() {
+        let connack = [0x20, 0x02, 0x00, 0x00];
+        let suback = [0x90, 0x03, 0x00, 0x01, 0x01];
+        let pingresp = [0xd0, 0x00];
+        let qos0 = publish(0, 0, "a/b", 50);
+        let input = [&connack[..], &suback, &pingresp, &qos0].concat();
+        let (fw, rp, ds) = run(100, &input, 1);
+        assert_eq!(fw, input);
+        assert!(rp.is_empty() && ds.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_length_is_an_error() {
+        let mut f = InboundFilter::new(100);
+        let r = f.feed(
+            &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert_eq!(r, Err(Malformed));
+    }
+}

@@ -1,0 +1,80 @@
+//! Hostile publishers: nothing a plant-side publisher sends stops ingestion
+//! or delivery; each bad message costs only itself and is counted.
+
+use std::time::Duration;
+
+use sensor_gateway_e2e::*;
+
+use crate::aligned_base_ms;
+
+/// One 200 KB QoS 1 message on the plant broker, with a persistent session:
+/// it is counted as `oversize`, acknowledged (so the broker never sends it
+/// again), the connection stays up and the readings around it are summarised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_message_costs_only_itself_mosquitto() {
+    if !mosquitto_available() {
+        return;
+    }
+    let source = Broker::start(BrokerKind::Mosquitto).await;
+    let upstream = Broker::start(BrokerKind::Mosquitto).await;
+    let sub = Subscriber::start(upstream.addr, "gateways/#").await;
+    let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, ""));
+    gw.wait_ready().await;
+
+    let base = aligned_base_ms();
+    let mut publisher = Publisher::connect(source.addr).await;
+    for i in 0..5 {
+        let ts = base + i * 100;
+        publisher
+            .send("plant/l1/m1/temp", format!(r#"{{"value":{i},"ts":{ts}}}"#))
+            .await;
+    }
+    publisher
+        .send("plant/l1/m1/temp", vec![b'7'; 200 * 1024])
+        .await;
+    for i in 5..10 {
+        let ts = base + i * 100;
+        publisher
+            .send("plant/l1/m1/temp", format!(r#"{{"value":{i},"ts":{ts}}}"#))
+            .await;
+    }
+    publisher.flush().await;
+    let summaries = sub.wait_for_unique(1, Duration::from_secs(15)).await;
+    assert_eq!(summaries[0]["count"], 10, "{summaries:?}");
+    wait_until(
+        "the oversize message counted",
+        Duration::from_secs(5),
+        || gw.metric("gateway_readings_rejected_total{reason=\"oversize\"}") == 1.0,
+    )
+    .await;
+    assert_eq!(gw.metric("gateway_source_disconnects_total"), 0.0);
+    assert_eq!(gw.metric("gateway_messages_received_total"), 11.0);
+
+    // A restart resumes the persistent session: the poison message was
+    // acknowledged, so the broker does not send it again, and new readings
+    // flow.
+    let status = gw.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    gw.restart();
+    gw.wait_ready().await;
+    publisher
+        .send(
+            "plant/l1/m1/temp",
+            format!(r#"{{"value":1,"ts":{}}}"#, base + 5_000),
+        )
+        .await;
+    publisher.flush().await;
+    wait_until(
+        "the reading after the restart",
+        Duration::from_secs(10),
+        || gw.metric("gateway_readings_accepted_total") >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        gw.metric("gateway_readings_rejected_total{reason=\"oversize\"}"),
+        0.0,
+        "the broker sent the oversize message again\n{}",
+        gw.log()
+    );
+    assert_eq!(gw.metric("gateway_source_disconnects_total"), 0.0);
+}
