@@ -110,6 +110,9 @@ pub struct Metrics {
     /// Records still in the buffer when the gateway stopped (delivered
     /// after the next start).
     pub upstream_undelivered_at_shutdown: AtomicU64,
+    /// Records the core made but could not hand to the sink before it
+    /// stopped (shutdown took longer than its bound).
+    pub records_lost_at_shutdown: AtomicU64,
     pub buffer_bytes_written: AtomicU64,
     pub buffer_fsyncs: AtomicU64,
     pub buffer_spills: AtomicU64,
@@ -414,6 +417,7 @@ impl Metrics {
         for (reason, v) in [
             ("buffer_full_oldest", c(&self.buffer_dropped_oldest)),
             ("buffer_full_newest", c(&self.buffer_dropped_disk_full)),
+            ("shutdown", c(&self.records_lost_at_shutdown)),
             ("expired", c(&self.buffer_expired)),
         ] {
             let _ = writeln!(

@@ -114,6 +114,7 @@ pub async fn run(
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     tracker.spawn(process(
         processor,
+        metrics.clone(),
         raw_rx,
         rec_tx,
         cmd_rx,
@@ -126,6 +127,7 @@ pub async fn run(
         rec_rx,
         metrics.clone(),
         cmd_tx,
+        shutdown.clone(),
     ));
 
     let reporter_stop = CancellationToken::new();
@@ -208,6 +210,7 @@ impl StateSaver {
 /// when its input closes.
 async fn process(
     mut processor: Processor,
+    metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Input>,
     tx: mpsc::Sender<Record>,
     mut commands: mpsc::Receiver<Command>,
@@ -229,7 +232,7 @@ async fn process(
                     processor.ingest_input(&msg, now, &mut out);
                 }
                 saver.save_if_needed(&mut processor, false).await;
-                if !forward(&mut out, &tx).await {
+                if !forward(&mut out, &tx, &metrics).await {
                     return;
                 }
             }
@@ -245,7 +248,7 @@ async fn process(
                     tracing::info!(alarm_id = %cmd.alarm_id, by = %cmd.by, "Alarm acknowledged.");
                 }
                 saver.save_if_needed(&mut processor, false).await;
-                if !forward(&mut out, &tx).await {
+                if !forward(&mut out, &tx, &metrics).await {
                     return;
                 }
             }
@@ -256,7 +259,7 @@ async fn process(
                 loop {
                     let done = processor.flush_due_bounded(now, &mut out, BATCH);
                     saver.save_if_needed(&mut processor, false).await;
-                    if !forward(&mut out, &tx).await {
+                    if !forward(&mut out, &tx, &metrics).await {
                         return;
                     }
                     if done {
@@ -271,7 +274,7 @@ async fn process(
         let done = processor.flush_all_bounded(&mut out, BATCH);
         flushed += out.len();
         saver.save_if_needed(&mut processor, done).await;
-        if !forward(&mut out, &tx).await || done {
+        if !forward(&mut out, &tx, &metrics).await || done {
             break;
         }
     }
@@ -282,12 +285,19 @@ async fn process(
     );
 }
 
-/// Sends `out` to the sink, in order; false if the sink is gone.
-async fn forward(out: &mut Vec<Record>, tx: &mpsc::Sender<Record>) -> bool {
-    for rec in out.drain(..) {
+/// Sends `out` to the sink, in order; false if the sink is gone (it gave up
+/// waiting at shutdown), after counting what could not be sent.
+async fn forward(out: &mut Vec<Record>, tx: &mpsc::Sender<Record>, metrics: &Metrics) -> bool {
+    let mut records = out.drain(..);
+    while let Some(rec) = records.next() {
         if tx.send(rec).await.is_err() {
+            let lost = 1 + records.len() as u64;
+            metrics
+                .records_lost_at_shutdown
+                .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(
-                "The upstream sink stopped before the core; records cannot be delivered."
+                lost,
+                "The upstream sink stopped before the core finished flushing (upstream.shutdown_grace and the flush bound passed); these records are lost."
             );
             return false;
         }

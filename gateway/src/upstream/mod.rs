@@ -10,10 +10,13 @@
 //! they were queued, so the n-th `Outgoing::Publish(pkid)` of a connection
 //! belongs to the n-th record published on it.
 //!
-//! Shutdown: when the pipeline closes the record channel, the sink keeps
 //! Shutdown: when the pipeline closes the record channel, everything is
 //! written to the durable buffer and fsynced first; then the sink keeps
 //! delivering for `shutdown_grace`. What is left is delivered after restart.
+//! From the moment shutdown begins the sink takes every record, even with
+//! `when_full = "block"` and a full buffer (what does not fit is dropped
+//! and counted), so that the core can flush its windows; and it stops at
+//! the latest [`SHUTDOWN_FLUSH_BOUND`] after `shutdown_grace`.
 
 mod tls;
 
@@ -70,6 +73,10 @@ pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
 /// How often the buffer's timers (group commit, spilling) are checked.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// How much longer than `shutdown_grace` the sink waits, from the start of
+/// shutdown, for the core to flush its windows.
+pub const SHUTDOWN_FLUSH_BOUND: Duration = Duration::from_secs(10);
+
 /// Runs the sink until the record channel closes and the buffer drains (or
 /// the grace period ends).
 pub async fn run(
@@ -79,6 +86,7 @@ pub async fn run(
     mut records: mpsc::Receiver<Record>,
     metrics: Arc<Metrics>,
     commands: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
 ) {
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let link_cancel = CancellationToken::new();
@@ -104,6 +112,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(MAINTAIN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut blocked = false;
+    let mut stopping = false;
     let mut maintain = true;
     tracing::info!(broker = %cfg.broker, client_id = %cfg.client_id, "Starting upstream sink.");
     loop {
@@ -118,7 +127,9 @@ pub async fn run(
         if !input_open && buffer.is_empty() {
             break;
         }
-        let room = buffer.has_room();
+        // Once shutdown begins, nothing may hold the core back: records that
+        // do not fit are dropped and counted by the buffer.
+        let room = buffer.has_room() || stopping;
         if room == blocked {
             blocked = !room;
             if blocked {
@@ -142,7 +153,8 @@ pub async fn run(
                 }
                 None => {
                     input_open = false;
-                    deadline = Some(Instant::now() + cfg.shutdown_grace);
+                    let grace_end = Instant::now() + cfg.shutdown_grace;
+                    deadline = Some(deadline.map_or(grace_end, |d| d.min(grace_end)));
                     // Nothing accepted may be lost to a power cut during the
                     // grace period: write and fsync everything first.
                     buffer.close(crate::now_ms());
@@ -158,8 +170,19 @@ pub async fn run(
                 None => break,
             },
             _ = tick.tick() => maintain = true,
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                deadline = Some(Instant::now() + cfg.shutdown_grace + SHUTDOWN_FLUSH_BOUND);
+            }
             _ = sleep_until(deadline) => break,
         }
+    }
+    // Whatever the core still sent is kept if it fits; the core counts what
+    // it could not send after this.
+    records.close();
+    let now = crate::now_ms();
+    while let Ok(rec) = records.try_recv() {
+        buffer.push(rec, now);
     }
     buffer.rewind();
     buffer.close(crate::now_ms());
