@@ -379,6 +379,8 @@ impl Config {
             text,
             diags: Vec::new(),
             mapped_units: Vec::new(),
+            gateway_id: String::new(),
+            client_ids: Vec::new(),
         };
         let config = cx.build();
         match config {
@@ -550,6 +552,12 @@ struct Cx<'a> {
     /// Units given by serial channel mappings: (sensor, unit, where), checked
     /// against the rules once those are read.
     mapped_units: Vec<(String, String, Range<usize>)>,
+    /// The gateway id, once read (sources' default client ids include it).
+    gateway_id: String,
+    /// Every MQTT client id with where it was set (or, when defaulted, the
+    /// source's table): two connections with one id take over each other's
+    /// session at the broker.
+    client_ids: Vec<(String, Range<usize>)>,
 }
 
 impl<'a> Cx<'a> {
@@ -701,6 +709,7 @@ impl<'a> Cx<'a> {
         let mut pipeline = None;
         let mut upstream = None;
         let mut buffer = None;
+        let mut source_items = Vec::new();
         let mut saw_source = false;
         let mut saw_gateway = false;
         let mut saw_upstream = false;
@@ -719,11 +728,8 @@ impl<'a> Cx<'a> {
                 }
                 "source" => {
                     saw_source = true;
-                    for item in self.array_of_tables(value, "source") {
-                        if let Some(s) = self.source(item) {
-                            sources.push(s);
-                        }
-                    }
+                    // Read after `[gateway]`: default client ids name it.
+                    source_items.extend(self.array_of_tables(value, "source"));
                 }
                 "sensor" => {
                     for item in self.array_of_tables(value, "sensor") {
@@ -751,6 +757,12 @@ impl<'a> Cx<'a> {
         // Check every section that parsed before giving up on a missing one,
         // so that all mistakes are reported together.
         let gateway = gateway.map(|g| self.gateway(g));
+        self.gateway_id = gateway.as_ref().map(|g| g.id.clone()).unwrap_or_default();
+        for item in source_items {
+            if let Some(s) = self.source(item) {
+                sources.push(s);
+            }
+        }
         let rules: Vec<SensorRule> = rules.into_iter().filter_map(|r| self.rule(r)).collect();
         for (sensor, unit, span) in std::mem::take(&mut self.mapped_units) {
             let best = SensorRule::best(&rules, &sensor).map(|i| &rules[i]);
@@ -812,6 +824,7 @@ impl<'a> Cx<'a> {
             },
         };
         config.upstream = self.upstream(upstream, &config.gateway.id, &config.label_names())?;
+        self.check_client_ids();
         Some(config)
     }
 
@@ -893,6 +906,21 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// Reports client ids used by more than one connection.
+    fn check_client_ids(&mut self) {
+        let ids = std::mem::take(&mut self.client_ids);
+        for (i, (id, span)) in ids.iter().enumerate() {
+            if let Some((_, first)) = ids[..i].iter().find(|(other, _)| other == id) {
+                let (line, _) = line_col(self.text, first.start);
+                self.at(
+                    span.clone(),
+                    format!("the MQTT client id `{id}` is already used on line {line}"),
+                    Some("give each source and the upstream its own `client_id`: a broker disconnects the older of two connections with one id, so they would take over each other's session".into()),
+                );
+            }
+        }
+    }
+
     fn mqtt_source(&mut self, raw: RawMqttSource) -> MqttSourceConfig {
         let template = match TopicTemplate::parse(raw.topic_template.get_ref()) {
             Ok(t) => Some(t),
@@ -961,11 +989,19 @@ impl<'a> Cx<'a> {
             .name
             .map(|n| n.into_inner())
             .unwrap_or_else(|| "mqtt".into());
+        let client_id = match raw.client_id {
+            Some(c) => {
+                self.client_ids.push((c.get_ref().clone(), c.span()));
+                c.into_inner()
+            }
+            None => {
+                let id = format!("sensor-gateway-{}-{name}", self.gateway_id);
+                self.client_ids.push((id.clone(), raw.broker.span()));
+                id
+            }
+        };
         MqttSourceConfig {
-            client_id: raw
-                .client_id
-                .map(|c| c.into_inner())
-                .unwrap_or_else(|| format!("sensor-gateway-{name}")),
+            client_id,
             name,
             broker: self.broker(&raw.broker, false),
             template,
@@ -1159,10 +1195,13 @@ impl<'a> Cx<'a> {
         }
         Some(UpstreamConfig {
             broker: self.broker(&raw.broker, tls.is_some()),
-            client_id: raw
-                .client_id
-                .map(|c| c.into_inner())
-                .unwrap_or_else(|| format!("sensor-gateway-{gateway_id}")),
+            client_id: match raw.client_id {
+                Some(c) => {
+                    self.client_ids.push((c.get_ref().clone(), c.span()));
+                    c.into_inner()
+                }
+                None => format!("sensor-gateway-{gateway_id}"),
+            },
             summary_topic: summary_topic?,
             alarm_topic: alarm_topic?,
             value_topic: value_topic?,

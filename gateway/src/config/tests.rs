@@ -148,3 +148,35 @@ fn line_col_counts_from_one() {
     assert_eq!(line_col("ab\ncd", 0), (1, 1));
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
 }
+
+#[test]
+fn default_source_client_ids_name_the_gateway() {
+    let c = parse(MINIMAL).unwrap();
+    let SourceConfig::Mqtt(m) = &c.sources[0] else {
+        panic!("an MQTT source")
+    };
+    assert_eq!(m.client_id, "sensor-gateway-gw-1-mqtt");
+    let other = parse(&MINIMAL.replace("gw-1", "gw-2")).unwrap();
+    let SourceConfig::Mqtt(o) = &other.sources[0] else {
+        panic!("an MQTT source")
+    };
+    assert_ne!(m.client_id, o.client_id, "two gateways never share a session");
+}
+
+#[test]
+fn duplicate_client_ids_are_reported_with_both_lines() {
+    let text = format!(
+        "{MINIMAL}\n[[source]]\nkind = \"mqtt\"\nname = \"b\"\nbroker = \"127.0.0.1:1883\"\nclient_id = \"same\"\ntopic_template = \"a/{{sensor}}\"\n\n[[source]]\nkind = \"mqtt\"\nname = \"c\"\nbroker = \"127.0.0.1:1883\"\nclient_id = \"same\"\ntopic_template = \"b/{{sensor}}\"\n"
+    );
+    let diags = parse(&text).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    let first_line = text
+        .lines()
+        .position(|l| l.contains("client_id = \"same\""))
+        .unwrap()
+        + 1;
+    assert!(
+        diags[0].message.contains(&format!("already used on line {first_line}")),
+        "{diags:?}"
+    );
+}
