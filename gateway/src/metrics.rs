@@ -113,6 +113,10 @@ pub struct Metrics {
     /// Records the core made but could not hand to the sink before it
     /// stopped (shutdown took longer than its bound).
     pub records_lost_at_shutdown: AtomicU64,
+    /// Sensors known now (bounded by `pipeline.max_sensors`).
+    pub sensors_live: AtomicI64,
+    /// Sensors forgotten after `pipeline.retire_after` of silence.
+    pub sensors_retired: AtomicU64,
     pub buffer_bytes_written: AtomicU64,
     pub buffer_fsyncs: AtomicU64,
     pub buffer_spills: AtomicU64,
@@ -255,6 +259,11 @@ impl Metrics {
                 c(&self.commands_rejected),
             ),
             (
+                "gateway_sensors_retired_total",
+                "Sensors forgotten after pipeline.retire_after of silence.",
+                c(&self.sensors_retired),
+            ),
+            (
                 "gateway_state_saves_total",
                 "Saves of the alarm and baseline state file.",
                 c(&self.state_saves),
@@ -395,6 +404,11 @@ impl Metrics {
                 "gateway_buffer_oldest_timestamp_ms",
                 "Measurement time of the oldest unacknowledged record on disk.",
                 g(&self.buffer_oldest_ts_ms),
+            ),
+            (
+                "gateway_sensors",
+                "Sensors known now (at most pipeline.max_sensors).",
+                g(&self.sensors_live),
             ),
         ];
         let mut s = String::with_capacity(4096);

@@ -66,18 +66,33 @@ pub enum RegistryError {
 /// Interns sensor identities.
 ///
 /// Lookups by wire name (`&str`) allocate nothing; a name is copied only the
-/// first time it is seen. The number of sensors is bounded so that a
-/// misbehaving publisher cannot grow the gateway's memory without limit.
+/// first time it is seen. Everything here is bounded, whatever publishers
+/// send: at most `max_sensors` live sensors, and at most
+/// [`WIRE_NAMES_PER_SENSOR`] × `max_sensors` cached wire names (a topic
+/// template with `+` maps many topics to one sensor; past the bound, further
+/// topics are resolved through the template each time instead of cached).
+/// Retired sensors free their slot for reuse; a wire name cached for a
+/// retired sensor is recognised by its slot's generation and never reaches
+/// the slot's next sensor.
 #[derive(Debug)]
 pub struct SensorRegistry {
-    /// Wire name (per source) to key. The source index keeps two sources that
-    /// publish the same topic apart only when their templates differ, which
-    /// the key already encodes, so the map is keyed by name alone.
-    by_wire_name: HashMap<Box<str>, SensorKey>,
+    /// Wire name to (key, generation of the slot when cached).
+    by_wire_name: HashMap<Box<str>, (SensorKey, u32)>,
     by_id: HashMap<Arc<str>, SensorKey>,
+    /// Per slot: the sensor (an empty id when the slot is free).
     sensors: Vec<SensorInfo>,
+    /// Per slot: bumped at each retirement.
+    generations: Vec<u32>,
+    /// Free slots, reused before new ones are made.
+    free: Vec<SensorKey>,
+    /// Retirements since the wire-name cache was last purged: a purge is
+    /// worth its O(cache) cost only if some names may have gone stale.
+    retired_since_purge: usize,
     max_sensors: usize,
 }
+
+/// Cached wire names allowed per sensor slot, on average.
+pub const WIRE_NAMES_PER_SENSOR: usize = 2;
 
 impl SensorRegistry {
     pub fn new(max_sensors: usize) -> Self {
@@ -85,13 +100,17 @@ impl SensorRegistry {
             by_wire_name: HashMap::new(),
             by_id: HashMap::new(),
             sensors: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            retired_since_purge: 0,
             max_sensors,
         }
     }
 
-    /// The key for a wire name already seen.
+    /// The key for a wire name already seen (and whose sensor is still live).
     pub fn lookup(&self, wire_name: &str) -> Option<SensorKey> {
-        self.by_wire_name.get(wire_name).copied()
+        let (key, generation) = self.by_wire_name.get(wire_name).copied()?;
+        (self.generations.get(key.index()) == Some(&generation)).then_some(key)
     }
 
     /// The key of a sensor id.
@@ -108,33 +127,105 @@ impl SensorRegistry {
         info: SensorInfo,
     ) -> Result<SensorKey, RegistryError> {
         if let Some(key) = self.by_id.get(&info.id).copied() {
-            self.by_wire_name.insert(wire_name.into(), key);
+            self.cache_wire_name(wire_name, key);
             let known = &mut self.sensors[key.index()];
             if known.names.is_empty() && !info.names.is_empty() {
                 *known = info;
             }
             return Ok(key);
         }
-        if self.sensors.len() >= self.max_sensors {
+        if self.len() >= self.max_sensors {
             return Err(RegistryError::Full(self.max_sensors));
         }
-        let key = SensorKey(self.sensors.len() as u32);
-        self.by_id.insert(info.id.clone(), key);
-        self.by_wire_name.insert(wire_name.into(), key);
-        self.sensors.push(info);
+        let key = match self.free.pop() {
+            Some(key) => {
+                self.sensors[key.index()] = info.clone();
+                key
+            }
+            None => {
+                let key = SensorKey(self.sensors.len() as u32);
+                self.sensors.push(info.clone());
+                self.generations.push(0);
+                key
+            }
+        };
+        self.by_id.insert(info.id, key);
+        self.cache_wire_name(wire_name, key);
         Ok(key)
+    }
+
+    fn cache_wire_name(&mut self, wire_name: &str, key: SensorKey) {
+        let generation = self.generations[key.index()];
+        if let Some(entry) = self.by_wire_name.get_mut(wire_name) {
+            *entry = (key, generation);
+            return;
+        }
+        let bound = self.max_sensors.saturating_mul(WIRE_NAMES_PER_SENSOR);
+        if self.by_wire_name.len() >= bound {
+            // Drop names of retired sensors; if the cache is still full, the
+            // name is resolved again next time (cost, never memory).
+            if self.retired_since_purge == 0 {
+                return;
+            }
+            self.retired_since_purge = 0;
+            let generations = &self.generations;
+            self.by_wire_name
+                .retain(|_, (k, g)| generations.get(k.index()) == Some(g));
+            if self.by_wire_name.len() >= bound {
+                return;
+            }
+        }
+        self.by_wire_name
+            .insert(wire_name.into(), (key, generation));
+    }
+
+    /// Forgets a sensor: its slot is reused by a later one, and wire names
+    /// cached for it no longer resolve.
+    pub fn retire(&mut self, key: SensorKey) {
+        let Some(info) = self.sensors.get_mut(key.index()) else {
+            return;
+        };
+        if info.id.is_empty() {
+            return;
+        }
+        self.by_id.remove(&info.id);
+        *info = SensorInfo {
+            id: Arc::from(""),
+            names: Arc::from(Vec::new()),
+        };
+        self.generations[key.index()] = self.generations[key.index()].wrapping_add(1);
+        self.free.push(key);
+        self.retired_since_purge += 1;
+    }
+
+    /// Whether `key` names a live sensor.
+    pub fn is_live(&self, key: SensorKey) -> bool {
+        self.sensors
+            .get(key.index())
+            .is_some_and(|s| !s.id.is_empty())
     }
 
     pub fn info(&self, key: SensorKey) -> &SensorInfo {
         &self.sensors[key.index()]
     }
 
+    /// Live sensors.
     pub fn len(&self) -> usize {
-        self.sensors.len()
+        self.sensors.len() - self.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.sensors.is_empty()
+        self.len() == 0
+    }
+
+    /// Slots ever made (live or free): the length of per-slot state.
+    pub fn slots(&self) -> usize {
+        self.sensors.len()
+    }
+
+    /// Cached wire names (bounded; for tests and metrics).
+    pub fn wire_names(&self) -> usize {
+        self.by_wire_name.len()
     }
 }
 
@@ -164,5 +255,60 @@ mod tests {
         let mut reg = SensorRegistry::new(1);
         reg.insert("a", info("a")).unwrap();
         assert_eq!(reg.insert("b", info("b")), Err(RegistryError::Full(1)));
+    }
+
+    #[test]
+    fn a_retired_sensor_frees_its_slot_and_its_wire_names() {
+        let mut reg = SensorRegistry::new(1);
+        let a = reg.insert("t/a", info("a")).unwrap();
+        reg.retire(a);
+        assert_eq!(reg.len(), 0);
+        assert_eq!(reg.lookup("t/a"), None);
+        assert_eq!(reg.lookup_id("a"), None);
+        let b = reg.insert("t/b", info("b")).unwrap();
+        assert_eq!(b, a, "the slot is reused");
+        assert_eq!(
+            reg.lookup("t/a"),
+            None,
+            "the old name never reaches the new sensor"
+        );
+        assert_eq!(reg.lookup("t/b"), Some(b));
+    }
+
+    #[test]
+    fn a_million_distinct_topics_keep_the_maps_bounded() {
+        let max = 1_000;
+        let mut reg = SensorRegistry::new(max);
+        let mut full = 0;
+        for i in 0..1_000_000u32 {
+            // Every tenth topic is another name of one of ten sensors (a
+            // template with `+`); the rest are new sensors.
+            let (wire, id) = if i % 10 == 0 {
+                (format!("plant/x{i}/s{}", i % 7), format!("s{}", i % 7))
+            } else {
+                (format!("plant/{i}"), format!("n{i}"))
+            };
+            match reg.insert(&wire, info(&id)) {
+                Ok(_) => {}
+                Err(RegistryError::Full(_)) => full += 1,
+            }
+            if i % 5000 == 4999 {
+                // Retire everything but the ten steady sensors now and then.
+                for k in 0..reg.slots() as u32 {
+                    let key = SensorKey(k);
+                    if reg.is_live(key) && !reg.info(key).id.starts_with('s') {
+                        reg.retire(key);
+                    }
+                }
+            }
+        }
+        assert!(full > 0, "the limit was reached");
+        assert!(reg.len() <= max);
+        assert!(reg.slots() <= max);
+        assert!(reg.wire_names() <= max * WIRE_NAMES_PER_SENSOR);
+        assert!(reg.by_id.len() <= max);
+        for s in 0..7 {
+            assert!(reg.lookup_id(&format!("s{s}")).is_some());
+        }
     }
 }

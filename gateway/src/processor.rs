@@ -98,6 +98,9 @@ pub struct CoreSettings {
     pub allowed_lateness_ms: i64,
     pub max_sensors: usize,
     pub max_payload_bytes: usize,
+    /// Silence after which a sensor is forgotten (`None`: four of its
+    /// windows plus the allowed lateness, at least [`MIN_RETIRE_AFTER_MS`]).
+    pub retire_after_ms: Option<i64>,
     pub summary_topic: OutputTemplate,
     pub alarm_topic: OutputTemplate,
     pub value_topic: OutputTemplate,
@@ -123,6 +126,7 @@ impl CoreSettings {
             allowed_lateness_ms: config.pipeline.allowed_lateness.as_millis() as i64,
             max_sensors: config.pipeline.max_sensors,
             max_payload_bytes: config.pipeline.max_payload_bytes,
+            retire_after_ms: config.pipeline.retire_after.map(|d| d.as_millis() as i64),
             summary_topic: config.upstream.summary_topic.clone(),
             alarm_topic: config.upstream.alarm_topic.clone(),
             value_topic: config.upstream.value_topic.clone(),
@@ -130,10 +134,18 @@ impl CoreSettings {
     }
 }
 
+/// The shortest default silence before a sensor is retired.
+pub const MIN_RETIRE_AFTER_MS: i64 = 60_000;
+
 /// Per-sensor state. Windows are few (the current one and those still within
 /// the allowed lateness), so a small vector sorted by start is enough.
 #[derive(Debug)]
 struct SensorState {
+    /// False once retired: the slot waits for reuse.
+    live: bool,
+    /// Silence (gateway time since the last accepted reading) after which
+    /// the sensor is retired when nothing of it is pending.
+    retire_after_ms: i64,
     rule: Option<u32>,
     window_ms: i64,
     range: (f64, f64),
@@ -301,7 +313,7 @@ impl Processor {
         let key = self.registry.insert(wire_name, info).map_err(|e| match e {
             RegistryError::Full(_) => Reject::SensorLimit,
         })?;
-        if key.index() == self.sensors.len() {
+        if self.sensors.get(key.index()).is_none_or(|s| !s.live) {
             self.add_sensor_state(key, unit);
         } else if let Some(state) = self.sensors.get_mut(key.index()) {
             if state.unit.is_none() {
@@ -329,7 +341,14 @@ impl Processor {
                 StatSet::DEFAULT,
             ),
         };
-        self.sensors.push(SensorState {
+        let retire_after_ms = self.settings.retire_after_ms.unwrap_or_else(|| {
+            (window_ms.max(1).saturating_mul(4))
+                .saturating_add(self.settings.allowed_lateness_ms)
+                .max(MIN_RETIRE_AFTER_MS)
+        });
+        let state = SensorState {
+            live: true,
+            retire_after_ms,
             rule,
             window_ms: window_ms.max(1),
             range,
@@ -340,7 +359,15 @@ impl Processor {
             last_arrival_ms: i64::MIN,
             closed_until_ms: i64::MIN,
             extra: None,
-        });
+        };
+        match self.sensors.get_mut(key.index()) {
+            Some(slot) => *slot = state,
+            None => self.sensors.push(state),
+        }
+        self.metrics.sensors_live.store(
+            self.registry.len() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let needs_extra = rule.is_some_and(|r| {
             let r = &self.settings.rules[r as usize];
             r.alarm.is_some()
@@ -348,7 +375,7 @@ impl Processor {
                 || r.delivery != crate::config::Delivery::Summary
         });
         if needs_extra {
-            if let Some(s) = self.sensors.last_mut() {
+            if let Some(s) = self.sensors.get_mut(key.index()) {
                 s.extra = Some(Box::default());
             }
         }
@@ -415,11 +442,19 @@ impl Processor {
         while self.flush_cursor < self.sensors.len() {
             let i = self.flush_cursor;
             self.flush_cursor += 1;
+            if !self.sensors[i].live {
+                continue;
+            }
             if self.sensors[i].extra.is_some() {
                 self.analyse_time(SensorKey(i as u32), now_ms, out);
             }
             let s = &self.sensors[i];
             if s.open.is_empty() {
+                if now_ms.saturating_sub(s.last_arrival_ms) >= s.retire_after_ms
+                    && self.retirable(SensorKey(i as u32))
+                {
+                    self.retire(SensorKey(i as u32));
+                }
                 continue;
             }
             let idle = now_ms.saturating_sub(s.last_arrival_ms) >= s.window_ms + lateness;
@@ -437,6 +472,42 @@ impl Processor {
         true
     }
 
+    /// Whether nothing of a silent sensor would be lost by forgetting it:
+    /// no active or latched alarm, and no stale alarm waiting to notice its
+    /// silence.
+    fn retirable(&self, key: SensorKey) -> bool {
+        let s = &self.sensors[key.index()];
+        let watches_staleness = s.rule.is_some_and(|r| {
+            self.settings.rules[r as usize]
+                .alarm
+                .as_ref()
+                .is_some_and(|a| a.stale_after_ms.is_some())
+        });
+        !watches_staleness && s.extra.as_ref().is_none_or(|e| !e.holds_alarm())
+    }
+
+    /// Forgets a silent sensor: its memory is freed and its slot reused, so
+    /// a flood of one-off topics ages out instead of filling the table.
+    fn retire(&mut self, key: SensorKey) {
+        let Some(s) = self.sensors.get_mut(key.index()) else {
+            return;
+        };
+        s.live = false;
+        let had_extra = s.extra.take().is_some();
+        s.open = Vec::new();
+        s.unit = None;
+        // Its baseline leaves the saved state at the next save.
+        self.baselines_dirty |= had_extra;
+        self.registry.retire(key);
+        self.metrics
+            .sensors_retired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.sensors_live.store(
+            self.registry.len() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Emits every open window, complete or not; used at shutdown.
     pub fn flush_all(&mut self, out: &mut Vec<Record>) {
         while !self.flush_all_bounded(out, usize::MAX) {}
@@ -449,6 +520,9 @@ impl Processor {
         while self.flush_all_cursor < self.sensors.len() {
             let i = self.flush_all_cursor;
             self.flush_all_cursor += 1;
+            if !self.sensors[i].live {
+                continue;
+            }
             self.close_sensor(SensorKey(i as u32), i64::MAX, out);
             if out.len() >= limit {
                 return false;

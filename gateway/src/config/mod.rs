@@ -285,9 +285,18 @@ pub struct PipelineConfig {
     pub default_window: Duration,
     /// How long after a window's end a reading is still merged into it.
     pub allowed_lateness: Duration,
+    /// Distinct sensors kept at once; beyond it new ones are rejected
+    /// (`sensor_limit`) until silent ones are retired.
     pub max_sensors: usize,
     pub max_payload_bytes: usize,
+    /// Silence after which a sensor with nothing pending is forgotten;
+    /// `None`: four of its windows plus the allowed lateness, at least 60 s.
+    pub retire_after: Option<Duration>,
 }
+
+/// Default `pipeline.max_sensors`: fits the service's 64 MiB memory limit
+/// with room to spare (see docs/performance.md for bytes per sensor).
+pub const DEFAULT_MAX_SENSORS: usize = 20_000;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -487,6 +496,9 @@ impl Config {
             "[pipeline]\nchannel_capacity = {}\ndefault_window = {:?}\nallowed_lateness = {:?}\nmax_sensors = {}\nmax_payload_bytes = {}\n",
             p.channel_capacity, d(p.default_window), d(p.allowed_lateness), p.max_sensors, p.max_payload_bytes
         );
+        if let Some(r) = p.retire_after {
+            let _ = writeln!(s, "retire_after = {:?}\n", d(r));
+        }
         let u = &self.upstream;
         let _ = writeln!(
             s,
@@ -1091,13 +1103,18 @@ impl<'a> Cx<'a> {
             allowed_lateness: None,
             max_sensors: None,
             max_payload_bytes: None,
+            retire_after: None,
         });
         PipelineConfig {
             channel_capacity: self.positive(&raw.channel_capacity, "channel_capacity", 1024),
             default_window: self.duration(&raw.default_window, Duration::from_secs(10)),
             allowed_lateness: self.duration(&raw.allowed_lateness, Duration::from_secs(2)),
-            max_sensors: self.positive(&raw.max_sensors, "max_sensors", 100_000),
+            max_sensors: self.positive(&raw.max_sensors, "max_sensors", DEFAULT_MAX_SENSORS),
             max_payload_bytes: self.positive(&raw.max_payload_bytes, "max_payload_bytes", 4096),
+            retire_after: raw
+                .retire_after
+                .is_some()
+                .then(|| self.duration(&raw.retire_after, Duration::from_secs(60))),
         }
     }
 

@@ -114,6 +114,7 @@ pub struct RawPipeline {
     pub allowed_lateness: Option<Spanned<String>>,
     pub max_sensors: Option<Spanned<usize>>,
     pub max_payload_bytes: Option<Spanned<usize>>,
+    pub retire_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -160,7 +160,10 @@ fn default_source_client_ids_name_the_gateway() {
     let SourceConfig::Mqtt(o) = &other.sources[0] else {
         panic!("an MQTT source")
     };
-    assert_ne!(m.client_id, o.client_id, "two gateways never share a session");
+    assert_ne!(
+        m.client_id, o.client_id,
+        "two gateways never share a session"
+    );
 }
 
 #[test]
@@ -176,7 +179,9 @@ fn duplicate_client_ids_are_reported_with_both_lines() {
         .unwrap()
         + 1;
     assert!(
-        diags[0].message.contains(&format!("already used on line {first_line}")),
+        diags[0]
+            .message
+            .contains(&format!("already used on line {first_line}")),
         "{diags:?}"
     );
 }

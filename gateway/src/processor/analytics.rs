@@ -34,6 +34,13 @@ pub struct Command {
     pub by: String,
 }
 
+impl Extra {
+    /// Whether an alarm of the sensor is active or latched.
+    pub(super) fn holds_alarm(&self) -> bool {
+        self.alarms.any_active()
+    }
+}
+
 fn unknown() -> String {
     "unknown".into()
 }

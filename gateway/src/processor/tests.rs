@@ -310,3 +310,91 @@ fn bounded_flush_hands_out_slices_and_loses_nothing() {
     let seqs: Vec<u64> = out.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_flood_of_sensors_ages_out_and_a_later_sensor_is_summarised() {
+    let metrics = Arc::new(Metrics::new());
+    let settings = CoreSettings::from_config(&config(""));
+    let mut c = Check {
+        p: Processor::new(settings, metrics.clone(), 1),
+        metrics,
+        out: Vec::new(),
+    };
+    // The flood fills the table (max_sensors = 3).
+    for m in 0..1000 {
+        c.reading(&format!("plant/flood/m{m}/temp"), 1.0, T0);
+    }
+    assert_eq!(c.p.registry().len(), 3);
+    c.reading("plant/l2/m1/temp", 20.0, T0 + 100);
+    assert_eq!(c.metrics.rejected(Reject::SensorLimit), 998);
+    // Their windows close by gateway time; a minute of silence retires them.
+    c.p.flush_due(T0 + 5_000, &mut c.out);
+    assert_eq!(c.summaries().len(), 3);
+    c.p.flush_due(T0 + MIN_RETIRE_AFTER_MS + 1_000, &mut c.out);
+    assert_eq!(c.p.registry().len(), 0);
+    assert_eq!(
+        c.metrics
+            .sensors_retired
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    // A sensor that appears after the flood is summarised.
+    let t = T0 + 120_000;
+    c.reading("plant/l2/m1/temp", 20.0, t);
+    c.reading("plant/l2/m1/temp", 22.0, t + 10);
+    c.p.flush_due(t + 5_000, &mut c.out);
+    let s = c.summaries();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["sensor"], "l2/m1/temp");
+    assert_eq!(s[0]["count"], 2);
+    assert_eq!(s[0]["unit"], "degC");
+}
+
+#[test]
+fn a_retired_sensor_slot_is_reused_without_its_old_name_or_state() {
+    let mut c = Check::new();
+    c.reading("plant/a/m1/temp", 1.0, T0);
+    c.p.flush_due(T0 + 5_000, &mut c.out);
+    c.p.flush_due(T0 + MIN_RETIRE_AFTER_MS + 5_000, &mut c.out);
+    c.summaries();
+    assert_eq!(c.p.registry().len(), 0);
+    let t = T0 + 200_000;
+    c.reading("plant/b/m1/temp", 5.0, t);
+    c.reading("plant/a/m1/temp", 7.0, t);
+    c.p.flush_due(t + 5_000, &mut c.out);
+    let mut s = c.summaries();
+    s.sort_by_key(|v| v["sensor"].as_str().map(str::to_owned));
+    assert_eq!(s.len(), 2);
+    assert_eq!(
+        (s[0]["sensor"].as_str(), s[0]["count"].as_u64()),
+        (Some("a/m1/temp"), Some(1))
+    );
+    assert_eq!(s[0]["min"], 7.0);
+    assert_eq!(
+        (s[1]["sensor"].as_str(), s[1]["count"].as_u64()),
+        (Some("b/m1/temp"), Some(1))
+    );
+}
+
+#[test]
+fn a_silent_sensor_with_an_active_alarm_is_never_retired() {
+    let rule = "[[sensor]]\nmatch = \"*/press\"\nwindow = \"1s\"\n[sensor.alarm]\nhigh = 10.0\n";
+    let metrics = Arc::new(Metrics::new());
+    let mut c = Check {
+        p: Processor::new(CoreSettings::from_config(&config(rule)), metrics.clone(), 1),
+        metrics,
+        out: Vec::new(),
+    };
+    c.reading("plant/l1/m1/press", 50.0, T0);
+    c.reading("plant/l1/m2/press", 1.0, T0);
+    c.p.flush_due(T0 + 5_000, &mut c.out);
+    c.p.flush_due(T0 + 10 * MIN_RETIRE_AFTER_MS, &mut c.out);
+    let out: Vec<serde_json::Value> = c
+        .out
+        .drain(..)
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
+    assert!(out.iter().any(|v| v["event"] == "raised"), "{out:?}");
+    assert_eq!(c.p.registry().len(), 1, "the alarmed sensor stays");
+    assert!(c.p.registry().lookup_id("l1/m1/press").is_some());
+}
