@@ -78,3 +78,62 @@ async fn oversize_message_costs_only_itself_mosquitto() {
     );
     assert_eq!(gw.metric("gateway_source_disconnects_total"), 0.0);
 }
+
+/// 300,000 distinct sensor topics: memory stays under the service's 64 MiB
+/// limit (the sensor table is bounded and silent sensors are retired), and a
+/// sensor that appears once the flood has aged out is summarised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_flood_stays_bounded_and_ages_out() {
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let upstream = Broker::start(BrokerKind::Rumqttd).await;
+    let sub = Subscriber::start(upstream.addr, "gateways/gw-e2e/summary/l2/#").await;
+    let config = gateway_config(source.addr, upstream.addr, "")
+        .replace("[pipeline]", "[pipeline]\nretire_after = \"2s\"");
+    let mut gw = Gateway::start(&config);
+    gw.wait_ready().await;
+    let mut publisher = Publisher::connect(source.addr).await;
+    for i in 0..300_000u32 {
+        publisher
+            .send(&format!("plant/flood/m{i}/x"), r#"{"value":1}"#)
+            .await;
+        if i % 10_000 == 0 {
+            publisher.flush().await;
+        }
+    }
+    publisher.flush().await;
+    wait_until(
+        "every flood message handled",
+        Duration::from_secs(120),
+        || gw.metric("gateway_messages_received_total") >= 300_000.0,
+    )
+    .await;
+    wait_until("the flood to age out", Duration::from_secs(30), || {
+        gw.metric("gateway_sensors") == 0.0
+    })
+    .await;
+    let peak = gw.peak_rss_bytes();
+    assert!(
+        peak < 64 << 20,
+        "peak RSS {} MiB over the unit's MemoryMax",
+        peak >> 20
+    );
+    eprintln!(
+        "topic flood: peak RSS {:.1} MiB, sensors retired {}, rejected at the limit {}",
+        peak as f64 / (1 << 20) as f64,
+        gw.metric("gateway_sensors_retired_total"),
+        gw.metric("gateway_readings_rejected_total{reason=\"sensor_limit\"}")
+    );
+    let ts = aligned_base_ms() + 50_000;
+    for v in [1, 2, 3] {
+        publisher
+            .send(
+                "plant/l2/m1/temp",
+                format!(r#"{{"value":{v},"ts":{}}}"#, ts + v * 10),
+            )
+            .await;
+    }
+    publisher.flush().await;
+    let summaries = sub.wait_for_unique(1, Duration::from_secs(15)).await;
+    assert_eq!(summaries[0]["sensor"], "l2/m1/temp");
+    assert_eq!(summaries[0]["count"], 3);
+}

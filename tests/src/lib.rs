@@ -300,6 +300,19 @@ impl Gateway {
         }
     }
 
+    /// Peak resident memory of the running process (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let Some(child) = self.child.as_ref() else {
+            return 0;
+        };
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
