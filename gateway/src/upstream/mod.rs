@@ -49,6 +49,26 @@ enum LinkEvent {
     Down { epoch: u64 },
 }
 
+/// The largest packet the upstream link sends or takes.
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// Why a record cannot be published at all: the client would refuse it, or
+/// it would make the connection fail (rumqttc drops the connection on an
+/// outgoing packet above its limit), at every attempt.
+pub fn unpublishable(topic: &str, payload_len: usize) -> Option<&'static str> {
+    if topic.is_empty() {
+        Some("empty_topic")
+    } else if topic.contains(['+', '#', '\0']) {
+        Some("wildcard_in_topic")
+    } else if topic.len() > usize::from(u16::MAX) {
+        Some("topic_too_long")
+    } else if topic.len() + payload_len + 16 > MAX_PACKET_BYTES {
+        Some("too_large")
+    } else {
+        None
+    }
+}
+
 /// Builds the rumqttc options for the upstream connection.
 pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
     let mut opts = MqttOptions::new(
@@ -60,7 +80,7 @@ pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
     opts.set_clean_session(true);
     // rumqttc's own window is larger than ours, so ours is what limits.
     opts.set_inflight(cfg.inflight.saturating_add(8));
-    opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    opts.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if let Some((u, p)) = &cfg.credentials {
         opts.set_credentials(u.clone(), p.clone());
     }
@@ -233,6 +253,11 @@ impl SinkState {
             let Some(rec) = buffer.next_unsent(now_ms) else {
                 break;
             };
+            if let Some(reason) = unpublishable(&rec.topic, rec.payload.len()) {
+                // Retrying cannot help, and must not block what follows.
+                buffer.set_aside(rec.seq, reason);
+                continue;
+            }
             match client.try_publish(rec.topic, cfg.qos, false, rec.payload) {
                 Ok(()) => {
                     self.awaiting_pkid.push_back(rec.seq);
@@ -379,5 +404,23 @@ async fn drive_link(
                 break 'outer;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod unpublishable_tests {
+    use super::*;
+
+    #[test]
+    fn records_the_client_would_refuse_are_recognised() {
+        assert_eq!(unpublishable("gw/s/a+b", 10), Some("wildcard_in_topic"));
+        assert_eq!(unpublishable("gw/#", 10), Some("wildcard_in_topic"));
+        assert_eq!(unpublishable("", 10), Some("empty_topic"));
+        assert_eq!(unpublishable(&"t".repeat(70_000), 10), Some("topic_too_long"));
+        assert_eq!(unpublishable("gw/s", MAX_PACKET_BYTES), Some("too_large"));
+        assert_eq!(unpublishable("gw/summary/l1/m1/temp", 300), None);
+        // rumqttc's own check agrees on what it refuses.
+        assert!(!rumqttc::valid_topic("gw/s/a+b"));
+        assert!(rumqttc::valid_topic("gw/summary/l1/m1/temp"));
     }
 }
