@@ -53,6 +53,17 @@ use segment::{Body, Parsed, HEADER_LEN, RECORD_HEADER_LEN};
 /// How far a durable sequence reservation reaches ahead.
 pub const RESERVE_BLOCK: u64 = 65_536;
 
+/// A segment that cannot be opened or read is tried again after this
+/// delay, doubling up to [`READ_RETRY_MAX_MS`], [`READ_RETRIES`] times
+/// (about four minutes in all) before the rest of it is given up.
+const READ_RETRY_FIRST_MS: i64 = 500;
+const READ_RETRY_MAX_MS: i64 = 60_000;
+const READ_RETRIES: u32 = 10;
+/// Operator-facing log lines of one kind are written at most this often.
+const LOG_EVERY_MS: i64 = 10_000;
+/// Bytes read at a time while looking for the next valid record.
+const RESYNC_CHUNK: usize = 64 * 1024;
+
 /// Errors that stop the buffer from opening at all (a state directory that
 /// cannot be created or written). Damaged contents are never an error.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +129,61 @@ struct Writer {
     unsynced: bool,
 }
 
+/// What the disk holds next for a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskNext {
+    Next(u64),
+    Nothing,
+    /// The next segment could not be opened or read; it is tried again later.
+    Waiting,
+}
+
+/// What reading the record at the reader's position gave.
+#[derive(Debug)]
+enum ReadOutcome {
+    Record(Record),
+    /// The clean end of the file.
+    End,
+    /// The file ends inside a record.
+    Incomplete,
+    /// The bytes there are not a valid record.
+    Damaged(&'static str),
+    /// The read itself failed (EIO, ...): worth trying again.
+    Io(std::io::Error),
+}
+
+/// A segment whose open or read failed: where to resume and when.
+#[derive(Debug, Clone, Copy)]
+struct ReadRetry {
+    base: u64,
+    pos: u64,
+    at_ms: i64,
+    failures: u32,
+}
+
+/// Rate limit of one kind of log line: the first is written, then at most
+/// one per [`LOG_EVERY_MS`], carrying how many were suppressed.
+#[derive(Debug, Default)]
+struct Throttle {
+    last_ms: Option<i64>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn allow(&mut self, now_ms: i64) -> Option<u64> {
+        match self.last_ms {
+            Some(last) if now_ms.saturating_sub(last) < LOG_EVERY_MS => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_ms = Some(now_ms);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Reader {
     base: u64,
@@ -146,6 +212,9 @@ struct LaneLog {
     /// Highest seq handed out for publishing (resends aside).
     sent_hwm: u64,
     acked: u64,
+    /// Set while a segment of this lane cannot be opened or read; the lane
+    /// hands out nothing newer until it can.
+    read_retry: Option<ReadRetry>,
 }
 
 /// The durable outbox of the upstream sink.
@@ -169,6 +238,8 @@ pub struct Buffer {
     upstream_up: bool,
     last_gauges_ms: i64,
     metrics: Arc<Metrics>,
+    log_damage: Throttle,
+    log_read_retry: Throttle,
 }
 
 fn cost(r: &Record) -> u64 {
@@ -220,6 +291,7 @@ impl Buffer {
                 unwritten: false,
                 sent_hwm: acked,
                 acked,
+                read_retry: None,
             }
         });
         let max_seen = lanes
@@ -246,6 +318,8 @@ impl Buffer {
             upstream_up: false,
             last_gauges_ms: i64::MIN,
             metrics,
+            log_damage: Throttle::default(),
+            log_read_retry: Throttle::default(),
         };
         std::mem::swap(&mut buffer.lanes, &mut lanes);
         buffer.disk_bytes = buffer
@@ -499,21 +573,19 @@ impl Buffer {
             WhenFull::DropNewest | WhenFull::Block => false,
             WhenFull::DropOldest => {
                 while self.disk_bytes + need > self.bound() {
-                    // Summaries go first, alarms last; never the segment
-                    // being written unless it is the only one left.
-                    let victim = [0usize, 1]
-                        .into_iter()
-                        .find(|&i| {
-                            self.lanes[i].segments.len() > 1
-                                || (self.lanes[i].segments.len() == 1 && i != for_lane)
-                        })
-                        .or_else(|| {
-                            (!self.lanes[for_lane].segments.is_empty()).then_some(for_lane)
-                        });
-                    let Some(i) = victim else {
+                    // Summaries go first, the segment being written included;
+                    // alarms only for an alarm, and only when no summary is
+                    // left. A summary never evicts an alarm.
+                    let summaries = Self::lane_index(Lane::Summary);
+                    let alarms = Self::lane_index(Lane::Alarm);
+                    let victim = if !self.lanes[summaries].segments.is_empty() {
+                        summaries
+                    } else if for_lane == alarms && !self.lanes[alarms].segments.is_empty() {
+                        alarms
+                    } else {
                         return false;
                     };
-                    self.drop_oldest_segment(i);
+                    self.drop_oldest_segment(victim);
                 }
                 true
             }
@@ -525,13 +597,19 @@ impl Buffer {
         let Some(seg) = l.segments.pop_front() else {
             return;
         };
-        if l.segments.is_empty() {
-            l.writer = None;
-        }
         if l.reader.as_ref().is_some_and(|r| r.base == seg.base) {
             l.reader = None;
         }
-        let unacked = recover::count_after(&seg.path, l.acked.max(l.sent_hwm));
+        // Records of the segment being written that are not in the file yet
+        // are dropped too; count them with the rest.
+        let pending = if l.segments.is_empty() {
+            l.writer.take().map_or(0, |w| {
+                segment_pending_after(&w.pending, l.acked.max(l.sent_hwm))
+            })
+        } else {
+            0
+        };
+        let unacked = recover::count_after(&seg.path, l.acked.max(l.sent_hwm)) + pending;
         let _ = std::fs::remove_file(&seg.path);
         self.disk_bytes -= seg.bytes;
         // The dropped records are gone from memory too, and count as settled.
@@ -670,7 +748,7 @@ impl Buffer {
     /// or the in-flight window is full (the caller limits that).
     pub fn next_unsent(&mut self, now_ms: i64) -> Option<Record> {
         for lane in [1usize, 0] {
-            while let Some(m) = self.take_next(lane) {
+            while let Some(m) = self.take_next(lane, now_ms) {
                 if self.cfg.max_age_ms > 0
                     && now_ms.saturating_sub(m.rec.ts_ms) > self.cfg.max_age_ms
                 {
@@ -694,7 +772,7 @@ impl Buffer {
         None
     }
 
-    fn take_next(&mut self, lane: usize) -> Option<MemRecord> {
+    fn take_next(&mut self, lane: usize, now_ms: i64) -> Option<MemRecord> {
         if let Some(m) = self.lanes[lane].resend.pop_front() {
             return Some(m);
         }
@@ -703,11 +781,13 @@ impl Buffer {
             let i = l.mem.partition_point(|m| m.rec.seq <= l.sent_hwm);
             l.mem.get(i).map(|m| m.rec.seq)
         };
-        let disk_next = self.peek_disk(lane);
-        let from_disk = match (disk_next, mem_next) {
-            (Some(d), Some(m)) => d < m,
-            (Some(_), None) => true,
-            _ => false,
+        let from_disk = match (self.peek_disk(lane, now_ms), mem_next) {
+            // The disk cannot be read right now: handing out a newer record
+            // from memory would skip the ones on disk, so the lane waits.
+            (DiskNext::Waiting, _) => return None,
+            (DiskNext::Next(d), Some(m)) => d < m,
+            (DiskNext::Next(_), None) => true,
+            (DiskNext::Nothing, _) => false,
         };
         let l = &mut self.lanes[lane];
         let m = if from_disk {
@@ -726,7 +806,7 @@ impl Buffer {
     }
 
     /// The seq of the next record on disk past `sent_hwm`, reading ahead.
-    fn peek_disk(&mut self, lane: usize) -> Option<u64> {
+    fn peek_disk(&mut self, lane: usize, now_ms: i64) -> DiskNext {
         loop {
             let sent = self.lanes[lane].sent_hwm;
             if let Some(p) = self.lanes[lane]
@@ -735,84 +815,133 @@ impl Buffer {
                 .and_then(|r| r.peeked.as_ref())
             {
                 if p.seq > sent {
-                    return Some(p.seq);
+                    return DiskNext::Next(p.seq);
                 }
                 if let Some(r) = self.lanes[lane].reader.as_mut() {
                     r.peeked = None;
                 }
             }
             if self.lanes[lane].reader.is_none() {
-                let l = &self.lanes[lane];
-                let seg = l.segments.iter().find(|s| s.last > sent && s.records > 0)?;
+                let l = &mut self.lanes[lane];
+                let Some(seg) = l.segments.iter().find(|s| s.last > sent && s.records > 0) else {
+                    return DiskNext::Nothing;
+                };
                 let (base, path) = (seg.base, seg.path.clone());
-                if l.writer.is_some() && l.segments.back().is_some_and(|s| s.base == base) {
+                let mut start = HEADER_LEN as u64;
+                match l.read_retry {
+                    Some(rt) if rt.base == base => {
+                        if now_ms < rt.at_ms {
+                            return DiskNext::Waiting;
+                        }
+                        start = rt.pos;
+                    }
+                    // The segment it was about is gone (acknowledged or dropped).
+                    Some(_) => l.read_retry = None,
+                    None => {}
+                }
+                if self.is_live(lane, base) {
                     let _ = self.flush_lane(lane);
                 }
-                let mut file = match File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.read_failed(lane, base, &e.to_string());
-                        continue;
-                    }
-                };
-                if file.seek(SeekFrom::Start(HEADER_LEN as u64)).is_err() {
-                    self.read_failed(lane, base, "seek failed");
-                    continue;
-                }
-                self.lanes[lane].reader = Some(Reader {
-                    base,
-                    file: BufReader::with_capacity(64 * 1024, file),
-                    pos: HEADER_LEN as u64,
-                    peeked: None,
+                let opened = File::open(&path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(start))?;
+                    Ok(f)
                 });
-            }
-            match self.read_record(lane) {
-                Ok(Some(rec)) => {
-                    if rec.seq > sent {
-                        let r = self.lanes[lane].reader.as_mut()?;
-                        r.peeked = Some(rec);
+                match opened {
+                    Ok(file) => {
+                        self.lanes[lane].reader = Some(Reader {
+                            base,
+                            file: BufReader::with_capacity(64 * 1024, file),
+                            pos: start,
+                            peeked: None,
+                        });
+                    }
+                    Err(e) => {
+                        if self.read_io_failed(lane, base, start, &e, now_ms) {
+                            continue;
+                        }
+                        return DiskNext::Waiting;
                     }
                 }
-                Ok(None) => {
-                    // End of this segment: move on if a later one exists.
-                    let base = self.lanes[lane].reader.as_ref()?.base;
-                    let has_later = self.lanes[lane].segments.iter().any(|s| s.base > base);
-                    if !has_later {
-                        return None;
-                    }
-                    self.lanes[lane].reader = None;
+            }
+            let Some(base) = self.lanes[lane].reader.as_ref().map(|r| r.base) else {
+                return DiskNext::Nothing;
+            };
+            let outcome = self.read_record(lane);
+            match outcome {
+                ReadOutcome::Record(rec) => {
                     let l = &mut self.lanes[lane];
+                    if l.read_retry.is_some_and(|rt| rt.base == base) {
+                        l.read_retry = None;
+                    }
+                    if rec.seq > sent {
+                        if let Some(r) = l.reader.as_mut() {
+                            r.peeked = Some(rec);
+                        }
+                    }
+                }
+                ReadOutcome::End => {
+                    // End of this segment: move on if a later one exists.
+                    let l = &mut self.lanes[lane];
+                    if l.read_retry.is_some_and(|rt| rt.base == base) {
+                        l.read_retry = None;
+                    }
+                    if !l.segments.iter().any(|s| s.base > base) {
+                        return DiskNext::Nothing;
+                    }
+                    l.reader = None;
                     if let Some(seg) = l.segments.iter().find(|s| s.base == base) {
                         l.sent_hwm = l.sent_hwm.max(seg.last);
                     }
                 }
-                Err(what) => {
-                    let base = self.lanes[lane].reader.as_ref()?.base;
-                    self.read_failed(lane, base, &what);
+                // The segment being written ends in a record still to come.
+                ReadOutcome::Incomplete if self.is_live(lane, base) => return DiskNext::Nothing,
+                ReadOutcome::Incomplete | ReadOutcome::Damaged(_) => {
+                    let what = match outcome {
+                        ReadOutcome::Damaged(what) => what,
+                        _ => "a record is cut short before the end of the segment",
+                    };
+                    if let Err(e) = self.skip_damage(lane, what, now_ms) {
+                        let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos);
+                        if !self.read_io_failed(lane, base, pos, &e, now_ms) {
+                            return DiskNext::Waiting;
+                        }
+                    }
+                }
+                ReadOutcome::Io(e) => {
+                    let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos);
+                    if !self.read_io_failed(lane, base, pos, &e, now_ms) {
+                        return DiskNext::Waiting;
+                    }
                 }
             }
         }
     }
 
-    /// Reads the record at the reader's position: `Ok(None)` at a clean end.
-    fn read_record(&mut self, lane: usize) -> Result<Option<Record>, String> {
+    /// Whether `base` is the segment the lane is writing.
+    fn is_live(&self, lane: usize, base: u64) -> bool {
+        let l = &self.lanes[lane];
+        l.writer.is_some() && l.segments.back().is_some_and(|s| s.base == base)
+    }
+
+    /// Reads the record at the reader's position.
+    fn read_record(&mut self, lane: usize) -> ReadOutcome {
         let l = &mut self.lanes[lane];
         let Some(r) = l.reader.as_mut() else {
-            return Ok(None);
+            return ReadOutcome::End;
         };
         let mut head = [0u8; RECORD_HEADER_LEN];
         match read_full(&mut r.file, &mut head) {
-            Ok(0) => return Ok(None),
+            Ok(0) => return ReadOutcome::End,
             Ok(n) if n < RECORD_HEADER_LEN => {
                 let _ = r.file.seek(SeekFrom::Start(r.pos));
-                return Ok(None);
+                return ReadOutcome::Incomplete;
             }
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return ReadOutcome::Io(e),
         }
         let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
         if head[0..2] != segment::MARKER || len > segment::MAX_BODY {
-            return Err("a record header is damaged".into());
+            return ReadOutcome::Damaged("a record header is damaged");
         }
         let mut buf = vec![0u8; RECORD_HEADER_LEN + len];
         buf[..RECORD_HEADER_LEN].copy_from_slice(&head);
@@ -820,35 +949,115 @@ impl Buffer {
             Ok(n) if n == len => {}
             Ok(_) => {
                 let _ = r.file.seek(SeekFrom::Start(r.pos));
-                return Ok(None);
+                return ReadOutcome::Incomplete;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return ReadOutcome::Io(e),
         }
         match segment::parse_record(&buf) {
             Parsed::Record { body, len } => {
                 r.pos += len as u64;
-                Ok(Some(Record {
+                ReadOutcome::Record(Record {
                     seq: body.seq,
                     lane: l.lane,
                     ts_ms: body.ts_ms,
                     topic: body.topic.to_owned(),
                     payload: body.payload.to_vec(),
-                }))
+                })
             }
-            _ => Err("a record failed its CRC check".into()),
+            _ => ReadOutcome::Damaged("a record failed its CRC check"),
         }
     }
 
-    fn read_failed(&mut self, lane: usize, base: u64, what: &str) {
+    /// The record at the reader's position is damaged: moves the reader to
+    /// the next valid record of the segment (or its end), and counts the
+    /// damaged region and its bytes. Records before and after it are
+    /// delivered; only the region is lost.
+    fn skip_damage(&mut self, lane: usize, what: &str, now_ms: i64) -> std::io::Result<()> {
+        let l = &mut self.lanes[lane];
+        let Some(r) = l.reader.as_mut() else {
+            return Ok(());
+        };
+        let from = r.pos;
+        let (next, end) = resync_reader(&mut r.file, from)?;
+        r.pos = next.unwrap_or(end);
+        let skipped = r.pos - from;
+        let (base, last_good) = (r.base, l.sent_hwm);
+        let lane_name = l.lane.dir_name();
+        self.metrics
+            .buffer_read_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .buffer_corrupt_regions
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .buffer_corrupt_bytes
+            .fetch_add(skipped, Ordering::Relaxed);
+        if let Some(suppressed) = self.log_damage.allow(now_ms) {
+            tracing::error!(
+                lane = lane_name,
+                segment = base,
+                offset = from,
+                skipped_bytes = skipped,
+                after_seq = last_good,
+                resumed = next.is_some(),
+                damage = what,
+                suppressed,
+                "A buffer record failed its check when read back (damage on the storage); skipped to the next valid record of the segment. `sensor-gateway buffer verify` shows the damage; check the SD card."
+            );
+        }
+        Ok(())
+    }
+
+    /// Opening or reading a segment failed at `pos`: try again later from
+    /// there, with a growing delay. Returns true when the retries are used
+    /// up and the rest of the segment was given up (counted), false when
+    /// the lane waits for the retry.
+    fn read_io_failed(
+        &mut self,
+        lane: usize,
+        base: u64,
+        pos: u64,
+        e: &std::io::Error,
+        now_ms: i64,
+    ) -> bool {
         self.metrics
             .buffer_read_errors
             .fetch_add(1, Ordering::Relaxed);
         let l = &mut self.lanes[lane];
-        tracing::error!(lane = l.lane.dir_name(), segment = base, error = what, "Cannot read a buffer segment; skipping the rest of it. `sensor-gateway buffer verify` shows the damage.");
         l.reader = None;
-        if let Some(seg) = l.segments.iter().find(|s| s.base == base) {
-            l.sent_hwm = l.sent_hwm.max(seg.last);
+        let failures = match l.read_retry {
+            Some(rt) if rt.base == base => rt.failures + 1,
+            _ => 1,
+        };
+        let lane_name = l.lane.dir_name();
+        if failures <= READ_RETRIES {
+            let delay = (READ_RETRY_FIRST_MS << (failures - 1).min(16)).min(READ_RETRY_MAX_MS);
+            l.read_retry = Some(ReadRetry {
+                base,
+                pos,
+                at_ms: now_ms.saturating_add(delay),
+                failures,
+            });
+            if let Some(suppressed) = self.log_read_retry.allow(now_ms) {
+                tracing::warn!(lane = lane_name, segment = base, offset = pos, error = %e, retry_in_ms = delay, attempt = failures, suppressed, "Cannot read a buffer segment; this lane waits and tries again (nothing is skipped). Check the state directory's disk.");
+            }
+            return false;
         }
+        l.read_retry = None;
+        let (last, bytes) = l
+            .segments
+            .iter()
+            .find(|s| s.base == base)
+            .map_or((0, 0), |s| (s.last, s.bytes));
+        l.sent_hwm = l.sent_hwm.max(last);
+        self.metrics
+            .buffer_unreadable_segments
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .buffer_corrupt_bytes
+            .fetch_add(bytes.saturating_sub(pos), Ordering::Relaxed);
+        tracing::error!(lane = lane_name, segment = base, offset = pos, last_seq = last, error = %e, attempts = failures, "A buffer segment stayed unreadable; gave up the rest of it (records up to last_seq). Check the state directory's disk.");
+        true
     }
 
     /// The broker acknowledged `seq`.
@@ -1190,6 +1399,55 @@ impl LaneLog {
             unwritten: false,
             sent_hwm: 0,
             acked: 0,
+            read_retry: None,
+        }
+    }
+}
+
+/// Counts the encoded records in `pending` (not yet written) with a seq
+/// above `after`.
+fn segment_pending_after(pending: &[u8], after: u64) -> u64 {
+    let mut pos = 0;
+    let mut n = 0;
+    while let Parsed::Record { body, len } = segment::parse_record(&pending[pos..]) {
+        n += u64::from(body.seq > after);
+        pos += len;
+    }
+    n
+}
+
+/// Looks for the next valid record after the damaged one at `from`,
+/// reading a bounded window at a time (at most a record's size plus a
+/// chunk). Returns where it starts, with the reader positioned there, or
+/// `None` and the end of the file when no valid record follows.
+fn resync_reader(file: &mut BufReader<File>, from: u64) -> std::io::Result<(Option<u64>, u64)> {
+    let mut start = from + 1;
+    file.seek(SeekFrom::Start(start))?;
+    let mut window: Vec<u8> = Vec::new();
+    let mut eof = false;
+    loop {
+        if !eof {
+            let old = window.len();
+            window.resize(old + RESYNC_CHUNK, 0);
+            let n = read_full(file, &mut window[old..])?;
+            window.truncate(old + n);
+            eof = n < RESYNC_CHUNK;
+        }
+        match segment::find_record(&window, 0, eof) {
+            segment::Resync::Found(p) => {
+                let at = start + p as u64;
+                file.seek(SeekFrom::Start(at))?;
+                return Ok((Some(at), at));
+            }
+            segment::Resync::NeedMore(p) => {
+                window.drain(..p);
+                start += p as u64;
+            }
+            segment::Resync::NotFound if eof => return Ok((None, start + window.len() as u64)),
+            segment::Resync::NotFound => {
+                start += window.len() as u64;
+                window.clear();
+            }
         }
     }
 }
