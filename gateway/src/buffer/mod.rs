@@ -8,6 +8,8 @@
 //! alarms/{base_seq:020}.seg      lane 1, delivered before summaries
 //! quarantine/                    damaged files moved aside at start-up
 //! cursor.a, cursor.b             acknowledged cursor, two slots (see below)
+//! ../seq.reserved                the reservation again, outside the buffer
+//!                                directory: magic b"SGWSEQ1\n" | u64 | CRC-32
 //! ```
 //!
 //! The segment format is documented in [`segment`]. The cursor slots are
@@ -24,8 +26,14 @@
 //! below which every record of the lane is acknowledged; whole segments at or
 //! below it are deleted. The sequence numbers handed to upstream never repeat
 //! across restarts: before a record with `seq >= reserved` is published, the
-//! reservation is extended by [`RESERVE_BLOCK`] and made durable, and start-up
-//! continues from the reservation.
+//! reservation is extended by [`RESERVE_BLOCK`] and made durable (the seq
+//! file, then the cursor); while that fails, nothing at or above the old
+//! reservation is handed out. Start-up continues from the reservation.
+//!
+//! A record that fails its check when read back costs only itself: the
+//! reader resynchronises at the next valid record of the segment. A segment
+//! that cannot be opened or read is retried later; nothing is skipped unless
+//! the error persists.
 //!
 //! Durability modes: in `always`, every record is written when pushed and
 //! fsynced within `commit_interval`. In `outage`, a summary stays in memory
@@ -220,12 +228,17 @@ struct LaneLog {
 /// The durable outbox of the upstream sink.
 pub struct Buffer {
     cfg: BufferConfig,
+    state_dir: PathBuf,
     root: PathBuf,
     lanes: [LaneLog; 2],
     /// Published, awaiting PUBACK: seq -> (lane, record, on disk).
     inflight: BTreeMap<u64, (Lane, MemRecord)>,
     disk_bytes: u64,
+    /// The durable reservation: no record with this seq or above is handed
+    /// out until the reservation is extended and durable.
     reserved: u64,
+    /// A reservation failed: not tried again before this time.
+    reserve_retry_at_ms: Option<i64>,
     next_seq: u64,
     cursor_gen: u64,
     cursor_dirty: bool,
@@ -240,6 +253,8 @@ pub struct Buffer {
     metrics: Arc<Metrics>,
     log_damage: Throttle,
     log_read_retry: Throttle,
+    log_reserve: Throttle,
+    log_cursor: Throttle,
 }
 
 fn cost(r: &Record) -> u64 {
@@ -299,15 +314,21 @@ impl Buffer {
             .filter_map(|l| l.segments.back().map(|s| s.last))
             .max()
             .unwrap_or(0);
-        let next_seq = cursor.reserved.max(max_seen + 1).max(1);
+        // The reservation also lives outside the buffer directory, so that
+        // numbering continues above everything handed out even when the
+        // buffer was deleted.
+        let seq_file = recover::read_seq_file(state_dir).unwrap_or(0);
+        let next_seq = cursor.reserved.max(seq_file).max(max_seen + 1).max(1);
         report.next_seq = next_seq;
         let mut buffer = Buffer {
             cfg: cfg.clone(),
+            state_dir: state_dir.to_owned(),
             root,
             lanes: [LaneLog::placeholder(), LaneLog::placeholder()],
             inflight: BTreeMap::new(),
             disk_bytes: 0,
             reserved: next_seq,
+            reserve_retry_at_ms: None,
             next_seq,
             cursor_gen: cursor.generation,
             cursor_dirty: true,
@@ -320,6 +341,8 @@ impl Buffer {
             metrics,
             log_damage: Throttle::default(),
             log_read_retry: Throttle::default(),
+            log_reserve: Throttle::default(),
+            log_cursor: Throttle::default(),
         };
         std::mem::swap(&mut buffer.lanes, &mut lanes);
         buffer.disk_bytes = buffer
@@ -332,8 +355,10 @@ impl Buffer {
         for i in 0..2 {
             buffer.delete_acked_segments(i);
         }
-        // Make the first reservation durable before anything is published.
-        buffer.reserve(next_seq);
+        // Make the first reservation durable before anything is published;
+        // if it fails, nothing at or above `next_seq` is published until a
+        // later attempt succeeds.
+        buffer.reserve(next_seq, 0);
         buffer.update_gauges();
         buffer
             .metrics
@@ -761,8 +786,11 @@ impl Buffer {
                     self.settle(lane);
                     continue;
                 }
-                if m.rec.seq >= self.reserved {
-                    self.reserve(m.rec.seq + 1);
+                if m.rec.seq >= self.reserved && !self.reserve(m.rec.seq + 1, now_ms) {
+                    // Not durable: publishing it could repeat its number
+                    // after a restart. It waits, first in its lane.
+                    self.lanes[lane].resend.push_front(m);
+                    return None;
                 }
                 let rec = m.rec.clone();
                 self.inflight.insert(rec.seq, (rec.lane, m));
@@ -1309,7 +1337,7 @@ impl Buffer {
         self.last_sync_ms = now_ms;
         let has_disk = self.lanes.iter().any(|l| !l.segments.is_empty());
         if self.cursor_dirty && has_disk {
-            self.write_cursor();
+            let _ = self.write_cursor(now_ms);
         }
     }
 
@@ -1318,17 +1346,48 @@ impl Buffer {
         self.spill_all();
         self.cursor_dirty = true;
         self.flush_and_sync(now_ms);
-        self.write_cursor();
+        let _ = self.write_cursor(now_ms);
         self.update_gauges();
         self.last_gauges_ms = now_ms;
     }
 
-    fn reserve(&mut self, at_least: u64) {
-        self.reserved = at_least + RESERVE_BLOCK;
-        self.write_cursor();
+    /// Extends the reservation past `at_least` and makes it durable: first
+    /// `<state_dir>/seq.reserved`, then the cursor. Returns whether it is
+    /// durable; if not, the reservation stays where it was, and the next
+    /// attempt is made no sooner than a second later.
+    fn reserve(&mut self, at_least: u64, now_ms: i64) -> bool {
+        if self.reserve_retry_at_ms.is_some_and(|at| now_ms < at) {
+            return false;
+        }
+        let old = self.reserved;
+        let want = at_least.saturating_add(RESERVE_BLOCK);
+        let result = recover::write_seq_file(&self.state_dir, want)
+            .map(|n| {
+                self.metrics
+                    .buffer_bytes_written
+                    .fetch_add(n, Ordering::Relaxed);
+            })
+            .and_then(|()| {
+                self.reserved = want;
+                self.write_cursor(now_ms)
+            });
+        let Err(e) = result else {
+            self.reserve_retry_at_ms = None;
+            return true;
+        };
+        self.reserved = old;
+        self.reserve_retry_at_ms = Some(now_ms.saturating_add(1000));
+        self.metrics
+            .buffer_reservation_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.log_reserve.allow(now_ms) {
+            tracing::error!(state_dir = %self.state_dir.display(), error = %e, reserved = old, suppressed, "Cannot make the sequence reservation durable; records numbered from `reserved` on wait until it can (retried every second). Check that the state directory is writable and its disk healthy.");
+        }
+        false
     }
 
-    fn write_cursor(&mut self) {
+    /// Writes the cursor (acknowledged marks and the reservation).
+    fn write_cursor(&mut self, now_ms: i64) -> std::io::Result<()> {
         self.cursor_gen += 1;
         let c = recover::Cursor {
             generation: self.cursor_gen,
@@ -1342,12 +1401,16 @@ impl Buffer {
                     .buffer_bytes_written
                     .fetch_add(n, Ordering::Relaxed);
                 self.cursor_dirty = false;
+                Ok(())
             }
             Err(e) => {
                 self.metrics
                     .buffer_write_errors
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "Cannot write the buffer cursor; records may be sent again after a restart.");
+                if let Some(suppressed) = self.log_cursor.allow(now_ms) {
+                    tracing::error!(error = %e, suppressed, "Cannot write the buffer cursor; records may be sent again after a restart. Check that the state directory is writable and its disk healthy.");
+                }
+                Err(e)
             }
         }
     }

@@ -657,3 +657,85 @@ fn drop_oldest_makes_room_for_an_alarm_from_summaries_first() {
         "no alarm was evicted while summaries were left"
     );
 }
+
+#[test]
+fn a_failed_reservation_stops_publication_beyond_the_durable_reservation() {
+    let f = Fixture::new();
+    let c = cfg(Durability::Always);
+    let mut b = f.open(&c);
+    let reserved = b.reserved;
+    for seq in reserved - 2..reserved + 3 {
+        b.push(rec(seq, Lane::Summary), 0);
+    }
+    // The cursor can no longer be written (as on a read-only remount).
+    for slot in ["cursor.a", "cursor.b"] {
+        let p = f.dir.path().join("buffer").join(slot);
+        let _ = std::fs::remove_file(&p);
+        std::fs::create_dir(&p).unwrap();
+    }
+    let now = 1_700_000_000_000;
+    let mut got = Vec::new();
+    while let Some(r) = b.next_unsent(now) {
+        got.push(r.seq);
+        b.ack(r.seq);
+    }
+    assert_eq!(
+        got,
+        vec![reserved - 2, reserved - 1],
+        "nothing at or above the durable reservation is handed out"
+    );
+    assert_eq!(b.reserved, reserved, "the reservation did not move");
+    assert!(
+        f.metrics
+            .buffer_reservation_failures
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(
+        b.next_unsent(now + 1_500),
+        None,
+        "still failing: still waiting"
+    );
+    for slot in ["cursor.a", "cursor.b"] {
+        std::fs::remove_dir(f.dir.path().join("buffer").join(slot)).unwrap();
+    }
+    while let Some(r) = b.next_unsent(now + 3_000) {
+        got.push(r.seq);
+        b.ack(r.seq);
+    }
+    assert_eq!(
+        got,
+        (reserved - 2..reserved + 3).collect::<Vec<_>>(),
+        "published once the reservation is durable"
+    );
+    b.close(0);
+    drop(b);
+    let b = f.open(&c);
+    assert_eq!(
+        b.next_seq(),
+        reserved + 1 + RESERVE_BLOCK,
+        "the new reservation is durable"
+    );
+}
+
+#[test]
+fn numbering_continues_above_everything_handed_out_after_the_buffer_is_deleted() {
+    let f = Fixture::new();
+    let c = cfg(Durability::Always);
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    for i in 0..10 {
+        b.push(rec(s + i, Lane::Summary), 0);
+    }
+    let sent = deliver(&mut b, 10, true);
+    assert_eq!(sent.len(), 10);
+    b.close(0);
+    drop(b);
+    std::fs::remove_dir_all(f.dir.path().join("buffer")).unwrap();
+    let b = f.open(&c);
+    assert!(
+        b.next_seq() > *sent.iter().max().unwrap(),
+        "next seq {} repeats a number handed out before",
+        b.next_seq()
+    );
+}
