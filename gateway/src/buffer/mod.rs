@@ -69,6 +69,15 @@ const READ_RETRY_MAX_MS: i64 = 60_000;
 const READ_RETRIES: u32 = 10;
 /// Operator-facing log lines of one kind are written at most this often.
 const LOG_EVERY_MS: i64 = 10_000;
+/// Records upstream refused are appended to this file in `quarantine/`
+/// until it reaches [`SET_ASIDE_FILE_MAX`] bytes; after that they are only
+/// counted.
+pub const SET_ASIDE_FILE: &str = "rejected-records.jsonl";
+pub const SET_ASIDE_FILE_MAX: u64 = 16 * 1024 * 1024;
+/// Topic, payload and reason are cut to this many bytes in that file.
+const SET_ASIDE_TEXT_MAX: usize = 4096;
+/// Outsider text in log lines is cut to this many characters.
+const LOG_TEXT_MAX: usize = 200;
 /// Bytes read at a time while looking for the next valid record.
 const RESYNC_CHUNK: usize = 64 * 1024;
 
@@ -255,6 +264,7 @@ pub struct Buffer {
     log_read_retry: Throttle,
     log_reserve: Throttle,
     log_cursor: Throttle,
+    log_set_aside: Throttle,
 }
 
 fn cost(r: &Record) -> u64 {
@@ -343,6 +353,7 @@ impl Buffer {
             log_read_retry: Throttle::default(),
             log_reserve: Throttle::default(),
             log_cursor: Throttle::default(),
+            log_set_aside: Throttle::default(),
         };
         std::mem::swap(&mut buffer.lanes, &mut lanes);
         buffer.disk_bytes = buffer
@@ -1095,6 +1106,80 @@ impl Buffer {
         }
     }
 
+    /// Upstream refused to take the record `seq`, handed out by
+    /// [`Buffer::next_unsent`] and not acknowledged (its topic is too long
+    /// or holds a wildcard, say): it is set aside instead of blocking its
+    /// lane. It leaves the in-flight set for good, is appended to
+    /// `quarantine/rejected-records.jsonl` (while that file is under
+    /// [`SET_ASIDE_FILE_MAX`]), counted and logged, and its lane settles
+    /// past it. Returns false when `seq` is not in flight.
+    pub fn set_aside(&mut self, seq: u64, reason: &str, now_ms: i64) -> bool {
+        let Some((lane, m)) = self.inflight.remove(&seq) else {
+            return false;
+        };
+        let recorded = self.record_set_aside(&m.rec, reason, now_ms);
+        self.metrics
+            .buffer_set_aside
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.log_set_aside.allow(now_ms) {
+            let topic: String = m.rec.topic.chars().take(LOG_TEXT_MAX).collect();
+            let reason: String = reason.chars().take(LOG_TEXT_MAX).collect();
+            match &recorded {
+                Ok(path) => {
+                    tracing::warn!(seq, lane = lane.dir_name(), topic = ?topic, topic_len = m.rec.topic.len(), reason = ?reason, file = %path.display(), suppressed, "Upstream refused a record; set it aside in the file named here and went on with the next. Fix the topic template or the sensor that produced it.")
+                }
+                Err(e) => {
+                    tracing::warn!(seq, lane = lane.dir_name(), topic = ?topic, topic_len = m.rec.topic.len(), reason = ?reason, not_recorded = %e, suppressed, "Upstream refused a record; dropped it (counted) and went on with the next. Fix the topic template or the sensor that produced it.")
+                }
+            }
+        }
+        self.settle(lane as usize);
+        true
+    }
+
+    /// Appends a set-aside record to the quarantine file, one JSON object
+    /// per line, outsider text truncated; returns the file's path.
+    fn record_set_aside(
+        &mut self,
+        rec: &Record,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<PathBuf, String> {
+        let path = self.root.join("quarantine").join(SET_ASIDE_FILE);
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if size >= SET_ASIDE_FILE_MAX {
+            return Err(format!(
+                "{} has reached {SET_ASIDE_FILE_MAX} bytes",
+                path.display()
+            ));
+        }
+        let payload =
+            String::from_utf8_lossy(&rec.payload[..rec.payload.len().min(SET_ASIDE_TEXT_MAX)]);
+        let line = serde_json::json!({
+            "seq": rec.seq,
+            "lane": rec.lane.dir_name(),
+            "ts_ms": rec.ts_ms,
+            "set_aside_ms": now_ms,
+            "reason": truncate_str(reason, SET_ASIDE_TEXT_MAX),
+            "topic": truncate_str(&rec.topic, SET_ASIDE_TEXT_MAX),
+            "topic_len": rec.topic.len(),
+            "payload": payload,
+            "payload_len": rec.payload.len(),
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot append to {}: {e}", path.display()))?;
+        self.metrics
+            .buffer_bytes_written
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        Ok(path)
+    }
+
     /// Recomputes a lane's acked mark and frees what it covers.
     fn settle(&mut self, lane: usize) {
         let l = &self.lanes[lane];
@@ -1465,6 +1550,15 @@ impl LaneLog {
             read_retry: None,
         }
     }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Counts the encoded records in `pending` (not yet written) with a seq

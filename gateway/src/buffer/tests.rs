@@ -739,3 +739,75 @@ fn numbering_continues_above_everything_handed_out_after_the_buffer_is_deleted()
         b.next_seq()
     );
 }
+
+#[test]
+fn a_record_set_aside_is_not_handed_out_again_and_the_lane_moves_past_it() {
+    let f = Fixture::new();
+    let c = cfg(Durability::Always);
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    for i in 0..5 {
+        let mut r = rec(s + i, Lane::Summary);
+        if i == 1 {
+            r.topic = format!("gw/{}/#", "t".repeat(10_000));
+            r.payload = vec![b'{', 0xFF, b'}'];
+        }
+        b.push(r, 0);
+    }
+    let now = 1_700_000_000_000;
+    assert_eq!(deliver(&mut b, 3, false), vec![s, s + 1, s + 2]);
+    assert!(b.set_aside(s + 1, "topic has a wildcard", now));
+    assert!(!b.set_aside(s + 1, "again", now), "no longer in flight");
+    b.ack(s);
+    b.ack(s + 2);
+    assert_eq!(b.lanes[0].acked, s + 2, "the acked mark moves past it");
+    assert_eq!(b.rewind(), 0, "it is not resent after a reconnect");
+    assert_eq!(deliver(&mut b, 10, true), vec![s + 3, s + 4]);
+    b.maintain(5_000, true);
+    assert!(b.is_empty());
+    assert_eq!(f.metrics.buffer_set_aside.load(Ordering::Relaxed), 1);
+    assert_eq!(f.metrics.upstream_dropped_total(), 1);
+
+    let file = f.dir.path().join("buffer/quarantine").join(SET_ASIDE_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    let j = &lines[0];
+    assert_eq!(j["seq"], s + 1);
+    assert_eq!(j["lane"], "summaries");
+    assert_eq!(j["reason"], "topic has a wildcard");
+    assert_eq!(j["topic_len"], 10_005);
+    assert_eq!(j["topic"].as_str().unwrap().len(), 4096, "truncated");
+    assert_eq!(j["payload"], "{\u{FFFD}}");
+    assert_eq!(j["payload_len"], 3);
+    let mut b = {
+        drop(b);
+        f.open(&c)
+    };
+    assert_eq!(
+        deliver(&mut b, 10, true),
+        Vec::<u64>::new(),
+        "not after a restart either"
+    );
+}
+
+#[test]
+fn the_set_aside_file_stops_growing_at_its_bound() {
+    let f = Fixture::new();
+    let mut b = f.open(&cfg(Durability::Always));
+    let s = b.next_seq();
+    b.push(rec(s, Lane::Alarm), 0);
+    let file = f.dir.path().join("buffer/quarantine").join(SET_ASIDE_FILE);
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(SET_ASIDE_FILE_MAX)
+        .unwrap();
+    assert_eq!(deliver(&mut b, 1, false), vec![s]);
+    assert!(b.set_aside(s, "topic too long", 0));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), SET_ASIDE_FILE_MAX);
+    assert_eq!(f.metrics.buffer_set_aside.load(Ordering::Relaxed), 1);
+    assert!(b.is_empty());
+}
