@@ -135,6 +135,17 @@ pub struct Metrics {
     pub buffer_first_seq_this_run: AtomicI64,
     /// Measurement time of the oldest unacknowledged record on disk, ms.
     pub buffer_oldest_ts_ms: AtomicI64,
+    /// Damaged regions skipped while reading the buffer back (each held at
+    /// least one record).
+    pub buffer_corrupt_regions: AtomicU64,
+    /// Segments whose rest was given up after open or read errors persisted.
+    pub buffer_unreadable_segments: AtomicU64,
+    /// Bytes of the buffer skipped as damaged or unreadable.
+    pub buffer_corrupt_bytes: AtomicU64,
+    /// Times a sequence reservation could not be made durable.
+    pub buffer_reservation_failures: AtomicU64,
+    /// Records upstream refused to take, set aside in the quarantine file.
+    pub buffer_set_aside: AtomicU64,
     /// One entry per serial port, in configuration order.
     serial: std::sync::Mutex<Vec<Arc<SerialPortMetrics>>>,
 }
@@ -345,7 +356,7 @@ impl Metrics {
             ),
             (
                 "gateway_buffer_read_errors_total",
-                "Buffer segments that became unreadable while running.",
+                "Failed attempts to read the buffer back while running (I/O errors and damaged records).",
                 c(&self.buffer_read_errors),
             ),
             (
@@ -357,6 +368,16 @@ impl Metrics {
                 "gateway_buffer_quarantined_total",
                 "Damaged buffer files moved to quarantine at start-up.",
                 c(&self.buffer_quarantined),
+            ),
+            (
+                "gateway_buffer_skipped_bytes_total",
+                "Bytes of buffer segments skipped as damaged or unreadable while reading them back.",
+                c(&self.buffer_corrupt_bytes),
+            ),
+            (
+                "gateway_buffer_reservation_failures_total",
+                "Sequence reservations that could not be made durable (publishing waits for one).",
+                c(&self.buffer_reservation_failures),
             ),
         ];
         let gauges: &[(&str, &str, i64)] = &[
@@ -433,6 +454,9 @@ impl Metrics {
             ("buffer_full_newest", c(&self.buffer_dropped_disk_full)),
             ("shutdown", c(&self.records_lost_at_shutdown)),
             ("expired", c(&self.buffer_expired)),
+            ("corrupt", c(&self.buffer_corrupt_regions)),
+            ("unreadable", c(&self.buffer_unreadable_segments)),
+            ("unpublishable", c(&self.buffer_set_aside)),
         ] {
             let _ = writeln!(
                 s,
@@ -569,7 +593,12 @@ impl Metrics {
     /// Records dropped before delivery, all reasons.
     pub fn upstream_dropped_total(&self) -> u64 {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        c(&self.buffer_dropped_oldest) + c(&self.buffer_dropped_disk_full) + c(&self.buffer_expired)
+        c(&self.buffer_dropped_oldest)
+            + c(&self.buffer_dropped_disk_full)
+            + c(&self.buffer_expired)
+            + c(&self.buffer_corrupt_regions)
+            + c(&self.buffer_unreadable_segments)
+            + c(&self.buffer_set_aside)
     }
 
     /// A one-line summary for the periodic log line.

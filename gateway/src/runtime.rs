@@ -150,12 +150,20 @@ pub async fn run(
 /// How often changed baselines are saved (alarm changes are saved at once).
 const BASELINE_SAVE_EVERY: Duration = Duration::from_secs(30);
 
+/// After a failed save, the next attempt waits at least this long.
+const SAVE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Saves the processor's alarm and baseline state to the state directory.
 struct StateSaver {
     dir: PathBuf,
     metrics: Arc<Metrics>,
+    /// Alarm state changed and is not saved yet (a save failed).
+    alarms_pending: bool,
     baselines_pending: bool,
     last_save: tokio::time::Instant,
+    /// When the last save failed; the changes stay pending and are saved
+    /// at the next opportunity after [`SAVE_RETRY_AFTER`].
+    failed_at: Option<tokio::time::Instant>,
 }
 
 impl StateSaver {
@@ -163,44 +171,63 @@ impl StateSaver {
         Self {
             dir,
             metrics,
+            alarms_pending: false,
             baselines_pending: false,
             last_save: tokio::time::Instant::now(),
+            failed_at: None,
         }
     }
 
     /// Saves when alarm state changed (before its events go out, so a
     /// restart neither repeats nor forgets an alarm), when baselines changed
-    /// and the last save is old enough, or when `force`d.
+    /// and the last save is old enough, or when `force`d. A failed save is
+    /// not forgotten: what it should have saved stays pending and is saved
+    /// at the next call a second or more later (at once when `force`d).
     async fn save_if_needed(&mut self, processor: &mut Processor, force: bool) {
         let (alarms, baselines) = processor.take_dirty();
+        self.alarms_pending |= alarms;
         self.baselines_pending |= baselines;
+        let retry_wait = !force
+            && self
+                .failed_at
+                .is_some_and(|t| t.elapsed() < SAVE_RETRY_AFTER);
+        if retry_wait {
+            return;
+        }
         let due = self.baselines_pending && self.last_save.elapsed() >= BASELINE_SAVE_EVERY;
-        if !(alarms || due || (force && self.baselines_pending)) {
+        if !(self.alarms_pending || due || (force && self.baselines_pending)) {
             return;
         }
         let bytes = crate::state::encode(&processor.export_state());
         let dir = self.dir.clone();
         let result = tokio::task::spawn_blocking(move || crate::state::save(&dir, &bytes)).await;
         self.last_save = tokio::time::Instant::now();
-        self.baselines_pending = false;
-        match result {
+        let error = match result {
             Ok(Ok(())) => {
+                self.alarms_pending = false;
+                self.baselines_pending = false;
+                self.failed_at = None;
                 self.metrics
                     .state_saves
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
             }
-            Ok(Err(e)) => {
-                self.metrics
-                    .state_save_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(dir = %self.dir.display(), error = %e, "Cannot save the alarm and baseline state; a restart would forget changes since the last save.");
-            }
-            Err(e) => {
-                self.metrics
-                    .state_save_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(error = %e, "The state-saving task failed.");
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the state-saving task failed: {e}"),
+        };
+        self.metrics
+            .state_save_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Logged once per failure streak and then at most every minute of
+        // retries, not on every retry.
+        let first = self.failed_at.is_none();
+        self.failed_at = Some(tokio::time::Instant::now());
+        let saves_failed = self
+            .metrics
+            .state_save_errors
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if first || saves_failed % 60 == 0 {
+            tracing::error!(dir = %self.dir.display(), error = %error, failed_saves = saves_failed, "Cannot save the alarm and baseline state; retrying every second. A restart now would forget the changes since the last save. Check that the state directory is writable and its disk healthy.");
         }
     }
 }
@@ -377,4 +404,72 @@ fn dir_size(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::processor::RawMessage;
+
+    const RULES: &str = r#"
+[gateway]
+id = "gw"
+
+[[source]]
+kind = "mqtt"
+broker = "127.0.0.1:1883"
+topic_template = "plant/{line}/{machine}/{sensor}"
+
+[[sensor]]
+match = "*/vibration"
+window = "1s"
+
+[sensor.alarm]
+high = 2.8
+hysteresis = 0.2
+
+[upstream]
+broker = "127.0.0.1:1884"
+"#;
+
+    #[tokio::test]
+    async fn a_failed_state_save_is_retried_not_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(RULES, std::path::Path::new("t.toml")).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut p = Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1);
+        let mut saver = StateSaver::new(dir.path().to_owned(), metrics.clone());
+        // The save cannot create its temporary file.
+        let tmp = crate::state::path(dir.path()).with_extension("state.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let t0 = 1_700_000_000_000;
+        let msg = RawMessage {
+            source: 0,
+            topic: "plant/l1/m1/vibration".into(),
+            payload: bytes::Bytes::from(format!(r#"{{"value":5.0,"ts":{t0}}}"#)),
+            received_ms: t0,
+        };
+        let mut out = Vec::new();
+        p.ingest(&msg, t0, &mut out);
+        saver.save_if_needed(&mut p, false).await;
+        assert_eq!(metrics.state_save_errors.load(Ordering::Relaxed), 1);
+        assert!(!crate::state::path(dir.path()).exists());
+        std::fs::remove_dir(&tmp).unwrap();
+        // Nothing changed since: the pending alarm change is still saved,
+        // once the retry delay has passed.
+        saver.save_if_needed(&mut p, false).await;
+        assert_eq!(
+            metrics.state_saves.load(Ordering::Relaxed),
+            0,
+            "not at once"
+        );
+        let failed_at = saver.failed_at.unwrap();
+        saver.failed_at = failed_at.checked_sub(SAVE_RETRY_AFTER);
+        saver.save_if_needed(&mut p, false).await;
+        assert_eq!(metrics.state_saves.load(Ordering::Relaxed), 1);
+        let saved = crate::state::load(dir.path(), t0).unwrap().unwrap();
+        assert_eq!(saved, p.export_state());
+    }
 }

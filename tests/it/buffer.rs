@@ -483,3 +483,38 @@ async fn a_million_summaries_survive_a_long_outage_in_order() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_buffer_directory_never_makes_sequence_numbers_repeat() {
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let upstream = Broker::start(BrokerKind::Rumqttd).await;
+    let sub = Subscriber::start(upstream.addr, "gateways/#").await;
+    let mut gw = Gateway::start(&config(source.addr, upstream.addr, ""));
+    gw.wait_ready().await;
+    let mut publisher = Publisher::connect(source.addr).await;
+    one_summary_per_reading(&mut publisher, 2, 10, aligned_base_ms()).await;
+    let before: BTreeSet<u64> =
+        unique_seqs(&sub.wait_for_unique(20, Duration::from_secs(20)).await)
+            .into_iter()
+            .collect();
+    assert!(gw.terminate(Duration::from_secs(15)).await.success());
+
+    // The operator deletes the buffer; the rest of the state directory stays.
+    let state = gw.dir.path().join("state");
+    std::fs::remove_dir_all(state.join("buffer")).unwrap();
+    gw.restart();
+    gw.wait_ready().await;
+    one_summary_per_reading(&mut publisher, 2, 10, aligned_base_ms() + 30_000).await;
+    let messages = sub.wait_for_unique(40, Duration::from_secs(20)).await;
+    let after: BTreeSet<u64> = unique_seqs(&messages)
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    assert_eq!(after.len(), 20, "every new summary has a new number");
+    let (old_max, new_min) = (before.last().unwrap(), after.first().unwrap());
+    assert!(
+        new_min > old_max,
+        "numbering restarted below what was handed out before: {new_min} <= {old_max}\n{}",
+        gw.log()
+    );
+}

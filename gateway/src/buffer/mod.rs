@@ -8,6 +8,8 @@
 //! alarms/{base_seq:020}.seg      lane 1, delivered before summaries
 //! quarantine/                    damaged files moved aside at start-up
 //! cursor.a, cursor.b             acknowledged cursor, two slots (see below)
+//! ../seq.reserved                the reservation again, outside the buffer
+//!                                directory: magic b"SGWSEQ1\n" | u64 | CRC-32
 //! ```
 //!
 //! The segment format is documented in [`segment`]. The cursor slots are
@@ -24,8 +26,14 @@
 //! below which every record of the lane is acknowledged; whole segments at or
 //! below it are deleted. The sequence numbers handed to upstream never repeat
 //! across restarts: before a record with `seq >= reserved` is published, the
-//! reservation is extended by [`RESERVE_BLOCK`] and made durable, and start-up
-//! continues from the reservation.
+//! reservation is extended by [`RESERVE_BLOCK`] and made durable (the seq
+//! file, then the cursor); while that fails, nothing at or above the old
+//! reservation is handed out. Start-up continues from the reservation.
+//!
+//! A record that fails its check when read back costs only itself: the
+//! reader resynchronises at the next valid record of the segment. A segment
+//! that cannot be opened or read is retried later; nothing is skipped unless
+//! the error persists.
 //!
 //! Durability modes: in `always`, every record is written when pushed and
 //! fsynced within `commit_interval`. In `outage`, a summary stays in memory
@@ -52,6 +60,26 @@ use segment::{Body, Parsed, HEADER_LEN, RECORD_HEADER_LEN};
 
 /// How far a durable sequence reservation reaches ahead.
 pub const RESERVE_BLOCK: u64 = 65_536;
+
+/// A segment that cannot be opened or read is tried again after this
+/// delay, doubling up to [`READ_RETRY_MAX_MS`], [`READ_RETRIES`] times
+/// (about four minutes in all) before the rest of it is given up.
+const READ_RETRY_FIRST_MS: i64 = 500;
+const READ_RETRY_MAX_MS: i64 = 60_000;
+const READ_RETRIES: u32 = 10;
+/// Operator-facing log lines of one kind are written at most this often.
+const LOG_EVERY_MS: i64 = 10_000;
+/// Records upstream refused are appended to this file in `quarantine/`
+/// until it reaches [`SET_ASIDE_FILE_MAX`] bytes; after that they are only
+/// counted.
+pub const SET_ASIDE_FILE: &str = "rejected-records.jsonl";
+pub const SET_ASIDE_FILE_MAX: u64 = 16 * 1024 * 1024;
+/// Topic, payload and reason are cut to this many bytes in that file.
+const SET_ASIDE_TEXT_MAX: usize = 4096;
+/// Outsider text in log lines is cut to this many characters.
+const LOG_TEXT_MAX: usize = 200;
+/// Bytes read at a time while looking for the next valid record.
+const RESYNC_CHUNK: usize = 64 * 1024;
 
 /// Errors that stop the buffer from opening at all (a state directory that
 /// cannot be created or written). Damaged contents are never an error.
@@ -118,6 +146,61 @@ struct Writer {
     unsynced: bool,
 }
 
+/// What the disk holds next for a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskNext {
+    Next(u64),
+    Nothing,
+    /// The next segment could not be opened or read; it is tried again later.
+    Waiting,
+}
+
+/// What reading the record at the reader's position gave.
+#[derive(Debug)]
+enum ReadOutcome {
+    Record(Record),
+    /// The clean end of the file.
+    End,
+    /// The file ends inside a record.
+    Incomplete,
+    /// The bytes there are not a valid record.
+    Damaged(&'static str),
+    /// The read itself failed (EIO, ...): worth trying again.
+    Io(std::io::Error),
+}
+
+/// A segment whose open or read failed: where to resume and when.
+#[derive(Debug, Clone, Copy)]
+struct ReadRetry {
+    base: u64,
+    pos: u64,
+    at_ms: i64,
+    failures: u32,
+}
+
+/// Rate limit of one kind of log line: the first is written, then at most
+/// one per [`LOG_EVERY_MS`], carrying how many were suppressed.
+#[derive(Debug, Default)]
+struct Throttle {
+    last_ms: Option<i64>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn allow(&mut self, now_ms: i64) -> Option<u64> {
+        match self.last_ms {
+            Some(last) if now_ms.saturating_sub(last) < LOG_EVERY_MS => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_ms = Some(now_ms);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Reader {
     base: u64,
@@ -146,17 +229,25 @@ struct LaneLog {
     /// Highest seq handed out for publishing (resends aside).
     sent_hwm: u64,
     acked: u64,
+    /// Set while a segment of this lane cannot be opened or read; the lane
+    /// hands out nothing newer until it can.
+    read_retry: Option<ReadRetry>,
 }
 
 /// The durable outbox of the upstream sink.
 pub struct Buffer {
     cfg: BufferConfig,
+    state_dir: PathBuf,
     root: PathBuf,
     lanes: [LaneLog; 2],
     /// Published, awaiting PUBACK: seq -> (lane, record, on disk).
     inflight: BTreeMap<u64, (Lane, MemRecord)>,
     disk_bytes: u64,
+    /// The durable reservation: no record with this seq or above is handed
+    /// out until the reservation is extended and durable.
     reserved: u64,
+    /// A reservation failed: not tried again before this time.
+    reserve_retry_at_ms: Option<i64>,
     next_seq: u64,
     cursor_gen: u64,
     cursor_dirty: bool,
@@ -169,6 +260,11 @@ pub struct Buffer {
     upstream_up: bool,
     last_gauges_ms: i64,
     metrics: Arc<Metrics>,
+    log_damage: Throttle,
+    log_read_retry: Throttle,
+    log_reserve: Throttle,
+    log_cursor: Throttle,
+    log_set_aside: Throttle,
 }
 
 fn cost(r: &Record) -> u64 {
@@ -220,6 +316,7 @@ impl Buffer {
                 unwritten: false,
                 sent_hwm: acked,
                 acked,
+                read_retry: None,
             }
         });
         let max_seen = lanes
@@ -227,15 +324,21 @@ impl Buffer {
             .filter_map(|l| l.segments.back().map(|s| s.last))
             .max()
             .unwrap_or(0);
-        let next_seq = cursor.reserved.max(max_seen + 1).max(1);
+        // The reservation also lives outside the buffer directory, so that
+        // numbering continues above everything handed out even when the
+        // buffer was deleted.
+        let seq_file = recover::read_seq_file(state_dir).unwrap_or(0);
+        let next_seq = cursor.reserved.max(seq_file).max(max_seen + 1).max(1);
         report.next_seq = next_seq;
         let mut buffer = Buffer {
             cfg: cfg.clone(),
+            state_dir: state_dir.to_owned(),
             root,
             lanes: [LaneLog::placeholder(), LaneLog::placeholder()],
             inflight: BTreeMap::new(),
             disk_bytes: 0,
             reserved: next_seq,
+            reserve_retry_at_ms: None,
             next_seq,
             cursor_gen: cursor.generation,
             cursor_dirty: true,
@@ -246,6 +349,11 @@ impl Buffer {
             upstream_up: false,
             last_gauges_ms: i64::MIN,
             metrics,
+            log_damage: Throttle::default(),
+            log_read_retry: Throttle::default(),
+            log_reserve: Throttle::default(),
+            log_cursor: Throttle::default(),
+            log_set_aside: Throttle::default(),
         };
         std::mem::swap(&mut buffer.lanes, &mut lanes);
         buffer.disk_bytes = buffer
@@ -258,8 +366,10 @@ impl Buffer {
         for i in 0..2 {
             buffer.delete_acked_segments(i);
         }
-        // Make the first reservation durable before anything is published.
-        buffer.reserve(next_seq);
+        // Make the first reservation durable before anything is published;
+        // if it fails, nothing at or above `next_seq` is published until a
+        // later attempt succeeds.
+        buffer.reserve(next_seq, 0);
         buffer.update_gauges();
         buffer
             .metrics
@@ -499,21 +609,19 @@ impl Buffer {
             WhenFull::DropNewest | WhenFull::Block => false,
             WhenFull::DropOldest => {
                 while self.disk_bytes + need > self.bound() {
-                    // Summaries go first, alarms last; never the segment
-                    // being written unless it is the only one left.
-                    let victim = [0usize, 1]
-                        .into_iter()
-                        .find(|&i| {
-                            self.lanes[i].segments.len() > 1
-                                || (self.lanes[i].segments.len() == 1 && i != for_lane)
-                        })
-                        .or_else(|| {
-                            (!self.lanes[for_lane].segments.is_empty()).then_some(for_lane)
-                        });
-                    let Some(i) = victim else {
+                    // Summaries go first, the segment being written included;
+                    // alarms only for an alarm, and only when no summary is
+                    // left. A summary never evicts an alarm.
+                    let summaries = Self::lane_index(Lane::Summary);
+                    let alarms = Self::lane_index(Lane::Alarm);
+                    let victim = if !self.lanes[summaries].segments.is_empty() {
+                        summaries
+                    } else if for_lane == alarms && !self.lanes[alarms].segments.is_empty() {
+                        alarms
+                    } else {
                         return false;
                     };
-                    self.drop_oldest_segment(i);
+                    self.drop_oldest_segment(victim);
                 }
                 true
             }
@@ -525,13 +633,19 @@ impl Buffer {
         let Some(seg) = l.segments.pop_front() else {
             return;
         };
-        if l.segments.is_empty() {
-            l.writer = None;
-        }
         if l.reader.as_ref().is_some_and(|r| r.base == seg.base) {
             l.reader = None;
         }
-        let unacked = recover::count_after(&seg.path, l.acked.max(l.sent_hwm));
+        // Records of the segment being written that are not in the file yet
+        // are dropped too; count them with the rest.
+        let pending = if l.segments.is_empty() {
+            l.writer.take().map_or(0, |w| {
+                segment_pending_after(&w.pending, l.acked.max(l.sent_hwm))
+            })
+        } else {
+            0
+        };
+        let unacked = recover::count_after(&seg.path, l.acked.max(l.sent_hwm)) + pending;
         let _ = std::fs::remove_file(&seg.path);
         self.disk_bytes -= seg.bytes;
         // The dropped records are gone from memory too, and count as settled.
@@ -670,7 +784,7 @@ impl Buffer {
     /// or the in-flight window is full (the caller limits that).
     pub fn next_unsent(&mut self, now_ms: i64) -> Option<Record> {
         for lane in [1usize, 0] {
-            while let Some(m) = self.take_next(lane) {
+            while let Some(m) = self.take_next(lane, now_ms) {
                 if self.cfg.max_age_ms > 0
                     && now_ms.saturating_sub(m.rec.ts_ms) > self.cfg.max_age_ms
                 {
@@ -683,8 +797,11 @@ impl Buffer {
                     self.settle(lane);
                     continue;
                 }
-                if m.rec.seq >= self.reserved {
-                    self.reserve(m.rec.seq + 1);
+                if m.rec.seq >= self.reserved && !self.reserve(m.rec.seq + 1, now_ms) {
+                    // Not durable: publishing it could repeat its number
+                    // after a restart. It waits, first in its lane.
+                    self.lanes[lane].resend.push_front(m);
+                    return None;
                 }
                 let rec = m.rec.clone();
                 self.inflight.insert(rec.seq, (rec.lane, m));
@@ -694,7 +811,7 @@ impl Buffer {
         None
     }
 
-    fn take_next(&mut self, lane: usize) -> Option<MemRecord> {
+    fn take_next(&mut self, lane: usize, now_ms: i64) -> Option<MemRecord> {
         if let Some(m) = self.lanes[lane].resend.pop_front() {
             return Some(m);
         }
@@ -703,11 +820,13 @@ impl Buffer {
             let i = l.mem.partition_point(|m| m.rec.seq <= l.sent_hwm);
             l.mem.get(i).map(|m| m.rec.seq)
         };
-        let disk_next = self.peek_disk(lane);
-        let from_disk = match (disk_next, mem_next) {
-            (Some(d), Some(m)) => d < m,
-            (Some(_), None) => true,
-            _ => false,
+        let from_disk = match (self.peek_disk(lane, now_ms), mem_next) {
+            // The disk cannot be read right now: handing out a newer record
+            // from memory would skip the ones on disk, so the lane waits.
+            (DiskNext::Waiting, _) => return None,
+            (DiskNext::Next(d), Some(m)) => d < m,
+            (DiskNext::Next(_), None) => true,
+            (DiskNext::Nothing, _) => false,
         };
         let l = &mut self.lanes[lane];
         let m = if from_disk {
@@ -726,7 +845,7 @@ impl Buffer {
     }
 
     /// The seq of the next record on disk past `sent_hwm`, reading ahead.
-    fn peek_disk(&mut self, lane: usize) -> Option<u64> {
+    fn peek_disk(&mut self, lane: usize, now_ms: i64) -> DiskNext {
         loop {
             let sent = self.lanes[lane].sent_hwm;
             if let Some(p) = self.lanes[lane]
@@ -735,84 +854,133 @@ impl Buffer {
                 .and_then(|r| r.peeked.as_ref())
             {
                 if p.seq > sent {
-                    return Some(p.seq);
+                    return DiskNext::Next(p.seq);
                 }
                 if let Some(r) = self.lanes[lane].reader.as_mut() {
                     r.peeked = None;
                 }
             }
             if self.lanes[lane].reader.is_none() {
-                let l = &self.lanes[lane];
-                let seg = l.segments.iter().find(|s| s.last > sent && s.records > 0)?;
+                let l = &mut self.lanes[lane];
+                let Some(seg) = l.segments.iter().find(|s| s.last > sent && s.records > 0) else {
+                    return DiskNext::Nothing;
+                };
                 let (base, path) = (seg.base, seg.path.clone());
-                if l.writer.is_some() && l.segments.back().is_some_and(|s| s.base == base) {
+                let mut start = HEADER_LEN as u64;
+                match l.read_retry {
+                    Some(rt) if rt.base == base => {
+                        if now_ms < rt.at_ms {
+                            return DiskNext::Waiting;
+                        }
+                        start = rt.pos;
+                    }
+                    // The segment it was about is gone (acknowledged or dropped).
+                    Some(_) => l.read_retry = None,
+                    None => {}
+                }
+                if self.is_live(lane, base) {
                     let _ = self.flush_lane(lane);
                 }
-                let mut file = match File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.read_failed(lane, base, &e.to_string());
-                        continue;
-                    }
-                };
-                if file.seek(SeekFrom::Start(HEADER_LEN as u64)).is_err() {
-                    self.read_failed(lane, base, "seek failed");
-                    continue;
-                }
-                self.lanes[lane].reader = Some(Reader {
-                    base,
-                    file: BufReader::with_capacity(64 * 1024, file),
-                    pos: HEADER_LEN as u64,
-                    peeked: None,
+                let opened = File::open(&path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(start))?;
+                    Ok(f)
                 });
-            }
-            match self.read_record(lane) {
-                Ok(Some(rec)) => {
-                    if rec.seq > sent {
-                        let r = self.lanes[lane].reader.as_mut()?;
-                        r.peeked = Some(rec);
+                match opened {
+                    Ok(file) => {
+                        self.lanes[lane].reader = Some(Reader {
+                            base,
+                            file: BufReader::with_capacity(64 * 1024, file),
+                            pos: start,
+                            peeked: None,
+                        });
+                    }
+                    Err(e) => {
+                        if self.read_io_failed(lane, base, start, &e, now_ms) {
+                            continue;
+                        }
+                        return DiskNext::Waiting;
                     }
                 }
-                Ok(None) => {
-                    // End of this segment: move on if a later one exists.
-                    let base = self.lanes[lane].reader.as_ref()?.base;
-                    let has_later = self.lanes[lane].segments.iter().any(|s| s.base > base);
-                    if !has_later {
-                        return None;
-                    }
-                    self.lanes[lane].reader = None;
+            }
+            let Some(base) = self.lanes[lane].reader.as_ref().map(|r| r.base) else {
+                return DiskNext::Nothing;
+            };
+            let outcome = self.read_record(lane);
+            match outcome {
+                ReadOutcome::Record(rec) => {
                     let l = &mut self.lanes[lane];
+                    if l.read_retry.is_some_and(|rt| rt.base == base) {
+                        l.read_retry = None;
+                    }
+                    if rec.seq > sent {
+                        if let Some(r) = l.reader.as_mut() {
+                            r.peeked = Some(rec);
+                        }
+                    }
+                }
+                ReadOutcome::End => {
+                    // End of this segment: move on if a later one exists.
+                    let l = &mut self.lanes[lane];
+                    if l.read_retry.is_some_and(|rt| rt.base == base) {
+                        l.read_retry = None;
+                    }
+                    if !l.segments.iter().any(|s| s.base > base) {
+                        return DiskNext::Nothing;
+                    }
+                    l.reader = None;
                     if let Some(seg) = l.segments.iter().find(|s| s.base == base) {
                         l.sent_hwm = l.sent_hwm.max(seg.last);
                     }
                 }
-                Err(what) => {
-                    let base = self.lanes[lane].reader.as_ref()?.base;
-                    self.read_failed(lane, base, &what);
+                // The segment being written ends in a record still to come.
+                ReadOutcome::Incomplete if self.is_live(lane, base) => return DiskNext::Nothing,
+                ReadOutcome::Incomplete | ReadOutcome::Damaged(_) => {
+                    let what = match outcome {
+                        ReadOutcome::Damaged(what) => what,
+                        _ => "a record is cut short before the end of the segment",
+                    };
+                    if let Err(e) = self.skip_damage(lane, what, now_ms) {
+                        let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos);
+                        if !self.read_io_failed(lane, base, pos, &e, now_ms) {
+                            return DiskNext::Waiting;
+                        }
+                    }
+                }
+                ReadOutcome::Io(e) => {
+                    let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos);
+                    if !self.read_io_failed(lane, base, pos, &e, now_ms) {
+                        return DiskNext::Waiting;
+                    }
                 }
             }
         }
     }
 
-    /// Reads the record at the reader's position: `Ok(None)` at a clean end.
-    fn read_record(&mut self, lane: usize) -> Result<Option<Record>, String> {
+    /// Whether `base` is the segment the lane is writing.
+    fn is_live(&self, lane: usize, base: u64) -> bool {
+        let l = &self.lanes[lane];
+        l.writer.is_some() && l.segments.back().is_some_and(|s| s.base == base)
+    }
+
+    /// Reads the record at the reader's position.
+    fn read_record(&mut self, lane: usize) -> ReadOutcome {
         let l = &mut self.lanes[lane];
         let Some(r) = l.reader.as_mut() else {
-            return Ok(None);
+            return ReadOutcome::End;
         };
         let mut head = [0u8; RECORD_HEADER_LEN];
         match read_full(&mut r.file, &mut head) {
-            Ok(0) => return Ok(None),
+            Ok(0) => return ReadOutcome::End,
             Ok(n) if n < RECORD_HEADER_LEN => {
                 let _ = r.file.seek(SeekFrom::Start(r.pos));
-                return Ok(None);
+                return ReadOutcome::Incomplete;
             }
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return ReadOutcome::Io(e),
         }
         let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
         if head[0..2] != segment::MARKER || len > segment::MAX_BODY {
-            return Err("a record header is damaged".into());
+            return ReadOutcome::Damaged("a record header is damaged");
         }
         let mut buf = vec![0u8; RECORD_HEADER_LEN + len];
         buf[..RECORD_HEADER_LEN].copy_from_slice(&head);
@@ -820,35 +988,115 @@ impl Buffer {
             Ok(n) if n == len => {}
             Ok(_) => {
                 let _ = r.file.seek(SeekFrom::Start(r.pos));
-                return Ok(None);
+                return ReadOutcome::Incomplete;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return ReadOutcome::Io(e),
         }
         match segment::parse_record(&buf) {
             Parsed::Record { body, len } => {
                 r.pos += len as u64;
-                Ok(Some(Record {
+                ReadOutcome::Record(Record {
                     seq: body.seq,
                     lane: l.lane,
                     ts_ms: body.ts_ms,
                     topic: body.topic.to_owned(),
                     payload: body.payload.to_vec(),
-                }))
+                })
             }
-            _ => Err("a record failed its CRC check".into()),
+            _ => ReadOutcome::Damaged("a record failed its CRC check"),
         }
     }
 
-    fn read_failed(&mut self, lane: usize, base: u64, what: &str) {
+    /// The record at the reader's position is damaged: moves the reader to
+    /// the next valid record of the segment (or its end), and counts the
+    /// damaged region and its bytes. Records before and after it are
+    /// delivered; only the region is lost.
+    fn skip_damage(&mut self, lane: usize, what: &str, now_ms: i64) -> std::io::Result<()> {
+        let l = &mut self.lanes[lane];
+        let Some(r) = l.reader.as_mut() else {
+            return Ok(());
+        };
+        let from = r.pos;
+        let (next, end) = resync_reader(&mut r.file, from)?;
+        r.pos = next.unwrap_or(end);
+        let skipped = r.pos - from;
+        let (base, last_good) = (r.base, l.sent_hwm);
+        let lane_name = l.lane.dir_name();
+        self.metrics
+            .buffer_read_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .buffer_corrupt_regions
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .buffer_corrupt_bytes
+            .fetch_add(skipped, Ordering::Relaxed);
+        if let Some(suppressed) = self.log_damage.allow(now_ms) {
+            tracing::error!(
+                lane = lane_name,
+                segment = base,
+                offset = from,
+                skipped_bytes = skipped,
+                after_seq = last_good,
+                resumed = next.is_some(),
+                damage = what,
+                suppressed,
+                "A buffer record failed its check when read back (damage on the storage); skipped to the next valid record of the segment. `sensor-gateway buffer verify` shows the damage; check the SD card."
+            );
+        }
+        Ok(())
+    }
+
+    /// Opening or reading a segment failed at `pos`: try again later from
+    /// there, with a growing delay. Returns true when the retries are used
+    /// up and the rest of the segment was given up (counted), false when
+    /// the lane waits for the retry.
+    fn read_io_failed(
+        &mut self,
+        lane: usize,
+        base: u64,
+        pos: u64,
+        e: &std::io::Error,
+        now_ms: i64,
+    ) -> bool {
         self.metrics
             .buffer_read_errors
             .fetch_add(1, Ordering::Relaxed);
         let l = &mut self.lanes[lane];
-        tracing::error!(lane = l.lane.dir_name(), segment = base, error = what, "Cannot read a buffer segment; skipping the rest of it. `sensor-gateway buffer verify` shows the damage.");
         l.reader = None;
-        if let Some(seg) = l.segments.iter().find(|s| s.base == base) {
-            l.sent_hwm = l.sent_hwm.max(seg.last);
+        let failures = match l.read_retry {
+            Some(rt) if rt.base == base => rt.failures + 1,
+            _ => 1,
+        };
+        let lane_name = l.lane.dir_name();
+        if failures <= READ_RETRIES {
+            let delay = (READ_RETRY_FIRST_MS << (failures - 1).min(16)).min(READ_RETRY_MAX_MS);
+            l.read_retry = Some(ReadRetry {
+                base,
+                pos,
+                at_ms: now_ms.saturating_add(delay),
+                failures,
+            });
+            if let Some(suppressed) = self.log_read_retry.allow(now_ms) {
+                tracing::warn!(lane = lane_name, segment = base, offset = pos, error = %e, retry_in_ms = delay, attempt = failures, suppressed, "Cannot read a buffer segment; this lane waits and tries again (nothing is skipped). Check the state directory's disk.");
+            }
+            return false;
         }
+        l.read_retry = None;
+        let (last, bytes) = l
+            .segments
+            .iter()
+            .find(|s| s.base == base)
+            .map_or((0, 0), |s| (s.last, s.bytes));
+        l.sent_hwm = l.sent_hwm.max(last);
+        self.metrics
+            .buffer_unreadable_segments
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .buffer_corrupt_bytes
+            .fetch_add(bytes.saturating_sub(pos), Ordering::Relaxed);
+        tracing::error!(lane = lane_name, segment = base, offset = pos, last_seq = last, error = %e, attempts = failures, "A buffer segment stayed unreadable; gave up the rest of it (records up to last_seq). Check the state directory's disk.");
+        true
     }
 
     /// The broker acknowledged `seq`.
@@ -856,6 +1104,80 @@ impl Buffer {
         if let Some((lane, _)) = self.inflight.remove(&seq) {
             self.settle(lane as usize);
         }
+    }
+
+    /// Upstream refused to take the record `seq`, handed out by
+    /// [`Buffer::next_unsent`] and not acknowledged (its topic is too long
+    /// or holds a wildcard, say): it is set aside instead of blocking its
+    /// lane. It leaves the in-flight set for good, is appended to
+    /// `quarantine/rejected-records.jsonl` (while that file is under
+    /// [`SET_ASIDE_FILE_MAX`]), counted and logged, and its lane settles
+    /// past it. Returns false when `seq` is not in flight.
+    pub fn set_aside(&mut self, seq: u64, reason: &str, now_ms: i64) -> bool {
+        let Some((lane, m)) = self.inflight.remove(&seq) else {
+            return false;
+        };
+        let recorded = self.record_set_aside(&m.rec, reason, now_ms);
+        self.metrics
+            .buffer_set_aside
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.log_set_aside.allow(now_ms) {
+            let topic: String = m.rec.topic.chars().take(LOG_TEXT_MAX).collect();
+            let reason: String = reason.chars().take(LOG_TEXT_MAX).collect();
+            match &recorded {
+                Ok(path) => {
+                    tracing::warn!(seq, lane = lane.dir_name(), topic = ?topic, topic_len = m.rec.topic.len(), reason = ?reason, file = %path.display(), suppressed, "Upstream refused a record; set it aside in the file named here and went on with the next. Fix the topic template or the sensor that produced it.")
+                }
+                Err(e) => {
+                    tracing::warn!(seq, lane = lane.dir_name(), topic = ?topic, topic_len = m.rec.topic.len(), reason = ?reason, not_recorded = %e, suppressed, "Upstream refused a record; dropped it (counted) and went on with the next. Fix the topic template or the sensor that produced it.")
+                }
+            }
+        }
+        self.settle(lane as usize);
+        true
+    }
+
+    /// Appends a set-aside record to the quarantine file, one JSON object
+    /// per line, outsider text truncated; returns the file's path.
+    fn record_set_aside(
+        &mut self,
+        rec: &Record,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<PathBuf, String> {
+        let path = self.root.join("quarantine").join(SET_ASIDE_FILE);
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if size >= SET_ASIDE_FILE_MAX {
+            return Err(format!(
+                "{} has reached {SET_ASIDE_FILE_MAX} bytes",
+                path.display()
+            ));
+        }
+        let payload =
+            String::from_utf8_lossy(&rec.payload[..rec.payload.len().min(SET_ASIDE_TEXT_MAX)]);
+        let line = serde_json::json!({
+            "seq": rec.seq,
+            "lane": rec.lane.dir_name(),
+            "ts_ms": rec.ts_ms,
+            "set_aside_ms": now_ms,
+            "reason": truncate_str(reason, SET_ASIDE_TEXT_MAX),
+            "topic": truncate_str(&rec.topic, SET_ASIDE_TEXT_MAX),
+            "topic_len": rec.topic.len(),
+            "payload": payload,
+            "payload_len": rec.payload.len(),
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot append to {}: {e}", path.display()))?;
+        self.metrics
+            .buffer_bytes_written
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        Ok(path)
     }
 
     /// Recomputes a lane's acked mark and frees what it covers.
@@ -1100,7 +1422,7 @@ impl Buffer {
         self.last_sync_ms = now_ms;
         let has_disk = self.lanes.iter().any(|l| !l.segments.is_empty());
         if self.cursor_dirty && has_disk {
-            self.write_cursor();
+            let _ = self.write_cursor(now_ms);
         }
     }
 
@@ -1109,17 +1431,48 @@ impl Buffer {
         self.spill_all();
         self.cursor_dirty = true;
         self.flush_and_sync(now_ms);
-        self.write_cursor();
+        let _ = self.write_cursor(now_ms);
         self.update_gauges();
         self.last_gauges_ms = now_ms;
     }
 
-    fn reserve(&mut self, at_least: u64) {
-        self.reserved = at_least + RESERVE_BLOCK;
-        self.write_cursor();
+    /// Extends the reservation past `at_least` and makes it durable: first
+    /// `<state_dir>/seq.reserved`, then the cursor. Returns whether it is
+    /// durable; if not, the reservation stays where it was, and the next
+    /// attempt is made no sooner than a second later.
+    fn reserve(&mut self, at_least: u64, now_ms: i64) -> bool {
+        if self.reserve_retry_at_ms.is_some_and(|at| now_ms < at) {
+            return false;
+        }
+        let old = self.reserved;
+        let want = at_least.saturating_add(RESERVE_BLOCK);
+        let result = recover::write_seq_file(&self.state_dir, want)
+            .map(|n| {
+                self.metrics
+                    .buffer_bytes_written
+                    .fetch_add(n, Ordering::Relaxed);
+            })
+            .and_then(|()| {
+                self.reserved = want;
+                self.write_cursor(now_ms)
+            });
+        let Err(e) = result else {
+            self.reserve_retry_at_ms = None;
+            return true;
+        };
+        self.reserved = old;
+        self.reserve_retry_at_ms = Some(now_ms.saturating_add(1000));
+        self.metrics
+            .buffer_reservation_failures
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.log_reserve.allow(now_ms) {
+            tracing::error!(state_dir = %self.state_dir.display(), error = %e, reserved = old, suppressed, "Cannot make the sequence reservation durable; records numbered from `reserved` on wait until it can (retried every second). Check that the state directory is writable and its disk healthy.");
+        }
+        false
     }
 
-    fn write_cursor(&mut self) {
+    /// Writes the cursor (acknowledged marks and the reservation).
+    fn write_cursor(&mut self, now_ms: i64) -> std::io::Result<()> {
         self.cursor_gen += 1;
         let c = recover::Cursor {
             generation: self.cursor_gen,
@@ -1133,12 +1486,16 @@ impl Buffer {
                     .buffer_bytes_written
                     .fetch_add(n, Ordering::Relaxed);
                 self.cursor_dirty = false;
+                Ok(())
             }
             Err(e) => {
                 self.metrics
                     .buffer_write_errors
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "Cannot write the buffer cursor; records may be sent again after a restart.");
+                if let Some(suppressed) = self.log_cursor.allow(now_ms) {
+                    tracing::error!(error = %e, suppressed, "Cannot write the buffer cursor; records may be sent again after a restart. Check that the state directory is writable and its disk healthy.");
+                }
+                Err(e)
             }
         }
     }
@@ -1190,6 +1547,64 @@ impl LaneLog {
             unwritten: false,
             sent_hwm: 0,
             acked: 0,
+            read_retry: None,
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Counts the encoded records in `pending` (not yet written) with a seq
+/// above `after`.
+fn segment_pending_after(pending: &[u8], after: u64) -> u64 {
+    let mut pos = 0;
+    let mut n = 0;
+    while let Parsed::Record { body, len } = segment::parse_record(&pending[pos..]) {
+        n += u64::from(body.seq > after);
+        pos += len;
+    }
+    n
+}
+
+/// Looks for the next valid record after the damaged one at `from`,
+/// reading a bounded window at a time (at most a record's size plus a
+/// chunk). Returns where it starts, with the reader positioned there, or
+/// `None` and the end of the file when no valid record follows.
+fn resync_reader(file: &mut BufReader<File>, from: u64) -> std::io::Result<(Option<u64>, u64)> {
+    let mut start = from + 1;
+    file.seek(SeekFrom::Start(start))?;
+    let mut window: Vec<u8> = Vec::new();
+    let mut eof = false;
+    loop {
+        if !eof {
+            let old = window.len();
+            window.resize(old + RESYNC_CHUNK, 0);
+            let n = read_full(file, &mut window[old..])?;
+            window.truncate(old + n);
+            eof = n < RESYNC_CHUNK;
+        }
+        match segment::find_record(&window, 0, eof) {
+            segment::Resync::Found(p) => {
+                let at = start + p as u64;
+                file.seek(SeekFrom::Start(at))?;
+                return Ok((Some(at), at));
+            }
+            segment::Resync::NeedMore(p) => {
+                window.drain(..p);
+                start += p as u64;
+            }
+            segment::Resync::NotFound if eof => return Ok((None, start + window.len() as u64)),
+            segment::Resync::NotFound => {
+                start += window.len() as u64;
+                window.clear();
+            }
         }
     }
 }

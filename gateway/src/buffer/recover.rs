@@ -79,6 +79,53 @@ pub fn write_cursor(root: &Path, c: &Cursor) -> std::io::Result<u64> {
     Ok(CURSOR_LEN as u64)
 }
 
+const SEQ_MAGIC: [u8; 8] = *b"SGWSEQ1\n";
+const SEQ_LEN: usize = 20;
+/// The sequence reservation outside the buffer directory, so that deleting
+/// `<state_dir>/buffer` cannot make numbers repeat.
+pub const SEQ_FILE: &str = "seq.reserved";
+
+/// The reservation in `<state_dir>/seq.reserved`, if the file is there and
+/// checks out.
+pub fn read_seq_file(state_dir: &Path) -> Option<u64> {
+    let path = state_dir.join(SEQ_FILE);
+    let b = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "Cannot read the sequence reservation file; numbering continues from the buffer's cursor and contents.");
+            return None;
+        }
+    };
+    let valid = b.len() == SEQ_LEN
+        && b[0..8] == SEQ_MAGIC
+        && b[16..20].try_into().ok().map(u32::from_le_bytes) == Some(crc32fast::hash(&b[0..16]));
+    if !valid {
+        tracing::error!(file = %path.display(), "The sequence reservation file is damaged; numbering continues from the buffer's cursor and contents. It is rewritten at the next reservation.");
+        return None;
+    }
+    b[8..16].try_into().ok().map(u64::from_le_bytes)
+}
+
+/// Replaces `<state_dir>/seq.reserved` atomically and durably (temporary
+/// file, fsync, rename, fsync of the directory). Returns the bytes written.
+pub fn write_seq_file(state_dir: &Path, reserved: u64) -> std::io::Result<u64> {
+    let mut b = [0u8; SEQ_LEN];
+    b[0..8].copy_from_slice(&SEQ_MAGIC);
+    b[8..16].copy_from_slice(&reserved.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..16]);
+    b[16..20].copy_from_slice(&crc.to_le_bytes());
+    let tmp = state_dir.join(format!("{SEQ_FILE}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&b)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, state_dir.join(SEQ_FILE))?;
+    File::open(state_dir)?.sync_all()?;
+    Ok(SEQ_LEN as u64)
+}
+
 /// Counts records in a segment file with a seq above `after`.
 pub fn count_after(path: &Path, after: u64) -> u64 {
     let Ok(buf) = std::fs::read(path) else {

@@ -197,18 +197,44 @@ pub fn scan(buf: &[u8]) -> Scan {
     s
 }
 
+/// Where the search for the next valid record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// A valid record starts here.
+    Found(usize),
+    /// A record may start here, but `buf` ends before it does: look again
+    /// with more bytes from this position (never returned `at_eof`).
+    NeedMore(usize),
+    /// No record starts anywhere in `buf[from..]`.
+    NotFound,
+}
+
+/// Finds the next position at or after `from` where a whole record parses
+/// with a good CRC. This is the resynchronisation after damage, shared by
+/// the start-up scan (the whole file in memory, `at_eof`) and the buffer's
+/// reader (a window of the file that may continue past `buf`).
+pub fn find_record(buf: &[u8], from: usize, at_eof: bool) -> Resync {
+    let mut pos = from;
+    while pos < buf.len() {
+        let Some(rel) = buf[pos..].iter().position(|b| *b == MARKER[0]) else {
+            return Resync::NotFound;
+        };
+        pos += rel;
+        match parse_record(&buf[pos..]) {
+            Parsed::Record { .. } => return Resync::Found(pos),
+            Parsed::Incomplete if !at_eof => return Resync::NeedMore(pos),
+            Parsed::Incomplete | Parsed::Invalid => pos += 1,
+        }
+    }
+    Resync::NotFound
+}
+
 /// The next position at or after `from` where a valid record starts.
 fn resync(buf: &[u8], from: usize) -> Option<usize> {
-    let mut pos = from;
-    while pos + RECORD_HEADER_LEN <= buf.len() {
-        let rel = buf[pos..].windows(2).position(|w| w == MARKER)?;
-        pos += rel;
-        if matches!(parse_record(&buf[pos..]), Parsed::Record { .. }) {
-            return Some(pos);
-        }
-        pos += 1;
+    match find_record(buf, from, true) {
+        Resync::Found(pos) => Some(pos),
+        Resync::NeedMore(_) | Resync::NotFound => None,
     }
-    None
 }
 
 #[cfg(test)]

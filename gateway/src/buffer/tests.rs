@@ -471,3 +471,343 @@ fn block_policy_reports_no_room_instead_of_dropping() {
     b.maintain(0, true);
     assert!(b.has_room());
 }
+
+/// Summary segment files, oldest first.
+fn summary_segments(f: &Fixture) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(f.dir.path().join("buffer/summaries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// (offset, length, seq) of every record of a segment file.
+fn records_of(path: &std::path::Path) -> Vec<(usize, usize, u64)> {
+    let buf = std::fs::read(path).unwrap();
+    segment::scan(&buf)
+        .records
+        .into_iter()
+        .map(
+            |(off, len)| match segment::parse_record(&buf[off..off + len]) {
+                Parsed::Record { body, .. } => (off, len, body.seq),
+                other => panic!("{other:?}"),
+            },
+        )
+        .collect()
+}
+
+/// Writes a backlog of `n` summaries in small segments and reopens the
+/// buffer, so that nothing is held in memory: delivery reads the disk.
+fn backlog_on_disk(f: &Fixture, c: &BufferConfig, n: u64) -> (Buffer, Vec<u64>) {
+    let mut b = f.open(c);
+    let s = b.next_seq();
+    for i in 0..n {
+        b.push(rec(s + i, Lane::Summary), 0);
+    }
+    b.close(0);
+    drop(b);
+    (f.open(c), (s..s + n).collect())
+}
+
+#[test]
+fn corrupt_record_mid_segment_skips_only_itself() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Always);
+    c.segment_bytes = 1024;
+    let (mut b, all) = backlog_on_disk(&f, &c, 100);
+    let segs = summary_segments(&f);
+    assert!(segs.len() >= 5, "{} segments", segs.len());
+    // Bit rot while the buffer runs, in closed segments: a body byte (bad
+    // CRC), a record marker, and a length field that now points past the
+    // end of the segment.
+    let mut lost = Vec::new();
+    let mut lost_bytes = 0;
+    for (seg, damage) in [(&segs[1], 0), (&segs[2], 1), (&segs[3], 2)] {
+        let recs = records_of(seg);
+        assert!(recs.len() >= 3);
+        let (off, len, seq) = recs[recs.len() / 2];
+        let mut bytes = std::fs::read(seg).unwrap();
+        match damage {
+            0 => bytes[off + RECORD_HEADER_LEN + 2] ^= 0x10,
+            1 => bytes[off] ^= 0xFF,
+            _ => bytes[off + 3] = 0x10,
+        }
+        std::fs::write(seg, &bytes).unwrap();
+        lost.push(seq);
+        lost_bytes += len as u64;
+    }
+    let delivered = deliver(&mut b, 1000, true);
+    let want: Vec<u64> = all.iter().copied().filter(|s| !lost.contains(s)).collect();
+    assert_eq!(
+        delivered, want,
+        "every record before and after a damaged one is delivered"
+    );
+    let m = &f.metrics;
+    assert_eq!(m.buffer_corrupt_regions.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        m.buffer_corrupt_bytes.load(Ordering::Relaxed),
+        lost_bytes,
+        "exactly the damaged records' bytes are skipped"
+    );
+    assert_eq!(m.upstream_dropped_total(), 3);
+    b.maintain(10_000, true);
+    assert!(b.is_empty());
+}
+
+#[test]
+fn an_unreadable_segment_delays_delivery_but_loses_nothing() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Always);
+    c.segment_bytes = 1024;
+    let (mut b, all) = backlog_on_disk(&f, &c, 40);
+    let segs = summary_segments(&f);
+    let first_of_second = records_of(&segs[1])[0].2;
+    let now = 1_700_000_000_000;
+    // Read the first segment, then make the second one vanish for a while
+    // (an open error, like a transient EIO).
+    let mut got = Vec::new();
+    while let Some(r) = b.next_unsent(now) {
+        got.push(r.seq);
+        b.ack(r.seq);
+        if r.seq + 1 == first_of_second {
+            break;
+        }
+    }
+    let away = segs[1].with_extension("away");
+    std::fs::rename(&segs[1], &away).unwrap();
+    assert_eq!(b.next_unsent(now).map(|r| r.seq), None, "the lane waits");
+    std::fs::rename(&away, &segs[1]).unwrap();
+    assert_eq!(
+        b.next_unsent(now + 100).map(|r| r.seq),
+        None,
+        "not before the retry delay"
+    );
+    while let Some(r) = b.next_unsent(now + 1_000) {
+        got.push(r.seq);
+        b.ack(r.seq);
+    }
+    assert_eq!(got, all, "nothing skipped, in order");
+    assert_eq!(f.metrics.upstream_dropped_total(), 0);
+    assert_eq!(f.metrics.buffer_read_errors.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn drop_oldest_never_evicts_alarms_for_summaries() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Always);
+    c.max_disk_bytes = 8 * 1024;
+    c.segment_bytes = 1024;
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    // Alarms take most of the bound, in several segments.
+    let alarms: Vec<u64> = (s..s + 100).collect();
+    for &a in &alarms {
+        b.push(rec(a, Lane::Alarm), 0);
+    }
+    let alarm_segments = std::fs::read_dir(f.dir.path().join("buffer/alarms"))
+        .unwrap()
+        .count();
+    assert!(alarm_segments > 1, "the alarms span several segments");
+    assert!(b.disk_bytes() > 6 * 1024, "{}", b.disk_bytes());
+    // A flood of summaries, far beyond the bound.
+    let n = 2_000;
+    for i in 0..n {
+        b.push(rec(s + 100 + i, Lane::Summary), 0);
+    }
+    b.maintain(0, false);
+    assert!(b.disk_bytes() <= c.max_disk_bytes, "{}", b.disk_bytes());
+    let delivered = deliver(&mut b, 10_000, true);
+    assert_eq!(
+        delivered[..100],
+        alarms[..],
+        "every alarm survives the flood"
+    );
+    let dropped = f.metrics.buffer_dropped_oldest.load(Ordering::Relaxed)
+        + f.metrics.buffer_dropped_disk_full.load(Ordering::Relaxed);
+    assert!(dropped > 0);
+    assert_eq!(
+        delivered.len() as u64 - 100 + dropped,
+        n,
+        "summaries: delivered or counted"
+    );
+}
+
+#[test]
+fn drop_oldest_makes_room_for_an_alarm_from_summaries_first() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Always);
+    c.max_disk_bytes = 8 * 1024;
+    c.segment_bytes = 1024;
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    b.push(rec(s, Lane::Alarm), 0);
+    for i in 1..500 {
+        b.push(rec(s + i, Lane::Summary), 0);
+    }
+    for i in 500..530 {
+        b.push(rec(s + i, Lane::Alarm), 0);
+    }
+    let delivered = deliver(&mut b, 10_000, true);
+    let mut want = vec![s];
+    want.extend(s + 500..s + 530);
+    assert_eq!(
+        delivered[..31],
+        want[..],
+        "no alarm was evicted while summaries were left"
+    );
+}
+
+#[test]
+fn a_failed_reservation_stops_publication_beyond_the_durable_reservation() {
+    let f = Fixture::new();
+    let c = cfg(Durability::Always);
+    let mut b = f.open(&c);
+    let reserved = b.reserved;
+    for seq in reserved - 2..reserved + 3 {
+        b.push(rec(seq, Lane::Summary), 0);
+    }
+    // The cursor can no longer be written (as on a read-only remount).
+    for slot in ["cursor.a", "cursor.b"] {
+        let p = f.dir.path().join("buffer").join(slot);
+        let _ = std::fs::remove_file(&p);
+        std::fs::create_dir(&p).unwrap();
+    }
+    let now = 1_700_000_000_000;
+    let mut got = Vec::new();
+    while let Some(r) = b.next_unsent(now) {
+        got.push(r.seq);
+        b.ack(r.seq);
+    }
+    assert_eq!(
+        got,
+        vec![reserved - 2, reserved - 1],
+        "nothing at or above the durable reservation is handed out"
+    );
+    assert_eq!(b.reserved, reserved, "the reservation did not move");
+    assert!(
+        f.metrics
+            .buffer_reservation_failures
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(
+        b.next_unsent(now + 1_500),
+        None,
+        "still failing: still waiting"
+    );
+    for slot in ["cursor.a", "cursor.b"] {
+        std::fs::remove_dir(f.dir.path().join("buffer").join(slot)).unwrap();
+    }
+    while let Some(r) = b.next_unsent(now + 3_000) {
+        got.push(r.seq);
+        b.ack(r.seq);
+    }
+    assert_eq!(
+        got,
+        (reserved - 2..reserved + 3).collect::<Vec<_>>(),
+        "published once the reservation is durable"
+    );
+    b.close(0);
+    drop(b);
+    let b = f.open(&c);
+    assert_eq!(
+        b.next_seq(),
+        reserved + 1 + RESERVE_BLOCK,
+        "the new reservation is durable"
+    );
+}
+
+#[test]
+fn numbering_continues_above_everything_handed_out_after_the_buffer_is_deleted() {
+    let f = Fixture::new();
+    let c = cfg(Durability::Always);
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    for i in 0..10 {
+        b.push(rec(s + i, Lane::Summary), 0);
+    }
+    let sent = deliver(&mut b, 10, true);
+    assert_eq!(sent.len(), 10);
+    b.close(0);
+    drop(b);
+    std::fs::remove_dir_all(f.dir.path().join("buffer")).unwrap();
+    let b = f.open(&c);
+    assert!(
+        b.next_seq() > *sent.iter().max().unwrap(),
+        "next seq {} repeats a number handed out before",
+        b.next_seq()
+    );
+}
+
+#[test]
+fn a_record_set_aside_is_not_handed_out_again_and_the_lane_moves_past_it() {
+    let f = Fixture::new();
+    let c = cfg(Durability::Always);
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    for i in 0..5 {
+        let mut r = rec(s + i, Lane::Summary);
+        if i == 1 {
+            r.topic = format!("gw/{}/#", "t".repeat(10_000));
+            r.payload = vec![b'{', 0xFF, b'}'];
+        }
+        b.push(r, 0);
+    }
+    let now = 1_700_000_000_000;
+    assert_eq!(deliver(&mut b, 3, false), vec![s, s + 1, s + 2]);
+    assert!(b.set_aside(s + 1, "topic has a wildcard", now));
+    assert!(!b.set_aside(s + 1, "again", now), "no longer in flight");
+    b.ack(s);
+    b.ack(s + 2);
+    assert_eq!(b.lanes[0].acked, s + 2, "the acked mark moves past it");
+    assert_eq!(b.rewind(), 0, "it is not resent after a reconnect");
+    assert_eq!(deliver(&mut b, 10, true), vec![s + 3, s + 4]);
+    b.maintain(5_000, true);
+    assert!(b.is_empty());
+    assert_eq!(f.metrics.buffer_set_aside.load(Ordering::Relaxed), 1);
+    assert_eq!(f.metrics.upstream_dropped_total(), 1);
+
+    let file = f.dir.path().join("buffer/quarantine").join(SET_ASIDE_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    let j = &lines[0];
+    assert_eq!(j["seq"], s + 1);
+    assert_eq!(j["lane"], "summaries");
+    assert_eq!(j["reason"], "topic has a wildcard");
+    assert_eq!(j["topic_len"], 10_005);
+    assert_eq!(j["topic"].as_str().unwrap().len(), 4096, "truncated");
+    assert_eq!(j["payload"], "{\u{FFFD}}");
+    assert_eq!(j["payload_len"], 3);
+    let mut b = {
+        drop(b);
+        f.open(&c)
+    };
+    assert_eq!(
+        deliver(&mut b, 10, true),
+        Vec::<u64>::new(),
+        "not after a restart either"
+    );
+}
+
+#[test]
+fn the_set_aside_file_stops_growing_at_its_bound() {
+    let f = Fixture::new();
+    let mut b = f.open(&cfg(Durability::Always));
+    let s = b.next_seq();
+    b.push(rec(s, Lane::Alarm), 0);
+    let file = f.dir.path().join("buffer/quarantine").join(SET_ASIDE_FILE);
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(SET_ASIDE_FILE_MAX)
+        .unwrap();
+    assert_eq!(deliver(&mut b, 1, false), vec![s]);
+    assert!(b.set_aside(s, "topic too long", 0));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), SET_ASIDE_FILE_MAX);
+    assert_eq!(f.metrics.buffer_set_aside.load(Ordering::Relaxed), 1);
+    assert!(b.is_empty());
+}
