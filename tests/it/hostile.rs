@@ -137,3 +137,69 @@ async fn topic_flood_stays_bounded_and_ages_out() {
     assert_eq!(summaries[0]["sensor"], "l2/m1/temp");
     assert_eq!(summaries[0]["count"], 3);
 }
+
+/// A record the upstream client refuses (here a summary whose topic holds a
+/// wildcard, written into the buffer as an older gateway without name checks
+/// could have) is set aside into the quarantine file and counted, and the
+/// records behind it, alarms included, are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublishable_record_is_set_aside_and_delivery_continues() {
+    use sensor_gateway::buffer::Buffer;
+    use sensor_gateway::metrics::Metrics;
+    use sensor_gateway::processor::{Lane, Record};
+
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let upstream = Broker::start(BrokerKind::Rumqttd).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let text = gateway_config(source.addr, upstream.addr, "")
+        .replace("@STATE_DIR@", &state.display().to_string());
+    let config =
+        sensor_gateway::Config::parse(&text, std::path::Path::new("t.toml")).expect("valid config");
+    {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let (mut buffer, _) =
+            Buffer::open(&config.buffer, &state, metrics).expect("open the buffer");
+        let now = aligned_base_ms() + 59_000;
+        let first = buffer.next_seq();
+        let records = [
+            (Lane::Summary, "gateways/gw-e2e/summary/a+b/temp"),
+            (Lane::Summary, "gateways/gw-e2e/summary/l1/m1/temp"),
+            (Lane::Alarm, "gateways/gw-e2e/alarm/l1/m1/temp"),
+        ];
+        for (i, (lane, topic)) in records.into_iter().enumerate() {
+            buffer.push(
+                Record {
+                    seq: first + i as u64,
+                    lane,
+                    ts_ms: now,
+                    topic: topic.into(),
+                    payload: format!(r#"{{"seq":{},"gateway":"gw-e2e"}}"#, first + i as u64)
+                        .into_bytes(),
+                },
+                now,
+            );
+        }
+        buffer.close(now);
+    }
+    let sub = Subscriber::start(upstream.addr, "gateways/#").await;
+    let mut gw = Gateway::start_in(dir, &text, &state);
+    gw.wait_ready().await;
+    let got = sub.wait_for_unique(2, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    wait_until(
+        "the set-aside record counted",
+        Duration::from_secs(5),
+        || gw.metric("gateway_upstream_dropped_total{reason=\"unpublishable\"}") == 1.0,
+    )
+    .await;
+    let quarantined = std::fs::read_to_string(
+        state
+            .join("buffer")
+            .join("quarantine")
+            .join("rejected-records.jsonl"),
+    )
+    .expect("the quarantine file");
+    assert!(quarantined.contains("a+b"), "{quarantined}");
+    assert_eq!(quarantined.lines().count(), 1);
+}

@@ -255,7 +255,7 @@ impl SinkState {
             };
             if let Some(reason) = unpublishable(&rec.topic, rec.payload.len()) {
                 // Retrying cannot help, and must not block what follows.
-                buffer.set_aside(rec.seq, reason);
+                buffer.set_aside(rec.seq, reason, now_ms);
                 continue;
             }
             match client.try_publish(rec.topic, cfg.qos, false, rec.payload) {
@@ -416,7 +416,10 @@ mod unpublishable_tests {
         assert_eq!(unpublishable("gw/s/a+b", 10), Some("wildcard_in_topic"));
         assert_eq!(unpublishable("gw/#", 10), Some("wildcard_in_topic"));
         assert_eq!(unpublishable("", 10), Some("empty_topic"));
-        assert_eq!(unpublishable(&"t".repeat(70_000), 10), Some("topic_too_long"));
+        assert_eq!(
+            unpublishable(&"t".repeat(70_000), 10),
+            Some("topic_too_long")
+        );
         assert_eq!(unpublishable("gw/s", MAX_PACKET_BYTES), Some("too_large"));
         assert_eq!(unpublishable("gw/summary/l1/m1/temp", 300), None);
         // rumqttc's own check agrees on what it refuses.
