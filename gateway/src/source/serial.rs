@@ -198,7 +198,7 @@ impl DropLog {
                 dropped = total - self.logged_total,
                 dropped_total = total,
                 last_reason = reason.name(),
-                last = %detail,
+                last = ?detail,
                 "Dropped damaged or invalid serial frames (counted in gateway_serial_dropped_total)."
             );
         }
