@@ -33,10 +33,18 @@ pub enum Reject {
     OutOfRange,
     /// Its window was already emitted.
     Late,
+    /// Its event time is further ahead of the gateway clock than
+    /// `pipeline.max_future_skew` (a node or sender with a wrong clock).
+    Future,
+    /// Its event time is older than `pipeline.max_event_age`.
+    TooOld,
+    /// A name taken from the wire (an MQTT topic level, a serial node or
+    /// channel) is not usable as a sensor id or topic level.
+    BadName,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 13] = [
+    pub const ALL: [Reject; 16] = [
         Reject::Oversize,
         Reject::UnknownTopic,
         Reject::SensorLimit,
@@ -50,6 +58,9 @@ impl Reject {
         Reject::NonFinite,
         Reject::OutOfRange,
         Reject::Late,
+        Reject::Future,
+        Reject::TooOld,
+        Reject::BadName,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +78,9 @@ impl Reject {
             Reject::NonFinite => "non_finite",
             Reject::OutOfRange => "out_of_range",
             Reject::Late => "late",
+            Reject::Future => "future",
+            Reject::TooOld => "too_old",
+            Reject::BadName => "bad_name",
         }
     }
 
@@ -80,7 +94,7 @@ impl Reject {
 pub struct Metrics {
     pub messages_received: AtomicU64,
     pub readings_accepted: AtomicU64,
-    rejected: [AtomicU64; 13],
+    rejected: [AtomicU64; Reject::ALL.len()],
     pub summaries_produced: AtomicU64,
     /// Every record numbered for upstream: summaries, alarm and anomaly
     /// events, values.
@@ -637,16 +651,16 @@ fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
 #[derive(Debug)]
 pub struct LogLimiter {
     interval_ms: i64,
-    last_ms: [i64; 13],
-    suppressed: [u64; 13],
+    last_ms: [i64; Reject::ALL.len()],
+    suppressed: [u64; Reject::ALL.len()],
 }
 
 impl LogLimiter {
     pub fn new(interval_ms: i64) -> Self {
         Self {
             interval_ms,
-            last_ms: [i64::MIN; 13],
-            suppressed: [0; 13],
+            last_ms: [i64::MIN; Reject::ALL.len()],
+            suppressed: [0; Reject::ALL.len()],
         }
     }
 

@@ -22,7 +22,7 @@ use crate::config::{Config, SensorRule, StatSet};
 use crate::decode::{self, DecodeError, PayloadFormat};
 use crate::metrics::{LogLimiter, Metrics, Reject};
 use crate::model::{Reading, RegistryError, SensorKey, SensorRegistry};
-use crate::topic::{OutputTemplate, TopicTemplate};
+use crate::topic::{OutputTemplate, ResolveError, TopicTemplate};
 use crate::window::WindowStats;
 use crate::wire::SerialReading;
 
@@ -101,6 +101,10 @@ pub struct CoreSettings {
     /// Silence after which a sensor is forgotten (`None`: four of its
     /// windows plus the allowed lateness, at least [`MIN_RETIRE_AFTER_MS`]).
     pub retire_after_ms: Option<i64>,
+    /// Event times more than this ahead of `now_ms` are rejected (`future`).
+    pub max_future_skew_ms: i64,
+    /// Event times more than this behind `now_ms` are rejected (`too_old`).
+    pub max_event_age_ms: i64,
     pub summary_topic: OutputTemplate,
     pub alarm_topic: OutputTemplate,
     pub value_topic: OutputTemplate,
@@ -127,6 +131,8 @@ impl CoreSettings {
             max_sensors: config.pipeline.max_sensors,
             max_payload_bytes: config.pipeline.max_payload_bytes,
             retire_after_ms: config.pipeline.retire_after.map(|d| d.as_millis() as i64),
+            max_future_skew_ms: duration_ms(config.pipeline.max_future_skew),
+            max_event_age_ms: duration_ms(config.pipeline.max_event_age),
             summary_topic: config.upstream.summary_topic.clone(),
             alarm_topic: config.upstream.alarm_topic.clone(),
             value_topic: config.upstream.value_topic.clone(),
@@ -136,6 +142,10 @@ impl CoreSettings {
 
 /// The shortest default silence before a sensor is retired.
 pub const MIN_RETIRE_AFTER_MS: i64 = 60_000;
+/// A duration in ms, saturated to `i64`.
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// Per-sensor state. Windows are few (the current one and those still within
 /// the allowed lateness), so a small vector sorted by start is enough.
@@ -232,10 +242,10 @@ impl Processor {
         let sensor = match self.registry.lookup(&msg.topic) {
             Some(k) => k,
             None => {
-                let info = spec
-                    .template
-                    .resolve(&msg.topic)
-                    .ok_or(Reject::UnknownTopic)?;
+                let info = spec.template.resolve(&msg.topic).map_err(|e| match e {
+                    ResolveError::NoMatch => Reject::UnknownTopic,
+                    ResolveError::BadName(_) => Reject::BadName,
+                })?;
                 self.intern(&msg.topic, info, None)?
             }
         };
@@ -275,6 +285,12 @@ impl Processor {
     pub fn ingest_serial(&mut self, r: &SerialReading, now_ms: i64, out: &mut Vec<Record>) {
         let sensor = match self.registry.lookup(&r.sensor) {
             Some(k) => k,
+            None if crate::topic::check_sensor_id(&r.sensor).is_err() => {
+                // The port's decoder checks the names it builds; this keeps
+                // the core's own promise for any other producer.
+                self.rejected(Reject::BadName, &r.sensor.clone(), Some(r.value), now_ms);
+                return;
+            }
             None => {
                 let info = crate::model::SensorInfo {
                     id: r.sensor.clone(),
@@ -386,10 +402,16 @@ impl Processor {
         let Some(state) = self.sensors.get_mut(r.sensor.index()) else {
             return;
         };
+        // Time from outside is checked against the gateway clock before it
+        // can move the watermark or make a summary the buffer would expire.
         let reject = if !r.value.is_finite() {
             Some(Reject::NonFinite)
         } else if r.value < state.range.0 || r.value > state.range.1 {
             Some(Reject::OutOfRange)
+        } else if r.ts_ms > now_ms.saturating_add(self.settings.max_future_skew_ms) {
+            Some(Reject::Future)
+        } else if r.ts_ms < now_ms.saturating_sub(self.settings.max_event_age_ms) {
+            Some(Reject::TooOld)
         } else if r.ts_ms < state.closed_until_ms {
             Some(Reject::Late)
         } else {
@@ -412,7 +434,7 @@ impl Processor {
             }
         }
         let state = &mut self.sensors[r.sensor.index()];
-        let start = r.ts_ms - r.ts_ms.rem_euclid(state.window_ms);
+        let start = r.ts_ms.saturating_sub(r.ts_ms.rem_euclid(state.window_ms));
         match state.open.binary_search_by_key(&start, |(s, _)| *s) {
             Ok(i) => state.open[i].1.push(r.value, r.ts_ms),
             Err(i) => {
@@ -421,7 +443,9 @@ impl Processor {
                 state.open.insert(i, (start, w));
             }
         }
-        let watermark = state.max_event_ms - self.settings.allowed_lateness_ms;
+        let watermark = state
+            .max_event_ms
+            .saturating_sub(self.settings.allowed_lateness_ms);
         self.close_sensor(r.sensor, watermark, out);
     }
 
@@ -461,7 +485,7 @@ impl Processor {
             let watermark = if idle {
                 i64::MAX
             } else {
-                s.max_event_ms - lateness
+                s.max_event_ms.saturating_sub(lateness)
             };
             self.close_sensor(SensorKey(i as u32), watermark, out);
             if out.len() >= limit {
@@ -614,7 +638,7 @@ impl Processor {
         if let Some(suppressed) = self.limiter.allow(reason, now_ms) {
             tracing::warn!(
                 reason = reason.name(),
-                sensor_or_topic = what,
+                sensor_or_topic = ?crate::topic::excerpt(what),
                 value,
                 similar_suppressed = suppressed,
                 "Dropped a reading: {}.",
@@ -640,6 +664,15 @@ fn reject_sentence(r: Reject) -> &'static str {
         Reject::OutOfRange => "the value is outside the sensor rule's min..max",
         Reject::Late => {
             "its window was already sent (raise pipeline.allowed_lateness to accept later readings)"
+        }
+        Reject::Future => {
+            "its time is ahead of the gateway clock by more than pipeline.max_future_skew (fix the sender's clock, or the gateway's)"
+        }
+        Reject::TooOld => {
+            "its time is older than pipeline.max_event_age (fix the sender's clock, or raise max_event_age for replayed history)"
+        }
+        Reject::BadName => {
+            "its name has `+`, `#`, `/`, NUL or control characters, or is too long, so it cannot name a sensor or an upstream topic (rename it at the sender)"
         }
     }
 }

@@ -146,3 +146,68 @@ unit = "degC"
         "rejections are logged"
     );
 }
+
+/// A node with a wrong real-time clock stamps one reading in 2100: it is
+/// rejected as `future` and costs only itself. Before, it moved the
+/// sensor's watermark to 2100, so every correctly stamped reading after it
+/// was `late` and a summary of 2100 went upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reading_stamped_in_2100_costs_only_itself() {
+    let kind = if mosquitto_available() {
+        BrokerKind::Mosquitto
+    } else {
+        BrokerKind::Rumqttd
+    };
+    let source = Broker::start(kind).await;
+    let upstream = Broker::start(kind).await;
+    let sub = Subscriber::start(upstream.addr, "gateways/#").await;
+    let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, ""));
+    gw.wait_ready().await;
+    let base = aligned_base_ms();
+    let y2100 = 4_102_444_800_000i64;
+    let mut publisher = Publisher::connect(source.addr).await;
+    // Two windows of 10 readings; the bad one comes after the third.
+    for i in 0..20i64 {
+        let ts = base + i * 100;
+        publisher
+            .send("plant/l1/m1/temp", format!(r#"{{"value":{i},"ts":{ts}}}"#))
+            .await;
+        if i == 2 {
+            publisher
+                .send(
+                    "plant/l1/m1/temp",
+                    format!(r#"{{"value":1000,"ts":{y2100}}}"#),
+                )
+                .await;
+        }
+    }
+    publisher.flush().await;
+    let messages = sub.wait_for_unique(2, Duration::from_secs(20)).await;
+    wait_until(
+        "the metrics to show every message",
+        Duration::from_secs(10),
+        || gw.metric("gateway_messages_received_total") >= 21.0,
+    )
+    .await;
+    // A third summary would be the 2100 window; give it time to show.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let summaries = dedupe(&sub.snapshot());
+    assert_eq!(summaries.len(), 2, "{summaries:#?} {messages:#?}");
+    for s in &summaries {
+        assert_eq!(s["count"], 10, "{s}");
+        assert!(s["window_end_ms"].as_i64().unwrap() <= base + 2000, "{s}");
+        assert!(s["max"].as_f64().unwrap() < 1000.0, "{s}");
+    }
+    let m = gw.metrics();
+    let r = |reason: &str| {
+        m.get(&format!(
+            "gateway_readings_rejected_total{{reason=\"{reason}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(r("future"), 1.0);
+    assert_eq!(r("late"), 0.0);
+    assert_eq!(m["gateway_readings_accepted_total"], 20.0);
+    assert!(gw.log().contains("max_future_skew"), "{}", gw.log());
+}

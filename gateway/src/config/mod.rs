@@ -292,6 +292,35 @@ pub struct PipelineConfig {
     /// Silence after which a sensor with nothing pending is forgotten;
     /// `None`: four of its windows plus the allowed lateness, at least 60 s.
     pub retire_after: Option<Duration>,
+    /// A reading stamped further ahead of the gateway clock than this is
+    /// rejected (`future`), so a wrong node clock cannot move a watermark.
+    pub max_future_skew: Duration,
+    /// A reading stamped further behind the gateway clock than this is
+    /// rejected (`too_old`); never more than `buffer.max_age`, so an
+    /// accepted reading's summary is not silently expired by the buffer.
+    pub max_event_age: Duration,
+}
+
+impl PipelineConfig {
+    /// Default of `max_future_skew`.
+    pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(5 * 60);
+    /// Upper bounds of the two settings, so that event times stay far from
+    /// the ends of `i64` milliseconds.
+    pub const MAX_FUTURE_SKEW_LIMIT: Duration = Duration::from_secs(24 * 3600);
+    pub const MAX_EVENT_AGE_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    /// Default of `max_event_age` when `buffer.max_age` does not bound it.
+    pub const DEFAULT_MAX_EVENT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// The default `max_event_age` for a buffer `max_age` (0: none): seven
+    /// days, or half of `max_age` when that is shorter, so that a summary
+    /// of an accepted reading still has at least half of `max_age` of an
+    /// upstream outage to be delivered before the buffer expires it.
+    pub fn default_max_event_age(buffer_max_age_ms: i64) -> Duration {
+        if buffer_max_age_ms <= 0 {
+            return Self::DEFAULT_MAX_EVENT_AGE;
+        }
+        Self::DEFAULT_MAX_EVENT_AGE.min(Duration::from_millis(buffer_max_age_ms as u64 / 2))
+    }
 }
 
 /// Default `pipeline.max_sensors`: fits the service's 64 MiB memory limit
@@ -493,8 +522,8 @@ impl Config {
         let p = &self.pipeline;
         let _ = writeln!(
             s,
-            "[pipeline]\nchannel_capacity = {}\ndefault_window = {:?}\nallowed_lateness = {:?}\nmax_sensors = {}\nmax_payload_bytes = {}\n",
-            p.channel_capacity, d(p.default_window), d(p.allowed_lateness), p.max_sensors, p.max_payload_bytes
+            "[pipeline]\nchannel_capacity = {}\ndefault_window = {:?}\nallowed_lateness = {:?}\nmax_sensors = {}\nmax_payload_bytes = {}\nmax_future_skew = {:?}\nmax_event_age = {:?}\n",
+            p.channel_capacity, d(p.default_window), d(p.allowed_lateness), p.max_sensors, p.max_payload_bytes, d(p.max_future_skew), d(p.max_event_age)
         );
         if let Some(r) = p.retire_after {
             let _ = writeln!(s, "retire_after = {:?}\n", d(r));
@@ -788,8 +817,8 @@ impl<'a> Cx<'a> {
                 }
             }
         }
-        let pipeline = self.pipeline(pipeline);
         let buffer = self.buffer(buffer);
+        let pipeline = self.pipeline(pipeline, buffer.max_age_ms);
         let Some(gateway) = gateway else {
             if !saw_gateway {
                 self.at(
@@ -899,13 +928,14 @@ impl<'a> Cx<'a> {
 
     fn gateway(&mut self, raw: RawGateway) -> GatewayConfig {
         let id = raw.id.get_ref().trim().to_owned();
-        if id.is_empty() || id.contains(['/', '+', '#']) {
+        if crate::topic::check_name(&id).is_err() {
             self.at(
                 raw.id.span(),
-                format!("`{id}` is not a usable gateway id"),
-                Some(
-                    "use a non-empty name without `/`, `+` or `#`, such as \"press-line-1\"".into(),
-                ),
+                format!("{id:?} is not a usable gateway id"),
+                Some(format!(
+                    "use a non-empty name of at most {} bytes without `/`, `+`, `#` or control characters, such as \"press-line-1\"",
+                    crate::topic::MAX_NAME_BYTES
+                )),
             );
         }
         GatewayConfig {
@@ -1096,7 +1126,7 @@ impl<'a> Cx<'a> {
         })
     }
 
-    fn pipeline(&mut self, raw: Option<RawPipeline>) -> PipelineConfig {
+    fn pipeline(&mut self, raw: Option<RawPipeline>, buffer_max_age_ms: i64) -> PipelineConfig {
         let raw = raw.unwrap_or(RawPipeline {
             channel_capacity: None,
             default_window: None,
@@ -1104,8 +1134,63 @@ impl<'a> Cx<'a> {
             max_sensors: None,
             max_payload_bytes: None,
             retire_after: None,
+            max_future_skew: None,
+            max_event_age: None,
         });
+        let mut max_future_skew = self.duration(
+            &raw.max_future_skew,
+            PipelineConfig::DEFAULT_MAX_FUTURE_SKEW,
+        );
+        if let Some(v) = &raw.max_future_skew {
+            if max_future_skew > PipelineConfig::MAX_FUTURE_SKEW_LIMIT {
+                self.at(
+                    v.span(),
+                    "`max_future_skew` must be at most one day: a clock further ahead is wrong, and its readings would hold windows open",
+                    Some("a few minutes covers unsynchronised clocks; leave it out to get 5m".into()),
+                );
+                max_future_skew = PipelineConfig::DEFAULT_MAX_FUTURE_SKEW;
+            }
+        }
+        let default_age = PipelineConfig::default_max_event_age(buffer_max_age_ms);
+        let mut max_event_age = self.duration(&raw.max_event_age, default_age);
+        if let Some(v) = &raw.max_event_age {
+            let max_age = Duration::from_millis(buffer_max_age_ms.max(0) as u64);
+            if max_event_age.is_zero() {
+                self.at(
+                    v.span(),
+                    "`max_event_age` must be longer than zero",
+                    Some(format!(
+                        "leave it out to get {}",
+                        humantime::format_duration(default_age)
+                    )),
+                );
+                max_event_age = default_age;
+            } else if max_event_age > PipelineConfig::MAX_EVENT_AGE_LIMIT {
+                self.at(
+                    v.span(),
+                    "`max_event_age` must be at most 100 years",
+                    Some(format!(
+                        "leave it out to get {}",
+                        humantime::format_duration(default_age)
+                    )),
+                );
+                max_event_age = default_age;
+            } else if buffer_max_age_ms > 0 && max_event_age > max_age {
+                self.at(
+                    v.span(),
+                    format!(
+                        "`max_event_age` ({}) is longer than buffer.max_age ({}), so readings the gateway accepts could be summarised only to be expired by the buffer",
+                        v.get_ref(),
+                        humantime::format_duration(max_age)
+                    ),
+                    Some("make it at most buffer.max_age (half of it leaves time for an outage), or raise buffer.max_age".into()),
+                );
+                max_event_age = default_age;
+            }
+        }
         PipelineConfig {
+            max_future_skew,
+            max_event_age,
             channel_capacity: self.positive(&raw.channel_capacity, "channel_capacity", 1024),
             default_window: self.duration(&raw.default_window, Duration::from_secs(10)),
             allowed_lateness: self.duration(&raw.allowed_lateness, Duration::from_secs(2)),
@@ -1172,6 +1257,18 @@ impl<'a> Cx<'a> {
                 .map(|t| (t.get_ref().clone(), t.span()))
                 .unwrap_or_else(|| (default.to_owned(), raw.broker.span()));
             match OutputTemplate::parse(&text, labels) {
+                Ok(t) if t.max_len(gateway_id) > crate::topic::MAX_TOPIC_BYTES => {
+                    self.at(
+                        span,
+                        format!(
+                            "bad {name}: a rendered topic could be {} bytes, more than MQTT's {}",
+                            t.max_len(gateway_id),
+                            crate::topic::MAX_TOPIC_BYTES
+                        ),
+                        Some("shorten the template's fixed text".into()),
+                    );
+                    None
+                }
                 Ok(t) => Some(t),
                 Err(e) => {
                     self.at(span, format!("bad {name}: {e}"), None);

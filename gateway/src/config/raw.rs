@@ -115,6 +115,8 @@ pub struct RawPipeline {
     pub max_sensors: Option<Spanned<usize>>,
     pub max_payload_bytes: Option<Spanned<usize>>,
     pub retire_after: Option<Spanned<String>>,
+    pub max_future_skew: Option<Spanned<String>>,
+    pub max_event_age: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,11 +35,36 @@ impl Cx<'_> {
                 Some("name the port, such as \"/dev/ttyUSB0\" or a stable \"/dev/serial/by-id/...\" link".into()),
             );
         }
+        if let Some(n) = &raw.name {
+            if let Err(e) = crate::topic::check_name(n.get_ref()) {
+                self.at(
+                    n.span(),
+                    format!("`name` {:?} cannot start a sensor id: {e}", n.get_ref()),
+                    Some(format!("use at most {} bytes without `/`, `+`, `#` or control characters, such as \"rs485\"", crate::topic::MAX_NAME_BYTES)),
+                );
+            }
+        }
         let name = raw.name.map(|n| n.into_inner()).unwrap_or_else(|| {
-            std::path::Path::new(&device)
+            // The device's file name, made a valid name.
+            let base = std::path::Path::new(&device)
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "serial".into())
+                .unwrap_or_default();
+            let base: String = base
+                .chars()
+                .map(|c| {
+                    if c.is_control() || matches!(c, '+' | '#') {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if base.is_empty() {
+                "serial".into()
+            } else {
+                crate::topic::excerpt(&base).to_owned()
+            }
         });
         let baud = raw.baud.as_ref().map(|b| *b.get_ref()).unwrap_or(115_200);
         if let Some(b) = &raw.baud {
@@ -211,14 +236,25 @@ impl Cx<'_> {
                 sensor: c.sensor.trim().to_owned(),
                 unit: c.unit,
             };
-            if map.sensor.is_empty()
-                || map.sensor.contains(['+', '#'])
-                || map.sensor.starts_with('/')
-            {
+            if map.sensor.starts_with('/') || crate::topic::check_sensor_id(&map.sensor).is_err() {
                 self.at(
                     span.clone(),
                     format!("`{}` is not a usable sensor id", map.sensor),
-                    Some("use names joined by `/`, such as \"line1/pump-2/bearing_temp\"".into()),
+                    Some(format!("use names joined by `/`, at most {} bytes without `+`, `#` or control characters, such as \"line1/pump-2/bearing_temp\"", crate::topic::MAX_SENSOR_ID_BYTES)),
+                );
+            }
+            let names = map.node.iter().chain(std::iter::once(&map.channel));
+            if let Some(e) = names
+                .filter_map(|n| crate::topic::check_name(n).err())
+                .next()
+            {
+                self.at(
+                    span.clone(),
+                    format!("node or channel of this mapping: {e}"),
+                    Some(
+                        "the gateway matches names exactly, and no node may send such a name"
+                            .into(),
+                    ),
                 );
             }
             if format == Format::Frame {

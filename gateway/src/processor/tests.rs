@@ -398,3 +398,160 @@ fn a_silent_sensor_with_an_active_alarm_is_never_retired() {
     assert_eq!(c.p.registry().len(), 1, "the alarmed sensor stays");
     assert!(c.p.registry().lookup_id("l1/m1/press").is_some());
 }
+
+#[test]
+fn a_reading_stamped_in_2100_is_rejected_as_future_and_the_next_are_not_late() {
+    let mut c = Check::new();
+    let now = T0;
+    // 2100-01-01, from a node with a wrong real-time clock.
+    let y2100 = 4_102_444_800_000i64;
+    c.send(
+        "plant/l2/m1/temp",
+        &format!(r#"{{"value":1,"ts":{}}}"#, now - 100),
+        now,
+    );
+    c.send(
+        "plant/l2/m1/temp",
+        &format!(r#"{{"value":99,"ts":{y2100}}}"#),
+        now,
+    );
+    assert_eq!(c.metrics.rejected(Reject::Future), 1);
+    assert!(c.out.is_empty(), "the watermark did not move to 2100");
+    for i in 0..5 {
+        c.send(
+            "plant/l2/m1/temp",
+            &format!(r#"{{"value":2,"ts":{}}}"#, now + i * 100),
+            now + i * 100,
+        );
+    }
+    assert_eq!(c.metrics.rejected(Reject::Late), 0);
+    // Just within the skew (5 minutes by default) is accepted.
+    c.send(
+        "plant/l2/m1/temp",
+        &format!(r#"{{"value":3,"ts":{}}}"#, now + 400 + 299_000),
+        now + 400,
+    );
+    assert_eq!(c.metrics.rejected(Reject::Future), 1);
+    c.p.flush_all(&mut c.out);
+    let s = c.summaries();
+    let counted: u64 = s.iter().map(|s| s["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 7);
+    assert!(
+        s.iter().all(|s| s["max"].as_f64() != Some(99.0)),
+        "the 2100 value is in no summary"
+    );
+    let accepted = c
+        .metrics
+        .readings_accepted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(accepted, 7);
+}
+
+#[test]
+fn a_reading_stamped_in_1971_is_rejected_as_too_old() {
+    let mut c = Check::new();
+    let y1971 = 31_536_000_000i64;
+    c.send(
+        "plant/l2/m1/temp",
+        &format!(r#"{{"value":1,"ts":{y1971}}}"#),
+        T0,
+    );
+    assert_eq!(c.metrics.rejected(Reject::TooOld), 1);
+    c.p.flush_all(&mut c.out);
+    assert!(
+        c.out.is_empty(),
+        "no summary of 1971 for the buffer to expire"
+    );
+    // The default bound: seven days (half of the 30-day buffer.max_age
+    // would be longer).
+    let day = 24 * 3600 * 1000i64;
+    c.send(
+        "plant/l2/m1/temp",
+        &format!(r#"{{"value":1,"ts":{}}}"#, T0 - 6 * day),
+        T0,
+    );
+    c.send(
+        "plant/l2/m1/temp",
+        &format!(r#"{{"value":1,"ts":{}}}"#, T0 - 8 * day),
+        T0,
+    );
+    assert_eq!(c.metrics.rejected(Reject::TooOld), 2);
+}
+
+#[test]
+fn max_event_age_defaults_below_buffer_max_age_and_is_bounded_by_it() {
+    let c = config("[buffer]\nmax_age = \"2days\"\n");
+    assert_eq!(
+        c.pipeline.max_event_age,
+        std::time::Duration::from_secs(24 * 3600)
+    );
+    let c = config("[buffer]\nmax_age = \"0s\"\n");
+    assert_eq!(
+        c.pipeline.max_event_age,
+        crate::config::PipelineConfig::DEFAULT_MAX_EVENT_AGE
+    );
+    let text = "[gateway]\nid = \"g\"\n[[source]]\nkind = \"mqtt\"\nbroker = \"h:1\"\ntopic_template = \"a/{s}\"\n[pipeline]\nmax_event_age = \"3days\"\n[upstream]\nbroker = \"h:2\"\n[buffer]\nmax_age = \"2days\"\n";
+    let err = Config::parse(text, Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_event_age"), "{err}");
+}
+
+#[test]
+fn mqtt_topic_levels_that_are_bad_names_are_rejected_as_bad_name() {
+    let mut c = Check::new();
+    let long = "m".repeat(crate::topic::MAX_NAME_BYTES + 1);
+    c.send(&format!("plant/l2/{long}/temp"), r#"{"value":1}"#, T0);
+    c.send("plant/l2/m\u{1b}[2J/temp", r#"{"value":1}"#, T0);
+    c.send("plant/l2/m1/temp", r#"{"value":1}"#, T0);
+    assert_eq!(c.metrics.rejected(Reject::BadName), 2);
+    assert_eq!(c.p.registry().len(), 1, "bad names take no sensor slot");
+}
+
+#[test]
+fn serial_readings_with_invalid_sensor_ids_are_rejected_as_bad_name() {
+    let mut c = Check::new();
+    for id in ["p/a+b/temp", "p/\u{0}/temp", ""] {
+        let r = SerialReading {
+            sensor: id.into(),
+            unit: None,
+            ts_ms: T0,
+            value: 1.0,
+        };
+        c.p.ingest_serial(&r, T0, &mut c.out);
+    }
+    assert_eq!(c.metrics.rejected(Reject::BadName), 3);
+    assert_eq!(c.p.registry().len(), 0);
+}
+
+#[test]
+fn extreme_event_times_are_rejected_without_overflow() {
+    let mut c = Check::new();
+    let p = &mut c.p;
+    p.ingest(
+        &RawMessage {
+            source: 0,
+            topic: "plant/l2/m1/temp".into(),
+            payload: "1".into(),
+            received_ms: T0,
+        },
+        T0,
+        &mut c.out,
+    );
+    let key = p.registry().lookup("plant/l2/m1/temp").unwrap();
+    // The gateway clock is sane; event times are anything a sender chose.
+    for now in [0, T0, 4_102_444_800_000] {
+        for ts in [i64::MIN, i64::MIN + 1, -1, 0, T0, i64::MAX - 1, i64::MAX] {
+            let r = Reading {
+                sensor: key,
+                ts_ms: ts,
+                value: 1.0,
+                seq: None,
+            };
+            p.record(r, now, &mut c.out);
+        }
+        p.flush_due(now, &mut c.out);
+    }
+    assert!(c.metrics.rejected(Reject::Future) > 0);
+    assert!(c.metrics.rejected(Reject::TooOld) > 0);
+}

@@ -110,10 +110,14 @@ pub enum Drop {
     TooManyNodes,
     /// A partial frame cut off by a disconnect.
     Torn,
+    /// A node name, or a channel name an unmapped sensor id would be built
+    /// from, is not a valid name (`+`, `#`, `/`, NUL, control characters,
+    /// longer than [`crate::topic::MAX_NAME_BYTES`]).
+    BadName,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 17] = [
+    pub const ALL: [Drop; 18] = [
         Drop::Oversize,
         Drop::NotUtf8,
         Drop::BadChecksum,
@@ -131,6 +135,7 @@ impl Drop {
         Drop::Duplicate,
         Drop::TooManyNodes,
         Drop::Torn,
+        Drop::BadName,
     ];
 
     pub fn name(self) -> &'static str {
@@ -152,6 +157,7 @@ impl Drop {
             Drop::Duplicate => "duplicate",
             Drop::TooManyNodes => "too_many_nodes",
             Drop::Torn => "torn",
+            Drop::BadName => "bad_name",
         }
     }
 
@@ -416,7 +422,10 @@ impl PortDecoder {
                             None => {
                                 let node = itoa_u16(f.node);
                                 let ch = itoa_u16(u16::from(r.channel));
-                                let t = self.resolve(node.as_str(), ch.as_str());
+                                // Decimal numbers are always valid names.
+                                let Some(t) = self.resolve(node.as_str(), ch.as_str()) else {
+                                    continue;
+                                };
                                 if self.frame_targets.len() < self.settings.max_nodes * 256 {
                                     self.frame_targets.insert(key, t.clone());
                                 }
@@ -429,25 +438,21 @@ impl PortDecoder {
                 Err(e) => self.drop(Drop::from_frame(e), e.to_string()),
             },
             Format::Line { require_checksum } => match line::parse(bytes, require_checksum) {
-                Ok(Some(l)) => {
-                    let readings = l.readings.iter().map(|(n, v)| (*n, *v));
-                    self.deliver(
-                        l.node.unwrap_or(""),
-                        l.seq,
-                        l.uptime_ms,
-                        readings,
-                        now_ms,
-                        out,
-                    )
-                }
+                Ok(Some(l)) => self.deliver(
+                    l.node.unwrap_or(""),
+                    l.seq,
+                    l.uptime_ms,
+                    &l.readings,
+                    now_ms,
+                    out,
+                ),
                 Ok(None) => {}
                 Err(e) => self.drop(Drop::from_line(e), excerpt(bytes)),
             },
             Format::Json => match json::parse(bytes) {
                 Ok(Some(l)) => {
-                    let readings = l.readings.iter().map(|(n, v)| (&**n, *v));
                     let node = l.node.as_deref().unwrap_or("");
-                    self.deliver(node, l.seq, l.uptime_ms, readings, now_ms, out)
+                    self.deliver(node, l.seq, l.uptime_ms, &l.readings, now_ms, out)
                 }
                 Ok(None) => {}
                 Err(e) => self.drop(Drop::from_json(e), excerpt(bytes)),
@@ -455,24 +460,49 @@ impl PortDecoder {
         }
     }
 
-    /// Delivers the readings of one text message after the node checks.
-    fn deliver<'a>(
+    /// Delivers the readings of one text message after the name and node
+    /// checks. A message is accepted or dropped whole: a node name that is
+    /// not a valid name, or a channel name an unmapped sensor id would be
+    /// built from, drops it as [`Drop::BadName`] (as a bad channel value
+    /// drops it as `not_a_number`), before the node's sequence is observed.
+    fn deliver<N: AsRef<str>>(
         &mut self,
         node: &str,
         seq: Option<u32>,
         uptime_ms: Option<u64>,
-        readings: impl Iterator<Item = (&'a str, f64)>,
+        readings: &[(N, f64)],
         now_ms: i64,
         out: &mut Vec<SerialReading>,
     ) {
+        if !node.is_empty() {
+            if let Err(e) = crate::topic::check_name(node) {
+                let detail = format!("node {:?}: {e}", crate::topic::excerpt(node));
+                self.drop(Drop::BadName, detail);
+                return;
+            }
+        }
+        let mut targets: heapless::Vec<Target, { line::MAX_FIELDS }> = heapless::Vec::new();
+        for (name, _) in readings {
+            let Some(t) = self.resolve(node, name.as_ref()) else {
+                let detail = format!(
+                    "channel {:?} of node {:?}: not a valid name for an unmapped sensor",
+                    crate::topic::excerpt(name.as_ref()),
+                    node
+                );
+                self.drop(Drop::BadName, detail);
+                return;
+            };
+            // The parsers bound a message to MAX_FIELDS channels.
+            let _ = targets.push(t);
+        }
         let Some(index) = self.node_slot(node) else {
             return;
         };
         let Some(ts) = self.observe(index, seq, uptime_ms, now_ms) else {
             return;
         };
-        for (name, v) in readings {
-            self.emit(node, name, ts, v, out);
+        for (t, (_, v)) in targets.iter().zip(readings) {
+            self.emit_to(t, ts, *v, out);
         }
     }
 
@@ -486,7 +516,8 @@ impl PortDecoder {
             self.drop(
                 Drop::TooManyNodes,
                 format!(
-                    "node `{node}` exceeds the bound of {} nodes",
+                    "node {:?} exceeds the bound of {} nodes",
+                    crate::topic::excerpt(node),
                     self.settings.max_nodes
                 ),
             );
@@ -508,7 +539,9 @@ impl PortDecoder {
     ) -> Option<i64> {
         let (uptime, fixed_ts) = match self.settings.time {
             NodeTime::Uptime => (time, None),
-            NodeTime::UnixMs => (None, time.map(|t| (t as i64).min(now_ms))),
+            // Checked against the gateway clock by the core (`future`,
+            // `too_old`), not clamped here: a wrong clock is counted.
+            NodeTime::UnixMs => (None, time.map(|t| i64::try_from(t).unwrap_or(i64::MAX))),
             NodeTime::Ignore => (None, None),
         };
         let (name, state) = &mut self.nodes[index];
@@ -518,27 +551,20 @@ impl PortDecoder {
                 Some(fixed_ts.unwrap_or(ts_ms))
             }
             Verdict::Duplicate => {
-                let detail = format!("node `{name}` repeated sequence {seq:?}");
+                let detail = format!("node {name:?} repeated sequence {seq:?}");
                 self.drop(Drop::Duplicate, detail);
                 None
             }
         }
     }
 
-    fn emit(
-        &mut self,
-        node: &str,
-        channel: &str,
-        ts_ms: i64,
-        value: f64,
-        out: &mut Vec<SerialReading>,
-    ) {
-        let target = self.resolve(node, channel);
-        self.emit_to(&target, ts_ms, value, out);
-    }
-
-    /// Where readings of `channel` of `node` go.
-    fn resolve(&mut self, node: &str, channel: &str) -> Target {
+    /// Where readings of `channel` of `node` go; `None` when the channel is
+    /// unmapped, unmapped channels are accepted, and `channel` is not a
+    /// valid name (the node name is checked before). A built id is at most
+    /// `port + node + channel + 2` bytes, below
+    /// [`crate::topic::MAX_SENSOR_ID_BYTES`] for a port name of at most
+    /// [`crate::topic::MAX_NAME_BYTES`].
+    fn resolve(&mut self, node: &str, channel: &str) -> Option<Target> {
         self.scratch.clear();
         let _ = write!(self.scratch, "{node}{SEP}{channel}");
         let found = match self.targets.get(self.scratch.as_str()) {
@@ -548,7 +574,11 @@ impl PortDecoder {
             None => None,
         };
         if let Some(t) = found {
-            return t;
+            return Some(t);
+        }
+        if self.settings.unmapped == Unmapped::Accept && crate::topic::check_name(channel).is_err()
+        {
+            return None;
         }
         let sensor = match self.settings.unmapped {
             Unmapped::Drop => None,
@@ -566,7 +596,7 @@ impl PortDecoder {
         if self.targets.len() < self.settings.channels.len() + self.settings.max_nodes * 16 {
             self.targets.insert(self.scratch.as_str().into(), t.clone());
         }
-        t
+        Some(t)
     }
 
     fn emit_to(&mut self, t: &Target, ts_ms: i64, value: f64, out: &mut Vec<SerialReading>) {

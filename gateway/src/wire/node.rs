@@ -66,7 +66,7 @@ impl NodeState {
     pub fn observe(&mut self, seq: Option<u32>, uptime_ms: Option<u64>, now_ms: i64) -> Verdict {
         let clock_went_back = matches!(
             (self.last_uptime, uptime_ms),
-            (Some(last), Some(up)) if up + REBOOT_UPTIME_SLACK_MS < last
+            (Some(last), Some(up)) if up.saturating_add(REBOOT_UPTIME_SLACK_MS) < last
         );
         if clock_went_back {
             self.reboot();
@@ -115,26 +115,28 @@ impl NodeState {
         self.offset_ms = None;
     }
 
+    /// Saturating throughout: uptimes up to `u64::MAX` and any `now_ms`
+    /// give a time (which the core then checks), never an overflow.
     fn map_time(&mut self, uptime_ms: u64, now_ms: i64) -> i64 {
-        let up = i64::try_from(uptime_ms).unwrap_or(i64::MAX / 2);
-        let observed = now_ms - up;
+        let up = i64::try_from(uptime_ms).unwrap_or(i64::MAX);
+        let observed = now_ms.saturating_sub(up);
         let offset = match self.offset_ms {
             None => observed,
-            Some(o) if (observed - o).abs() > RESYNC_MS => {
+            Some(o) if observed.saturating_sub(o).saturating_abs() > RESYNC_MS => {
                 self.counters.resyncs += 1;
                 observed
             }
             Some(o) if observed <= o => observed,
             Some(o) => {
-                let allowed = ((now_ms - self.offset_updated_ms) / 1_000).max(0);
-                o + (observed - o).min(allowed)
+                let allowed = (now_ms.saturating_sub(self.offset_updated_ms) / 1_000).max(0);
+                o.saturating_add(observed.saturating_sub(o).min(allowed))
             }
         };
         if self.offset_ms != Some(offset) {
             self.offset_updated_ms = now_ms;
         }
         self.offset_ms = Some(offset);
-        (up + offset).min(now_ms)
+        up.saturating_add(offset).min(now_ms)
     }
 }
 
@@ -146,9 +148,9 @@ pub fn unwrap_u32(last: Option<u64>, now: u32) -> u64 {
             let epoch = l & !0xFFFF_FFFF;
             let low = l as u32;
             if now < low && low - now > u32::MAX / 2 {
-                epoch + (1 << 32) + u64::from(now)
+                epoch.saturating_add(1 << 32).saturating_add(u64::from(now))
             } else {
-                epoch + u64::from(now)
+                epoch.saturating_add(u64::from(now))
             }
         }
         None => u64::from(now),
@@ -240,6 +242,34 @@ mod tests {
         accept(n.observe(Some(3), Some(3_600_300), boot + 300));
         assert_eq!(n.counters.resyncs, 1);
         assert_eq!(n.counters.reboots, 0);
+    }
+
+    /// Runs in debug builds, where arithmetic overflow panics.
+    #[test]
+    fn extreme_uptimes_and_clocks_never_overflow() {
+        let ups = [
+            0,
+            1,
+            u64::from(u32::MAX),
+            i64::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        let nows = [i64::MIN, -1, 0, 1_700_000_000_000, i64::MAX];
+        for &now in &nows {
+            let mut n = NodeState::default();
+            for (i, &up) in ups.iter().chain(ups.iter().rev()).enumerate() {
+                let seq = [0, 1, u32::MAX, u32::MAX / 2][i % 4];
+                if let Verdict::Accept { ts_ms } = n.observe(Some(seq), Some(up), now) {
+                    assert!(ts_ms <= now, "a mapped time is never later than arrival");
+                }
+                for &now2 in &nows {
+                    let _ = n.observe(None, Some(up), now2);
+                }
+            }
+        }
+        assert_eq!(unwrap_u32(Some(u64::MAX), 0), u64::MAX);
+        assert_eq!(unwrap_u32(Some(u64::MAX), u32::MAX), u64::MAX);
     }
 
     #[test]

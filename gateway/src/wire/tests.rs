@@ -153,6 +153,116 @@ fn node_bound_is_enforced() {
     assert_eq!(d.counters().dropped(Drop::TooManyNodes), 1);
 }
 
+#[test]
+fn wire_names_with_wildcards_or_controls_are_dropped_as_bad_name() {
+    let long = "n".repeat(crate::topic::MAX_NAME_BYTES + 1);
+    for format in [
+        Format::Line {
+            require_checksum: false,
+        },
+        Format::Json,
+    ] {
+        let mut d = PortDecoder::new(settings(format));
+        let lines: Vec<String> = match format {
+            Format::Json => vec![
+                r#"{"node":"a+b","temp":21.5}"#.into(),
+                r#"{"node":"a/b","temp":21.5}"#.into(),
+                r#"{"node":"a\u0000b","temp":21.5}"#.into(),
+                format!(r#"{{"node":"{long}","temp":21.5}}"#),
+                r#"{"node":"n1","te#mp":21.5}"#.into(),
+                r#"{"node":"n1","a\u001bb":21.5}"#.into(),
+                r#"{"node":"n1","ok":1,"temp":21.5}"#.into(),
+            ],
+            _ => vec![
+                "node=a+b temp=21.5".into(),
+                "node=a/b temp=21.5".into(),
+                "node=a\u{0}b temp=21.5".into(),
+                "node=a#b temp=21.5".into(),
+                "node=n1 te#mp=21.5".into(),
+                "node=n1 a\u{1b}b=21.5".into(),
+                "node=n1 ok=1 temp=21.5".into(),
+            ],
+        };
+        let bytes: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let out = run(&mut d, bytes.as_bytes(), 7);
+        let c = d.counters();
+        assert_eq!(c.dropped(Drop::BadName), 6, "{format:?}");
+        assert_eq!(c.dropped_total(), 6, "{format:?}");
+        assert_eq!(c.frames, 1, "only the valid message is accepted");
+        let sensors: Vec<&str> = out.iter().map(|r| &*r.sensor).collect();
+        assert_eq!(sensors, ["p/n1/ok", "p/n1/temp"], "{format:?}");
+        assert_eq!(d.nodes().count(), 1, "a bad node name gets no node state");
+    }
+}
+
+#[test]
+fn bad_channel_names_are_fine_when_mapped_or_dropped_as_unmapped() {
+    let mut s = settings(Format::Line {
+        require_checksum: false,
+    });
+    s.channels.push(ChannelMap {
+        node: None,
+        channel: "t-1".into(),
+        sensor: "room/temp".into(),
+        unit: None,
+    });
+    s.unmapped = Unmapped::Drop;
+    let mut d = PortDecoder::new(s);
+    let out = run(&mut d, b"node=n1 t-1=1 a+b=2\n", 64);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&*out[0].sensor, "room/temp");
+    assert_eq!(d.counters().unmapped, 1);
+    assert_eq!(d.counters().dropped_total(), 0);
+}
+
+/// Debug builds panic on overflow, so this fails there if any path
+/// computes with extreme node times unchecked.
+#[test]
+fn extreme_node_times_pass_every_format_without_overflow() {
+    let nows = [i64::MIN, -1, 0, 1_700_000_000_000, i64::MAX];
+    let times = [0u64, 1, u64::from(u32::MAX), i64::MAX as u64, u64::MAX];
+    for time in [NodeTime::Uptime, NodeTime::UnixMs, NodeTime::Ignore] {
+        for format in [
+            Format::Line {
+                require_checksum: false,
+            },
+            Format::Json,
+            Format::Frame,
+        ] {
+            let mut s = settings(format);
+            s.time = time;
+            let mut d = PortDecoder::new(s);
+            let mut out = Vec::new();
+            let mut seq = 0u32;
+            for &now in &nows {
+                for &t in times.iter().chain(times.iter().rev()) {
+                    seq = seq.wrapping_add(1);
+                    let mut bytes = match format {
+                        Format::Frame => {
+                            let mut f = frame_of(7, seq, &[1.0]);
+                            f.uptime_ms = Some(t as u32);
+                            let mut b = encode(&f);
+                            b.push(frame::DELIMITER);
+                            b
+                        }
+                        Format::Json => {
+                            format!("{{\"node\":7,\"seq\":{seq},\"t\":{t},\"0\":1}}\n").into_bytes()
+                        }
+                        Format::Line { .. } => format!("node=7 seq={seq} t={t} 0=1\n").into_bytes(),
+                    };
+                    d.push(&mut bytes, now, &mut out);
+                }
+            }
+            assert!(!out.is_empty(), "{time:?} {format:?}");
+            if time == NodeTime::UnixMs && format != Format::Frame {
+                // Unix times pass through unclamped (saturated to i64) for
+                // the core to check against its clock.
+                assert!(out.iter().any(|r| r.ts_ms == i64::MAX), "{format:?}");
+            }
+        }
+    }
+}
+
 fn arb_frame() -> impl Strategy<Value = Frame> {
     (
         any::<u16>(),
