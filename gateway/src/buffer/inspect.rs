@@ -203,11 +203,28 @@ pub fn verify(state_dir: &Path) -> Vec<Damage> {
             }
         }
     }
-    let quarantined = segment_files(&root.join("quarantine")).len();
+    let files = segment_files(&root.join("quarantine"));
+    let rejected = files.iter().any(|f| f.ends_with(super::SET_ASIDE_FILE));
+    let quarantined = files.len() - usize::from(rejected);
+    let mut notes = Vec::new();
     if quarantined > 0 {
+        notes.push(format!(
+            "{quarantined} quarantined file(s) from earlier recoveries"
+        ));
+    }
+    if rejected {
+        notes.push(format!(
+            "records upstream refused are listed in {}",
+            super::SET_ASIDE_FILE
+        ));
+    }
+    if !notes.is_empty() {
         damage.push(Damage {
             file: root.join("quarantine"),
-            what: format!("{quarantined} quarantined file(s) from earlier recoveries (informational; delete after inspection)"),
+            what: format!(
+                "{} (informational; delete after inspection)",
+                notes.join("; ")
+            ),
         });
     }
     damage

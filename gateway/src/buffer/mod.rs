@@ -178,6 +178,15 @@ struct ReadRetry {
     failures: u32,
 }
 
+/// A damaged region skipped in a segment.
+#[derive(Debug, Clone, Copy)]
+struct Damage {
+    base: u64,
+    offset: u64,
+    bytes: u64,
+    what: &'static str,
+}
+
 /// Rate limit of one kind of log line: the first is written, then at most
 /// one per [`LOG_EVERY_MS`], carrying how many were suppressed.
 #[derive(Debug, Default)]
@@ -232,6 +241,9 @@ struct LaneLog {
     /// Set while a segment of this lane cannot be opened or read; the lane
     /// hands out nothing newer until it can.
     read_retry: Option<ReadRetry>,
+    /// A damaged region was skipped; whether it cost a record is known once
+    /// the next valid record (or the segment's end) is read.
+    damage: Option<Damage>,
 }
 
 /// The durable outbox of the upstream sink.
@@ -317,6 +329,7 @@ impl Buffer {
                 sent_hwm: acked,
                 acked,
                 read_retry: None,
+                damage: None,
             }
         });
         let max_seen = lanes
@@ -908,6 +921,7 @@ impl Buffer {
             let outcome = self.read_record(lane);
             match outcome {
                 ReadOutcome::Record(rec) => {
+                    self.settle_damage(lane, Some(rec.seq), now_ms);
                     let l = &mut self.lanes[lane];
                     if l.read_retry.is_some_and(|rt| rt.base == base) {
                         l.read_retry = None;
@@ -920,6 +934,7 @@ impl Buffer {
                 }
                 ReadOutcome::End => {
                     // End of this segment: move on if a later one exists.
+                    self.settle_damage(lane, None, now_ms);
                     let l = &mut self.lanes[lane];
                     if l.read_retry.is_some_and(|rt| rt.base == base) {
                         l.read_retry = None;
@@ -939,7 +954,7 @@ impl Buffer {
                         ReadOutcome::Damaged(what) => what,
                         _ => "a record is cut short before the end of the segment",
                     };
-                    if let Err(e) = self.skip_damage(lane, what, now_ms) {
+                    if let Err(e) = self.skip_damage(lane, what) {
                         let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos);
                         if !self.read_io_failed(lane, base, pos, &e, now_ms) {
                             return DiskNext::Waiting;
@@ -1011,7 +1026,7 @@ impl Buffer {
     /// the next valid record of the segment (or its end), and counts the
     /// damaged region and its bytes. Records before and after it are
     /// delivered; only the region is lost.
-    fn skip_damage(&mut self, lane: usize, what: &str, now_ms: i64) -> std::io::Result<()> {
+    fn skip_damage(&mut self, lane: usize, what: &'static str) -> std::io::Result<()> {
         let l = &mut self.lanes[lane];
         let Some(r) = l.reader.as_mut() else {
             return Ok(());
@@ -1020,31 +1035,64 @@ impl Buffer {
         let (next, end) = resync_reader(&mut r.file, from)?;
         r.pos = next.unwrap_or(end);
         let skipped = r.pos - from;
-        let (base, last_good) = (r.base, l.sent_hwm);
-        let lane_name = l.lane.dir_name();
+        l.damage = Some(Damage {
+            base: r.base,
+            offset: from,
+            bytes: skipped,
+            what,
+        });
         self.metrics
             .buffer_read_errors
             .fetch_add(1, Ordering::Relaxed);
         self.metrics
-            .buffer_corrupt_regions
-            .fetch_add(1, Ordering::Relaxed);
-        self.metrics
             .buffer_corrupt_bytes
             .fetch_add(skipped, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Settles a skipped damaged region once the next valid record of the
+    /// lane (`next`) or the end of its segment (`None`) is known: it cost a
+    /// record unless everything in it was handed out already (the next
+    /// valid record was) or the lane's memory holds every record not yet
+    /// handed out. Counts and logs it.
+    fn settle_damage(&mut self, lane: usize, next: Option<u64>, now_ms: i64) {
+        let l = &mut self.lanes[lane];
+        let Some(d) = l.damage.take() else {
+            return;
+        };
+        let sent = l.sent_hwm;
+        let handed_out = match next {
+            Some(seq) => seq <= sent,
+            None => l
+                .segments
+                .iter()
+                .find(|s| s.base == d.base)
+                .is_none_or(|s| s.last <= sent),
+        };
+        let in_memory = l
+            .mem
+            .front()
+            .is_some_and(|m| m.rec.seq <= sent.saturating_add(1));
+        let lost = !handed_out && !in_memory;
+        if lost {
+            self.metrics
+                .buffer_corrupt_regions
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(suppressed) = self.log_damage.allow(now_ms) {
             tracing::error!(
-                lane = lane_name,
-                segment = base,
-                offset = from,
-                skipped_bytes = skipped,
-                after_seq = last_good,
-                resumed = next.is_some(),
-                damage = what,
+                lane = l.lane.dir_name(),
+                segment = d.base,
+                offset = d.offset,
+                skipped_bytes = d.bytes,
+                after_seq = sent,
+                next_seq = next,
+                records_lost = lost,
+                damage = d.what,
                 suppressed,
                 "A buffer record failed its check when read back (damage on the storage); skipped to the next valid record of the segment. `sensor-gateway buffer verify` shows the damage; check the SD card."
             );
         }
-        Ok(())
     }
 
     /// Opening or reading a segment failed at `pos`: try again later from
@@ -1548,6 +1596,7 @@ impl LaneLog {
             sent_hwm: 0,
             acked: 0,
             read_retry: None,
+            damage: None,
         }
     }
 }

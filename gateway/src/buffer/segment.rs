@@ -320,4 +320,19 @@ mod tests {
             assert!(s.records.is_empty());
         }
     }
+
+    #[test]
+    fn find_record_asks_for_more_bytes_instead_of_skipping_a_record_cut_by_its_window() {
+        let buf = segment(5);
+        let s = scan(&buf);
+        let (off, len) = s.records[3];
+        // Damage before record 3; the window ends inside record 3.
+        let from = s.records[2].0 + 1;
+        let cut = &buf[..off + len - 1];
+        assert_eq!(find_record(cut, from, false), Resync::NeedMore(off));
+        assert_eq!(find_record(&buf, from, false), Resync::Found(off));
+        // At the end of the file the cut record is not a record.
+        assert_eq!(find_record(cut, off, true), Resync::NotFound);
+        assert_eq!(find_record(&buf[..off], from, true), Resync::NotFound);
+    }
 }

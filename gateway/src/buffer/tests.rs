@@ -811,3 +811,28 @@ fn the_set_aside_file_stops_growing_at_its_bound() {
     assert_eq!(f.metrics.buffer_set_aside.load(Ordering::Relaxed), 1);
     assert!(b.is_empty());
 }
+
+#[test]
+fn damage_to_records_still_held_in_memory_is_not_counted_as_lost() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Always);
+    c.segment_bytes = 1024;
+    let mut b = f.open(&c);
+    let s = b.next_seq();
+    for i in 0..40 {
+        b.push(rec(s + i, Lane::Summary), 0);
+    }
+    b.maintain(5_000, false);
+    let segs = summary_segments(&f);
+    let (off, _, _) = records_of(&segs[1])[1];
+    let mut bytes = std::fs::read(&segs[1]).unwrap();
+    bytes[off + RECORD_HEADER_LEN + 2] ^= 0x10;
+    std::fs::write(&segs[1], &bytes).unwrap();
+    assert_eq!(
+        deliver(&mut b, 100, true),
+        (s..s + 40).collect::<Vec<_>>(),
+        "the damaged record is delivered from memory"
+    );
+    assert!(f.metrics.buffer_corrupt_bytes.load(Ordering::Relaxed) > 0);
+    assert_eq!(f.metrics.upstream_dropped_total(), 0, "nothing was lost");
+}
