@@ -158,7 +158,7 @@ pub struct SensorAlarms {
 }
 
 /// What happened to an alarm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Transition {
     Raised,
     Cleared,

@@ -106,7 +106,6 @@ pub struct Metrics {
     pub anomalies_raised: AtomicU64,
     pub values_sent: AtomicU64,
     pub commands_received: AtomicU64,
-    pub commands_rejected: AtomicU64,
     pub state_saves: AtomicU64,
     pub state_save_errors: AtomicU64,
     pub state_load_errors: AtomicU64,
@@ -162,6 +161,11 @@ pub struct Metrics {
     pub buffer_set_aside: AtomicU64,
     /// One entry per serial port, in configuration order.
     serial: std::sync::Mutex<Vec<Arc<SerialPortMetrics>>>,
+    /// Commands not obeyed, per [`CommandReject`].
+    commands_rejected: [AtomicU64; CommandReject::ALL.len()],
+    /// Alarm events sent again at start-up because a crash lost them
+    /// before they were stored.
+    pub alarm_events_reemitted: AtomicU64,
 }
 
 /// What one serial port reports. The port's decoder is owned by its task;
@@ -277,11 +281,6 @@ impl Metrics {
                 "gateway_commands_received_total",
                 "Commands received on the command topic.",
                 c(&self.commands_received),
-            ),
-            (
-                "gateway_commands_rejected_total",
-                "Commands rejected (malformed, unknown alarm, not active).",
-                c(&self.commands_rejected),
             ),
             (
                 "gateway_sensors_retired_total",
@@ -478,6 +477,7 @@ impl Metrics {
             );
         }
         self.render_serial(&mut s);
+        self.render_commands(&mut s);
         s
     }
 
@@ -678,6 +678,118 @@ impl LogLimiter {
     }
 }
 
+/// Why a command from the command topic was not obeyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandReject {
+    /// A retained message: the broker replays it on every subscription.
+    Retained,
+    /// Larger than a command can be.
+    Oversize,
+    /// Not JSON, or not a command object.
+    Malformed,
+    /// A `command` other than `ack`.
+    UnknownCommand,
+    /// An `ack` without the `occurrence` it acknowledges.
+    MissingOccurrence,
+    /// The alarm id names no sensor with that alarm.
+    UnknownAlarm,
+    /// The occurrence is not the alarm's current one.
+    StaleOccurrence,
+    /// The alarm is not active, or already acknowledged.
+    NotActive,
+    /// Too many commands at once; dropped.
+    Overloaded,
+}
+
+impl CommandReject {
+    pub const ALL: [CommandReject; 9] = [
+        CommandReject::Retained,
+        CommandReject::Oversize,
+        CommandReject::Malformed,
+        CommandReject::UnknownCommand,
+        CommandReject::MissingOccurrence,
+        CommandReject::UnknownAlarm,
+        CommandReject::StaleOccurrence,
+        CommandReject::NotActive,
+        CommandReject::Overloaded,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandReject::Retained => "retained",
+            CommandReject::Oversize => "oversize",
+            CommandReject::Malformed => "malformed",
+            CommandReject::UnknownCommand => "unknown_command",
+            CommandReject::MissingOccurrence => "missing_occurrence",
+            CommandReject::UnknownAlarm => "unknown_alarm",
+            CommandReject::StaleOccurrence => "stale_occurrence",
+            CommandReject::NotActive => "not_active",
+            CommandReject::Overloaded => "overloaded",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a command that was not obeyed.
+    pub fn reject_command(&self, reason: CommandReject) {
+        self.commands_rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn commands_rejected(&self, reason: CommandReject) -> u64 {
+        self.commands_rejected[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn render_commands(&self, s: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(s, "# HELP gateway_commands_rejected_total Commands not obeyed, by reason.\n# TYPE gateway_commands_rejected_total counter");
+        for r in CommandReject::ALL {
+            let _ = writeln!(
+                s,
+                "gateway_commands_rejected_total{{reason=\"{}\"}} {}",
+                r.name(),
+                self.commands_rejected(r)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP gateway_alarm_events_reemitted_total Alarm events sent again at start-up because a crash lost them before they were stored.\n# TYPE gateway_alarm_events_reemitted_total counter\ngateway_alarm_events_reemitted_total {}",
+            self.alarm_events_reemitted.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// [`LogLimiter`] for rejected commands: the first of each reason is
+/// logged, then at most one line per interval per reason.
+#[derive(Debug)]
+pub struct CommandLogLimiter {
+    interval_ms: i64,
+    last_ms: [i64; CommandReject::ALL.len()],
+    suppressed: [u64; CommandReject::ALL.len()],
+}
+
+impl CommandLogLimiter {
+    pub fn new(interval_ms: i64) -> Self {
+        Self {
+            interval_ms,
+            last_ms: [i64::MIN; CommandReject::ALL.len()],
+            suppressed: [0; CommandReject::ALL.len()],
+        }
+    }
+
+    /// `Some(suppressed_since_last)` when this occurrence should be logged.
+    pub fn allow(&mut self, reason: CommandReject, now_ms: i64) -> Option<u64> {
+        let i = reason as usize;
+        if self.last_ms[i] == i64::MIN || now_ms.saturating_sub(self.last_ms[i]) >= self.interval_ms
+        {
+            self.last_ms[i] = now_ms;
+            Some(std::mem::take(&mut self.suppressed[i]))
+        } else {
+            self.suppressed[i] += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,5 +813,21 @@ mod tests {
         for r in Reject::ALL {
             assert!(text.contains(&format!("reason=\"{}\"", r.name())));
         }
+    }
+
+    #[test]
+    fn command_rejections_are_counted_per_reason_and_logged_rate_limited() {
+        let m = Metrics::new();
+        m.reject_command(CommandReject::Retained);
+        let text = m.render_prometheus();
+        assert!(text.contains("gateway_commands_rejected_total{reason=\"retained\"} 1"));
+        for r in CommandReject::ALL {
+            assert!(text.contains(&format!("reason=\"{}\"", r.name())));
+        }
+        let mut l = CommandLogLimiter::new(1000);
+        assert_eq!(l.allow(CommandReject::Malformed, 0), Some(0));
+        assert_eq!(l.allow(CommandReject::Malformed, 10), None);
+        assert_eq!(l.allow(CommandReject::Retained, 20), Some(0));
+        assert_eq!(l.allow(CommandReject::Malformed, 1000), Some(1));
     }
 }

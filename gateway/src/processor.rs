@@ -747,4 +747,7 @@ mod analytics_tests;
 #[cfg(test)]
 mod tests;
 
-pub use analytics::{parse_command, Command, PersistedSensor, PersistedState};
+pub use analytics::{
+    escaped, parse_command, AlarmLedger, Command, CommandError, EmittedAlarmEvent, PersistedSensor,
+    PersistedState, MAX_COMMAND_BYTES,
+};

@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::buffer::Buffer;
 use crate::config::{Config, SourceConfig};
-use crate::metrics::Metrics;
-use crate::processor::{Command, CoreSettings, Input, Processor, Record};
+use crate::metrics::{CommandLogLimiter, Metrics};
+use crate::processor::{escaped, Command, CoreSettings, Input, Lane, Processor, Record};
 use crate::upstream;
 
 /// How often the core checks for windows to close.
@@ -45,7 +45,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let opts = upstream::mqtt_options(&config.upstream)?;
     check_free_space(&config);
-    let (buffer, recovery) =
+    let (mut buffer, recovery) =
         Buffer::open(&config.buffer, &config.gateway.state_dir, metrics.clone())?;
     tracing::info!(
         segments = recovery.segments,
@@ -92,14 +92,20 @@ pub async fn run(
         buffer.next_seq(),
     );
     let state_dir = config.gateway.state_dir.clone();
+    let mut reemitted = Vec::new();
     match crate::state::load(&state_dir, crate::now_ms()) {
         Ok(Some(state)) => {
             let n = processor.restore(state, crate::now_ms());
+            // An alarm event the state remembers but the buffer never
+            // stored was lost in a crash: emit it again.
+            let again = processor
+                .reemit_lost_alarm_events(|seq| buffer.holds(Lane::Alarm, seq), &mut reemitted);
             tracing::info!(
                 sensors = n,
                 active_alarms = metrics
                     .alarms_active
                     .load(std::sync::atomic::Ordering::Relaxed),
+                alarm_events_sent_again = again,
                 "Alarm and baseline state restored."
             );
         }
@@ -119,6 +125,7 @@ pub async fn run(
         rec_tx,
         cmd_rx,
         StateSaver::new(state_dir, metrics.clone()),
+        reemitted,
     ));
     let sink = tracker.spawn(upstream::run(
         config.upstream.clone(),
@@ -242,8 +249,16 @@ async fn process(
     tx: mpsc::Sender<Record>,
     mut commands: mpsc::Receiver<Command>,
     mut saver: StateSaver,
+    reemitted: Vec<Record>,
 ) {
-    let mut out = Vec::new();
+    // Alarm events lost in a crash and emitted again: their new seqs are
+    // saved before they go out, like every alarm change.
+    let mut out = reemitted;
+    saver.save_if_needed(&mut processor, false).await;
+    if !forward(&mut out, &tx, &metrics).await {
+        return;
+    }
+    let mut command_log = CommandLogLimiter::new(upstream::COMMAND_LOG_INTERVAL_MS);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
@@ -268,11 +283,17 @@ async fn process(
                     commands_open = false;
                     continue;
                 };
-                if let Err(e) = processor.command(&cmd, crate::now_ms(), &mut out) {
-                    saver.metrics.commands_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(alarm_id = %cmd.alarm_id, by = %cmd.by, error = %e, "Command rejected.");
-                } else {
-                    tracing::info!(alarm_id = %cmd.alarm_id, by = %cmd.by, "Alarm acknowledged.");
+                let now = crate::now_ms();
+                match processor.command(&cmd, now, &mut out) {
+                    Err(e) => {
+                        saver.metrics.reject_command(e.reason);
+                        if let Some(suppressed) = command_log.allow(e.reason, now) {
+                            tracing::warn!(alarm_id = %escaped(&cmd.alarm_id), by = %escaped(&cmd.by), reason = e.reason.name(), suppressed_since_last = suppressed, error = %e, "Command rejected; counted in gateway_commands_rejected_total.");
+                        }
+                    }
+                    Ok(_) => {
+                        tracing::info!(alarm_id = %escaped(&cmd.alarm_id), occurrence = cmd.occurrence, by = %escaped(&cmd.by), "Alarm acknowledged.");
+                    }
                 }
                 saver.save_if_needed(&mut processor, false).await;
                 if !forward(&mut out, &tx, &metrics).await {

@@ -1,20 +1,60 @@
-//! The analytics state file, `<state_dir>/analytics.state`: alarm states
-//! and baselines that survive restarts.
+//! The analytics state file, `<state_dir>/analytics.state`: alarm states,
+//! the last events of each alarm and baselines that survive restarts.
 //!
-//! Layout: the magic `SGWSTAT1`, the body length (u32 LE), the CRC-32 of the
+//! Layout: the magic `SGWSTAT2`, the body length (u32 LE), the CRC-32 of the
 //! body (u32 LE), the body (postcard of [`PersistedState`]). It is replaced
 //! atomically: written to a temporary file, fsynced, renamed over the old
 //! one, and the directory fsynced. A file that does not check out is set
 //! aside (renamed with a `.bad-<ms>` suffix), counted and logged, and the
 //! gateway starts without it: a damaged state file never stops start-up.
+//!
+//! Versions: `SGWSTAT1` (before alarm events were recorded) is still read:
+//! its sensors are restored with no recorded events, so nothing is emitted
+//! again and their active alarms have occurrence 0 until they clear. The
+//! next save writes version 2.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::processor::PersistedState;
+use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 8] = b"SGWSTAT1";
+use crate::alarm::SensorAlarms;
+use crate::anomaly::Baseline;
+use crate::processor::{PersistedSensor, PersistedState};
+
+const MAGIC: &[u8; 8] = b"SGWSTAT2";
+const MAGIC_V1: &[u8; 8] = b"SGWSTAT1";
 const FILE: &str = "analytics.state";
+
+/// The body of a version 1 file. Do not change: old files decode with it.
+#[derive(Serialize, Deserialize)]
+struct StateV1 {
+    sensors: Vec<SensorV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SensorV1 {
+    id: String,
+    alarms: SensorAlarms,
+    baseline: Baseline,
+}
+
+impl From<StateV1> for PersistedState {
+    fn from(v1: StateV1) -> Self {
+        PersistedState {
+            sensors: v1
+                .sensors
+                .into_iter()
+                .map(|s| PersistedSensor {
+                    id: s.id,
+                    alarms: s.alarms,
+                    baseline: s.baseline,
+                    alarm_events: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+}
 
 /// The state file's path inside `state_dir`.
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -56,7 +96,7 @@ pub fn load(state_dir: &Path, now_ms: i64) -> Result<Option<PersistedState>, Loa
 }
 
 fn decode(bytes: &[u8]) -> Result<PersistedState, &'static str> {
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+    if bytes.len() < 16 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
         return Err("no state-file header");
     }
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
@@ -64,6 +104,11 @@ fn decode(bytes: &[u8]) -> Result<PersistedState, &'static str> {
     let body = bytes.get(16..16 + len).ok_or("truncated")?;
     if crc32fast::hash(body) != crc {
         return Err("checksum mismatch");
+    }
+    if &bytes[..8] == MAGIC_V1 {
+        return postcard::from_bytes::<StateV1>(body)
+            .map(PersistedState::from)
+            .map_err(|_| "body does not decode");
     }
     postcard::from_bytes(body).map_err(|_| "body does not decode")
 }
@@ -108,6 +153,7 @@ mod tests {
                 id: "l1/m1/vib".into(),
                 alarms: Default::default(),
                 baseline: Default::default(),
+                alarm_events: Vec::new(),
             }],
         };
         save(dir.path(), &encode(&state)).unwrap();
@@ -121,5 +167,39 @@ mod tests {
         assert!(!path(dir.path()).exists());
         assert!(dir.path().join("analytics.state.bad-7").exists());
         assert!(load(dir.path(), 8).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_version_1_file_is_restored_without_recorded_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut alarms = SensorAlarms::default();
+        alarms.states[2].active = true;
+        let v1 = StateV1 {
+            sensors: vec![SensorV1 {
+                id: "l1/m1/vib".into(),
+                alarms: alarms.clone(),
+                baseline: Default::default(),
+            }],
+        };
+        let body = postcard::to_allocvec(&v1).unwrap();
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        std::fs::write(path(dir.path()), &bytes).unwrap();
+        let state = load(dir.path(), 0).unwrap().unwrap();
+        assert_eq!(
+            state.sensors,
+            [PersistedSensor {
+                id: "l1/m1/vib".into(),
+                alarms,
+                baseline: Default::default(),
+                alarm_events: Vec::new(),
+            }]
+        );
+        // Saved again, it is version 2.
+        save(dir.path(), &encode(&state)).unwrap();
+        assert_eq!(&std::fs::read(path(dir.path())).unwrap()[..8], MAGIC);
+        assert_eq!(load(dir.path(), 0).unwrap(), Some(state));
     }
 }

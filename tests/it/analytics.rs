@@ -1,7 +1,10 @@
 //! Alarms and anomaly detection end to end: sensor-sim's wear scenario
 //! (`configs/sim-wear.toml`) through the real gateway binary; an
 //! acknowledgement over the command topic; kill -9 and restart with active
-//! alarms; the alarms clearing when the machine is healthy again.
+//! alarms; the alarms clearing when the machine is healthy again. Then: a
+//! `raised` held back by a full blocking buffer survives kill -9 exactly
+//! once; a retained acknowledgement is never obeyed; junk commands are
+//! counted and logged rate-limited.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -133,12 +136,17 @@ async fn wear_scenario_raises_drift_before_the_alarms_and_survives_a_crash() {
         "critical"
     );
 
-    // Acknowledge the zone C alarm over the command topic.
+    // Acknowledge the zone C alarm over the command topic, naming the
+    // occurrence its events carry.
     let mut operator = Publisher::connect(upstream.addr).await;
+    assert_eq!(high["occurrence"], high["seq"]);
     operator
         .send(
             "gateways/gw-e2e/command",
-            format!(r#"{{"command":"ack","alarm_id":"{HIGH}","by":"e2e"}}"#),
+            format!(
+                r#"{{"command":"ack","alarm_id":"{HIGH}","occurrence":{},"by":"e2e"}}"#,
+                high["occurrence"]
+            ),
         )
         .await;
     wait_until("the acknowledgement", Duration::from_secs(10), || {
@@ -203,7 +211,10 @@ async fn wear_scenario_raises_drift_before_the_alarms_and_survives_a_crash() {
     operator
         .send(
             "gateways/gw-e2e/command",
-            format!(r#"{{"command":"ack","alarm_id":"{HIGH_HIGH}","by":"e2e"}}"#),
+            format!(
+                r#"{{"command":"ack","alarm_id":"{HIGH_HIGH}","occurrence":{},"by":"e2e"}}"#,
+                trip["occurrence"]
+            ),
         )
         .await;
     wait_until("the zone D alarm to clear", Duration::from_secs(15), || {
@@ -215,9 +226,261 @@ async fn wear_scenario_raises_drift_before_the_alarms_and_survives_a_crash() {
         .send("gateways/gw-e2e/command", "reboot please")
         .await;
     wait_until("the rejected command", Duration::from_secs(10), || {
-        gw.metric("gateway_commands_rejected_total") >= 1.0
+        gw.metric("gateway_commands_rejected_total{reason=\"malformed\"}") >= 1.0
     })
     .await;
+    let status = gw.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{}", gw.log());
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const VIBRATION_ALARM: &str = r#"
+[[sensor]]
+match = "*/vibration"
+window = "1s"
+
+[sensor.alarm]
+high = 2.8
+latch = true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_alarm_held_back_by_a_full_blocking_buffer_survives_kill_9_exactly_once() {
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let mut upstream = Broker::start(BrokerKind::Rumqttd).await;
+    upstream.kill();
+    // Raw readings fill the smallest buffer quickly while upstream is down.
+    let rules = format!(
+        r#"{VIBRATION_ALARM}
+[[sensor]]
+match = "*/door"
+delivery = "raw"
+
+[buffer]
+max_disk_bytes = 1048576
+when_full = "block"
+"#
+    );
+    let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, &rules));
+    gw.wait_ready().await;
+    let mut plant = Publisher::connect(source.addr).await;
+    let full = "The buffer is full and buffer.when_full";
+    let mut sent = 0;
+    while !gw.log().contains(full) {
+        assert!(sent < 20_000, "the buffer never filled\n{}", gw.log());
+        for _ in 0..50 {
+            plant
+                .send(
+                    "plant/line1/m1/door",
+                    format!(r#"{{"value":{sent},"ts":{}}}"#, now_ms()),
+                )
+                .await;
+            sent += 1;
+        }
+        plant.flush().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The sink takes nothing now: the alarm's event waits in the channel
+    // while the state already says the alarm is active.
+    plant
+        .send(
+            "plant/line1/m1/vibration",
+            format!(r#"{{"value":3.0,"ts":{}}}"#, now_ms()),
+        )
+        .await;
+    plant.flush().await;
+    wait_until("the alarm state saved", Duration::from_secs(10), || {
+        gw.metric("gateway_alarms_raised_total") >= 1.0
+            && gw.metric("gateway_state_saves_total") >= 1.0
+    })
+    .await;
+    gw.kill();
+
+    upstream.restart().await;
+    let sub = Subscriber::start(upstream.addr, "gateways/#").await;
+    sub.wait_subscribed(1).await;
+    gw.restart();
+    const ID: &str = "line1/m1/vibration:high";
+    wait_until("the raised alarm upstream", Duration::from_secs(30), || {
+        !alarm(&events(&sub, "alarm"), ID, "raised").is_empty()
+    })
+    .await;
+    wait_until("the backlog delivered", Duration::from_secs(60), || {
+        gw.metric("gateway_upstream_connected") == 1.0
+            && gw.metric("gateway_upstream_queue_records") == 0.0
+    })
+    .await;
+    assert_eq!(gw.metric("gateway_alarm_events_reemitted_total"), 1.0);
+    // A second restart finds it held: not sent again.
+    let status = gw.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{}", gw.log());
+    gw.restart();
+    wait_until(
+        "the restarted gateway upstream",
+        Duration::from_secs(20),
+        || gw.metric("gateway_upstream_connected") == 1.0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let raised = alarm(&events(&sub, "alarm"), ID, "raised")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(raised.len(), 1, "exactly once: {raised:#?}");
+    assert_eq!(raised[0]["value"], 3.0);
+    assert_eq!(gw.metric("gateway_alarm_events_reemitted_total"), 0.0);
+    assert!(
+        gw.log()
+            .contains("lost in a crash before the buffer stored it"),
+        "the re-emission is logged"
+    );
+    let status = gw.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_ack_does_not_acknowledge_the_next_occurrence_after_reconnect() {
+    if !mosquitto_available() {
+        return;
+    }
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    // Mosquitto keeps retained messages and flags them on subscription.
+    let upstream = Broker::start(BrokerKind::Mosquitto).await;
+    let sub = Subscriber::start(upstream.addr, "gateways/+/alarm/#").await;
+    sub.wait_subscribed(1).await;
+    let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, VIBRATION_ALARM));
+    gw.wait_ready().await;
+    wait_until("upstream", Duration::from_secs(20), || {
+        gw.metric("gateway_upstream_connected") == 1.0
+    })
+    .await;
+
+    // An acknowledgement published with the retain flag, before the
+    // occurrence exists.
+    let mut opts = rumqttc::MqttOptions::new(
+        format!("e2e-retainer-{}", upstream.addr.port()),
+        upstream.addr.ip().to_string(),
+        upstream.addr.port(),
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 10);
+    let driver = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    client
+        .publish(
+            "gateways/gw-e2e/command",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            r#"{"command":"ack","alarm_id":"line1/m1/vibration:high","occurrence":1,"by":"old"}"#,
+        )
+        .await
+        .expect("queue the retained ack");
+    wait_until("the live ack refused", Duration::from_secs(10), || {
+        gw.metric("gateway_commands_received_total") >= 1.0
+    })
+    .await;
+    driver.abort();
+
+    // The occurrence.
+    let mut plant = Publisher::connect(source.addr).await;
+    plant
+        .send(
+            "plant/line1/m1/vibration",
+            format!(r#"{{"value":3.0,"ts":{}}}"#, now_ms()),
+        )
+        .await;
+    plant.flush().await;
+    const ID: &str = "line1/m1/vibration:high";
+    wait_until("the raised alarm", Duration::from_secs(15), || {
+        !alarm(&events(&sub, "alarm"), ID, "raised").is_empty()
+    })
+    .await;
+
+    // Reconnect: the broker hands the retained ack over again.
+    let status = gw.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{}", gw.log());
+    gw.restart();
+    wait_until("the retained ack refused", Duration::from_secs(20), || {
+        gw.metric("gateway_commands_rejected_total{reason=\"retained\"}") >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        alarm(&events(&sub, "alarm"), ID, "acknowledged").is_empty(),
+        "a retained ack acknowledged the alarm"
+    );
+    assert_eq!(gw.metric("gateway_alarms_acknowledged_total"), 0.0);
+    let status = gw.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_commands_are_counted_and_logged_rate_limited() {
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let upstream = Broker::start(BrokerKind::Rumqttd).await;
+    let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, VIBRATION_ALARM));
+    gw.wait_ready().await;
+    wait_until("upstream", Duration::from_secs(20), || {
+        gw.metric("gateway_upstream_connected") == 1.0
+    })
+    .await;
+    let mut attacker = Publisher::connect(upstream.addr).await;
+    for i in 0..4000 {
+        attacker
+            .send(
+                "gateways/gw-e2e/command",
+                format!("junk {i}\n2026-01-01T00:00:00Z ERROR forged line"),
+            )
+            .await;
+    }
+    for i in 0..1000 {
+        attacker
+            .send(
+                "gateways/gw-e2e/command",
+                format!(
+                    r#"{{"command":"ack","alarm_id":"nope/{i}\n:high","occurrence":{i},"by":"{}"}}"#,
+                    "x".repeat(500)
+                ),
+            )
+            .await;
+    }
+    attacker.flush().await;
+    wait_until("every command counted", Duration::from_secs(30), || {
+        gw.metric("gateway_commands_received_total") >= 5000.0
+    })
+    .await;
+    // The metrics file is written every 100 ms: settle on a snapshot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = gw.metrics();
+    let rejected = |r: &str| {
+        m.get(&format!(
+            "gateway_commands_rejected_total{{reason=\"{r}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert_eq!(m["gateway_commands_received_total"], 5000.0);
+    assert_eq!(rejected("malformed"), 4000.0);
+    assert_eq!(rejected("unknown_alarm") + rejected("overloaded"), 1000.0);
+    let log = gw.log();
+    let warns = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("ommand"))
+        .count();
+    assert!((1..=12).contains(&warns), "{warns} WARN lines\n{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with(":high")),
+        "outsider text is escaped"
+    );
+    assert!(
+        !log.contains(&"x".repeat(100)),
+        "outsider text is truncated"
+    );
     let status = gw.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "{}", gw.log());
 }

@@ -1578,6 +1578,44 @@ impl Buffer {
             .buffer_oldest_ts_ms
             .store(oldest, Ordering::Relaxed);
     }
+
+    /// Whether record `seq` of `lane` is accounted for: settled (at or
+    /// below the lane's acked mark: acknowledged by upstream, or dropped and
+    /// counted), in flight, in memory, or in one of the lane's segments.
+    /// Reads the segment whose range covers `seq`; meant for start-up.
+    pub fn holds(&mut self, lane: Lane, seq: u64) -> bool {
+        let i = Self::lane_index(lane);
+        if seq <= self.lanes[i].acked || self.inflight.get(&seq).is_some_and(|(l, _)| *l == lane) {
+            return true;
+        }
+        let l = &self.lanes[i];
+        if l.mem
+            .iter()
+            .chain(l.resend.iter())
+            .any(|m| m.rec.seq == seq)
+        {
+            return true;
+        }
+        // Written records may still wait in the writer; what cannot be
+        // written stays in memory, checked above.
+        let _ = self.flush_lane(i);
+        let in_file = |path: &Path| {
+            let Ok(buf) = std::fs::read(path) else {
+                return false;
+            };
+            segment::scan(&buf).records.iter().any(|(off, len)| {
+                matches!(
+                    segment::parse_record(&buf[*off..*off + *len]),
+                    Parsed::Record { body, .. } if body.seq == seq
+                )
+            })
+        };
+        self.lanes[i]
+            .segments
+            .iter()
+            .filter(|s| s.base <= seq && seq <= s.last)
+            .any(|s| in_file(&s.path))
+    }
 }
 
 impl LaneLog {

@@ -11,6 +11,7 @@ use super::{Labels, Lane, Processor, Record, SUMMARY_SCHEMA};
 use crate::alarm::{AlarmEvent, AlarmKind, SensorAlarms, Transition};
 use crate::anomaly::{AnomalyEvent, Baseline};
 use crate::config::Delivery;
+use crate::metrics::CommandReject;
 use crate::model::{Reading, SensorInfo, SensorKey};
 use crate::window::WindowStats;
 
@@ -21,16 +22,30 @@ pub(crate) struct Extra {
     baseline: Baseline,
     /// The last value sent by `on_change`: (value, event time, gateway time sent).
     last_sent: Option<(f64, i64, i64)>,
+    /// The events each alarm emitted last (at most one entry per kind),
+    /// persisted so that a restart can tell whether they reached the buffer.
+    ledger: Vec<AlarmLedger>,
 }
 
-/// A command from upstream.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The largest command payload looked at; larger ones are rejected unread.
+pub const MAX_COMMAND_BYTES: usize = 4096;
+/// `by` is kept (and logged) up to this many characters.
+const MAX_BY_CHARS: usize = 64;
+/// Outsider text (alarm ids, names, error text) is logged up to this many
+/// characters, escaped.
+const MAX_LOGGED_CHARS: usize = 64;
+
+/// An acknowledgement from upstream, parsed and bounded:
+/// `{"command":"ack","alarm_id":"...","occurrence":...,"by":"..."}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
-    pub command: String,
     /// `<sensor id>:<alarm kind>`, as alarm events carry it.
     pub alarm_id: String,
-    /// Who acknowledged (an operator's name), for the record.
-    #[serde(default = "unknown")]
+    /// The occurrence acknowledged: the `occurrence` field of the alarm's
+    /// events (the seq of the event that raised it).
+    pub occurrence: u64,
+    /// Who acknowledged (an operator's name), for the record; at most
+    /// 64 characters.
     pub by: String,
 }
 
@@ -41,20 +56,129 @@ impl Extra {
     }
 }
 
-fn unknown() -> String {
-    "unknown".into()
+/// Why a command was not obeyed: the counted reason and a sentence in which
+/// outsider text is already escaped and truncated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct CommandError {
+    pub reason: CommandReject,
+    pub detail: String,
 }
 
-/// Parses a command payload: `{"command":"ack","alarm_id":"...","by":"..."}`.
-pub fn parse_command(payload: &[u8]) -> Result<Command, String> {
-    let c: Command = serde_json::from_slice(payload).map_err(|e| format!("not a command: {e}"))?;
-    if c.command != "ack" {
-        return Err(format!("unknown command `{}` (known: ack)", c.command));
+impl CommandError {
+    fn new(reason: CommandReject, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
     }
-    Ok(c)
 }
 
-/// What survives a restart: alarm states and baselines, per sensor id.
+/// Outsider text made safe for a log line: truncated to 64 characters and
+/// escaped (`{:?}`), so it can neither flood nor forge log lines.
+pub fn escaped(text: &str) -> String {
+    match text.char_indices().nth(MAX_LOGGED_CHARS) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+#[derive(Deserialize)]
+struct RawCommand {
+    command: Option<String>,
+    alarm_id: Option<String>,
+    occurrence: Option<u64>,
+    by: Option<String>,
+}
+
+/// Parses a command as it came off the command topic. A retained message is
+/// refused whatever it says: the broker replays it on every subscription, so
+/// an old acknowledgement would be obeyed again after each reconnect.
+pub fn parse_command(payload: &[u8], retained: bool) -> Result<Command, CommandError> {
+    if retained {
+        return Err(CommandError::new(
+            CommandReject::Retained,
+            "retained message ignored: commands must be published without the retain flag",
+        ));
+    }
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Err(CommandError::new(
+            CommandReject::Oversize,
+            format!(
+                "payload of {} bytes is larger than a command can be ({MAX_COMMAND_BYTES})",
+                payload.len()
+            ),
+        ));
+    }
+    let raw: RawCommand = serde_json::from_slice(payload).map_err(|e| {
+        CommandError::new(
+            CommandReject::Malformed,
+            format!("not a command object: {}", escaped(&e.to_string())),
+        )
+    })?;
+    let command = raw.command.unwrap_or_default();
+    if command != "ack" {
+        return Err(CommandError::new(
+            CommandReject::UnknownCommand,
+            format!("unknown command {} (known: ack)", escaped(&command)),
+        ));
+    }
+    let Some(alarm_id) = raw.alarm_id else {
+        return Err(CommandError::new(
+            CommandReject::Malformed,
+            "ack without `alarm_id`",
+        ));
+    };
+    let Some(occurrence) = raw.occurrence else {
+        return Err(CommandError::new(
+            CommandReject::MissingOccurrence,
+            format!(
+                "ack of {} without `occurrence`: copy the `occurrence` field of the alarm's event, so that an old ack cannot silence a later occurrence",
+                escaped(&alarm_id)
+            ),
+        ));
+    };
+    let mut by = raw.by.unwrap_or_else(|| "unknown".into());
+    if let Some((cut, _)) = by.char_indices().nth(MAX_BY_CHARS) {
+        by.truncate(cut);
+    }
+    Ok(Command {
+        alarm_id,
+        occurrence,
+        by,
+    })
+}
+
+/// An alarm event as it was emitted: enough to emit it again, with the
+/// same content, if a crash lost it before it was stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmittedAlarmEvent {
+    pub seq: u64,
+    pub occurrence: u64,
+    pub transition: Transition,
+    pub ts_ms: i64,
+    /// The record as emitted; emitted again with only its `seq` changed.
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// The last events of one alarm of a sensor: the `raised` event of its
+/// current (or latest) occurrence, and the event after it, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmLedger {
+    pub kind: AlarmKind,
+    pub raised: Option<EmittedAlarmEvent>,
+    pub last: Option<EmittedAlarmEvent>,
+}
+
+impl AlarmLedger {
+    fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.raised.iter().chain(self.last.iter()).map(|e| e.seq)
+    }
+}
+
+/// What survives a restart: alarm states, the last alarm events and
+/// baselines, per sensor id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
     pub sensors: Vec<PersistedSensor>,
@@ -65,6 +189,8 @@ pub struct PersistedSensor {
     pub id: String,
     pub alarms: SensorAlarms,
     pub baseline: Baseline,
+    /// Empty in state files of version 1.
+    pub alarm_events: Vec<AlarmLedger>,
 }
 
 #[derive(Serialize)]
@@ -92,6 +218,9 @@ struct AlarmJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     peak: Option<f64>,
     latched: bool,
+    /// The seq of the event that raised this occurrence; acknowledgements
+    /// must name it.
+    occurrence: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     by: Option<&'a str>,
 }
@@ -281,40 +410,57 @@ impl Processor {
         self.anomaly_events = events;
     }
 
-    /// Acknowledges an alarm; the number of events it produced.
+    /// Acknowledges an alarm occurrence; the number of events it produced.
     pub fn command(
         &mut self,
         cmd: &Command,
         now_ms: i64,
         out: &mut Vec<Record>,
-    ) -> Result<usize, String> {
-        let (sensor, kind) = cmd
-            .alarm_id
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{}` is not an alarm id (<sensor>:<type>)", cmd.alarm_id))?;
-        let kind =
-            AlarmKind::from_name(kind).ok_or_else(|| format!("unknown alarm type `{kind}`"))?;
+    ) -> Result<usize, CommandError> {
+        let unknown = |what: String| CommandError::new(CommandReject::UnknownAlarm, what);
+        let (sensor, kind) = cmd.alarm_id.rsplit_once(':').ok_or_else(|| {
+            unknown(format!(
+                "{} is not an alarm id (<sensor>:<type>)",
+                escaped(&cmd.alarm_id)
+            ))
+        })?;
+        let kind = AlarmKind::from_name(kind)
+            .ok_or_else(|| unknown(format!("unknown alarm type {}", escaped(kind))))?;
         let key = self
             .registry
             .lookup_id(sensor)
-            .ok_or_else(|| format!("unknown sensor `{sensor}`"))?;
+            .ok_or_else(|| unknown(format!("unknown sensor {}", escaped(sensor))))?;
         let state = &mut self.sensors[key.index()];
         let spec = state
             .rule
             .and_then(|i| self.settings.rules[i as usize].alarm.clone())
-            .ok_or_else(|| format!("sensor `{sensor}` has no alarms"))?;
+            .ok_or_else(|| unknown(format!("sensor {} has no alarms", escaped(sensor))))?;
         let extra = state
             .extra
             .as_mut()
-            .ok_or_else(|| format!("sensor `{sensor}` has no alarms"))?;
+            .ok_or_else(|| unknown(format!("sensor {} has no alarms", escaped(sensor))))?;
+        let current = current_occurrence(&extra.ledger, kind);
+        if cmd.occurrence != current {
+            return Err(CommandError::new(
+                CommandReject::StaleOccurrence,
+                format!(
+                    "ack of {} names occurrence {}, but the alarm's latest occurrence is {current}",
+                    escaped(&cmd.alarm_id),
+                    cmd.occurrence
+                ),
+            ));
+        }
         let mut events = Vec::new();
         if !extra
             .alarms
             .acknowledge(&spec, kind, &cmd.by, now_ms, &mut events)
         {
-            return Err(format!(
-                "alarm `{}` is not active or already acknowledged",
-                cmd.alarm_id
+            return Err(CommandError::new(
+                CommandReject::NotActive,
+                format!(
+                    "alarm {} is not active or already acknowledged",
+                    escaped(&cmd.alarm_id)
+                ),
             ));
         }
         self.emit_alarm_events(key, &events, spec.latch, out);
@@ -332,7 +478,6 @@ impl Processor {
             return;
         }
         self.alarms_dirty = true;
-        let unit = self.unit_of(key);
         for e in events {
             let seq = self.take_seq();
             let m = &self.metrics;
@@ -349,48 +494,173 @@ impl Processor {
                     m.alarms_acknowledged.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            let info = self.registry.info(key);
-            let payload = AlarmJson {
-                schema: SUMMARY_SCHEMA,
-                kind: "alarm",
-                event: e.transition.name(),
-                gateway: &self.settings.gateway_id,
-                seq,
-                alarm_id: format!("{}:{}", info.id, e.kind.name()),
-                sensor: &info.id,
-                labels: Labels(info),
-                alarm_type: e.kind.name(),
-                severity: e.severity.name(),
-                value: e.value,
-                limit: e.limit,
-                unit: unit.as_deref(),
-                ts_ms: e.ts_ms,
-                since_ms: e.since_ms,
-                duration_ms: e.duration_ms,
-                peak: e.peak.filter(|p| p.is_finite()),
-                latched,
-                by: e.by.as_deref(),
+            let occurrence = match (e.transition, &self.sensors[key.index()].extra) {
+                (Transition::Raised, _) => seq,
+                (_, Some(extra)) => current_occurrence(&extra.ledger, e.kind),
+                (_, None) => 0,
             };
-            tracing::info!(
-                alarm = %payload.alarm_id,
-                event = payload.event,
-                severity = payload.severity,
-                value = e.value,
-                limit = e.limit,
-                "Alarm."
-            );
-            let payload = serde_json::to_vec(&payload).unwrap_or_default();
-            out.push(Record {
+            let rec = self.alarm_record(key, e, latched, occurrence, seq);
+            let emitted = EmittedAlarmEvent {
+                seq,
+                occurrence,
+                transition: e.transition,
+                ts_ms: e.ts_ms,
+                topic: rec.topic.clone(),
+                payload: rec.payload.clone(),
+            };
+            if let Some(extra) = self.sensors[key.index()].extra.as_mut() {
+                let i = match extra.ledger.iter().position(|l| l.kind == e.kind) {
+                    Some(i) => i,
+                    None => {
+                        extra.ledger.push(AlarmLedger {
+                            kind: e.kind,
+                            raised: None,
+                            last: None,
+                        });
+                        extra.ledger.len() - 1
+                    }
+                };
+                let entry = &mut extra.ledger[i];
+                if e.transition == Transition::Raised {
+                    entry.raised = Some(emitted);
+                    entry.last = None;
+                } else {
+                    entry.last = Some(emitted);
+                }
+            }
+            out.push(rec);
+        }
+    }
+
+    /// Encodes an alarm event as the record `seq`.
+    fn alarm_record(
+        &self,
+        key: SensorKey,
+        e: &AlarmEvent,
+        latched: bool,
+        occurrence: u64,
+        seq: u64,
+    ) -> Record {
+        let unit = self.unit_of(key);
+        let info = self.registry.info(key);
+        let payload = AlarmJson {
+            schema: SUMMARY_SCHEMA,
+            kind: "alarm",
+            event: e.transition.name(),
+            gateway: &self.settings.gateway_id,
+            seq,
+            alarm_id: format!("{}:{}", info.id, e.kind.name()),
+            sensor: &info.id,
+            labels: Labels(info),
+            alarm_type: e.kind.name(),
+            severity: e.severity.name(),
+            value: e.value,
+            limit: e.limit,
+            unit: unit.as_deref(),
+            ts_ms: e.ts_ms,
+            since_ms: e.since_ms,
+            duration_ms: e.duration_ms,
+            peak: e.peak.filter(|p| p.is_finite()),
+            latched,
+            occurrence,
+            by: e.by.as_deref(),
+        };
+        tracing::info!(
+            alarm = %payload.alarm_id,
+            event = payload.event,
+            severity = payload.severity,
+            value = e.value,
+            limit = e.limit,
+            occurrence,
+            "Alarm."
+        );
+        let payload = serde_json::to_vec(&payload).unwrap_or_default();
+        Record {
+            seq,
+            lane: Lane::Alarm,
+            ts_ms: e.ts_ms,
+            topic: self
+                .settings
+                .alarm_topic
+                .render(&self.settings.gateway_id, info),
+            payload,
+        }
+    }
+
+    /// At start-up, after [`Processor::restore`]: every alarm event the
+    /// restored state says was emitted, but for which `held(seq)` is false
+    /// (the buffer neither holds it nor has settled it: a crash lost it
+    /// between the state save and the buffer), is emitted again with the
+    /// same content and a new seq, `raised` before the event after it.
+    /// Entries of alarms that are no longer active and whose events are all
+    /// held are forgotten. Returns how many events were emitted again; the
+    /// state must be saved before they are delivered.
+    pub fn reemit_lost_alarm_events(
+        &mut self,
+        mut held: impl FnMut(u64) -> bool,
+        out: &mut Vec<Record>,
+    ) -> usize {
+        // (sensor, kind, the `raised` slot or the one after it)
+        let mut lost: Vec<(SensorKey, AlarmKind, bool)> = Vec::new();
+        for (i, s) in self.sensors.iter_mut().enumerate() {
+            let Some(extra) = s.extra.as_mut() else {
+                continue;
+            };
+            let before = extra.ledger.len();
+            let alarms = &extra.alarms;
+            extra.ledger.retain(|entry| {
+                let mut any = false;
+                for (is_raised, slot) in [(true, &entry.raised), (false, &entry.last)] {
+                    if slot.as_ref().is_some_and(|e| !held(e.seq)) {
+                        lost.push((SensorKey(i as u32), entry.kind, is_raised));
+                        any = true;
+                    }
+                }
+                any || alarms.states[entry.kind as usize].active
+            });
+            if extra.ledger.len() != before {
+                self.alarms_dirty = true;
+            }
+        }
+        for &(key, kind, is_raised) in &lost {
+            let seq = self.take_seq();
+            let Some(extra) = self.sensors[key.index()].extra.as_mut() else {
+                continue;
+            };
+            let Some(entry) = extra.ledger.iter_mut().find(|l| l.kind == kind) else {
+                continue;
+            };
+            let slot = if is_raised {
+                &mut entry.raised
+            } else {
+                &mut entry.last
+            };
+            let Some(e) = slot.as_mut() else { continue };
+            let old_seq = e.seq;
+            e.seq = seq;
+            e.payload = with_seq(&e.payload, seq);
+            let rec = Record {
                 seq,
                 lane: Lane::Alarm,
                 ts_ms: e.ts_ms,
-                topic: self
-                    .settings
-                    .alarm_topic
-                    .render(&self.settings.gateway_id, info),
-                payload,
-            });
+                topic: e.topic.clone(),
+                payload: e.payload.clone(),
+            };
+            let transition = e.transition;
+            self.alarms_dirty = true;
+            self.metrics
+                .alarm_events_reemitted
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                alarm = %format!("{}:{}", self.registry.info(key).id, kind.name()),
+                event = transition.name(),
+                lost_seq = old_seq,
+                seq,
+                "An alarm event was lost in a crash before the buffer stored it; sending it again."
+            );
+            out.push(rec);
         }
+        lost.len()
     }
 
     fn emit_anomaly(
@@ -497,19 +767,22 @@ impl Processor {
         let mut sensors = Vec::new();
         for (i, s) in self.sensors.iter().enumerate() {
             let Some(extra) = &s.extra else { continue };
-            if !extra.alarms.any_active() && extra.baseline.windows == 0 {
+            if !extra.alarms.any_active() && extra.baseline.windows == 0 && extra.ledger.is_empty()
+            {
                 continue;
             }
             sensors.push(PersistedSensor {
                 id: self.registry.info(SensorKey(i as u32)).id.to_string(),
                 alarms: extra.alarms.clone(),
                 baseline: extra.baseline,
+                alarm_events: extra.ledger.clone(),
             });
         }
         PersistedState { sensors }
     }
 
-    /// Restores persisted state at start-up. Sensors are known from now on
+    /// Restores persisted state at start-up (then call
+    /// [`Processor::reemit_lost_alarm_events`]). Sensors are known from now on
     /// (so one that never comes back goes stale), with `now_ms` as their
     /// last arrival: each gets its full `stale_after` to report again.
     pub fn restore(&mut self, state: PersistedState, now_ms: i64) -> usize {
@@ -539,9 +812,39 @@ impl Processor {
                     .fetch_add(active as i64, Ordering::Relaxed);
                 extra.alarms = p.alarms;
                 extra.baseline = p.baseline;
+                // A seq the state remembers may never have reached the
+                // buffer (whose reservation start-up continues from): never
+                // hand it out again, so an occurrence names one event.
+                let highest = p.alarm_events.iter().flat_map(|l| l.seqs()).max();
+                if let Some(h) = highest {
+                    self.next_seq = self.next_seq.max(h + 1);
+                }
+                extra.ledger = p.alarm_events;
                 restored += 1;
             }
         }
         restored
+    }
+}
+
+/// The occurrence an acknowledgement of `kind` must name: the seq of the
+/// event that raised it; 0 for an alarm restored from a state file of
+/// version 1, which did not record it.
+fn current_occurrence(ledger: &[AlarmLedger], kind: AlarmKind) -> u64 {
+    ledger
+        .iter()
+        .find(|l| l.kind == kind)
+        .and_then(|l| l.raised.as_ref())
+        .map_or(0, |r| r.occurrence)
+}
+
+/// An encoded event with its `seq` replaced.
+fn with_seq(payload: &[u8], seq: u64) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.insert("seq".into(), seq.into());
+            serde_json::to_vec(&m).unwrap_or_else(|_| payload.to_vec())
+        }
+        _ => payload.to_vec(),
     }
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::metrics::CommandReject;
 
 const T0: i64 = 1_700_000_000_000;
 const S: i64 = 1000;
@@ -124,6 +125,10 @@ fn alarms_bypass_windows_on_the_alarm_lane_with_full_payloads() {
     assert_eq!(v["unit"], "mm/s");
     assert_eq!(v["latched"], true);
     assert_eq!(v["ts_ms"], T0 + 100);
+    assert_eq!(
+        v["occurrence"], v["seq"],
+        "an occurrence is named by its raised event"
+    );
     assert_eq!(v["labels"]["machine"], "m1");
     assert_eq!(
         c.metrics
@@ -176,8 +181,17 @@ fn latched_alarm_stays_until_acknowledged_by_command() {
         ["alarm:raised:high"],
         "latched: no clear without ack"
     );
-    let ack = parse_command(br#"{"command":"ack","alarm_id":"l1/m1/vibration:high","by":"jane"}"#)
-        .unwrap();
+    let occurrence = c.p.export_state().sensors[0].alarm_events[0]
+        .raised
+        .as_ref()
+        .unwrap()
+        .occurrence;
+    let ack = parse_command(
+        format!(r#"{{"command":"ack","alarm_id":"l1/m1/vibration:high","occurrence":{occurrence},"by":"jane"}}"#)
+            .as_bytes(),
+        false,
+    )
+    .unwrap();
     c.p.command(&ack, T0 + 2 * S, &mut c.out).unwrap();
     let recs = c.take();
     let events: Vec<_> = recs
@@ -186,16 +200,29 @@ fn latched_alarm_stays_until_acknowledged_by_command() {
         .collect();
     assert_eq!(events, ["acknowledged", "cleared"]);
     assert_eq!(recs[0].1["by"], "jane");
+    assert_eq!(recs[0].1["occurrence"], occurrence);
     assert_eq!(recs[1].1["duration_ms"], 2 * S);
     // Unknown and repeated acknowledgements are errors, not events.
-    assert!(c.p.command(&ack, T0 + 3 * S, &mut c.out).is_err());
-    let bad = parse_command(br#"{"command":"ack","alarm_id":"nope:high"}"#).unwrap();
-    assert!(c
-        .p
-        .command(&bad, T0, &mut c.out)
-        .unwrap_err()
-        .contains("unknown sensor"));
-    assert!(parse_command(br#"{"command":"reboot"}"#).is_err());
+    assert_eq!(
+        c.p.command(&ack, T0 + 3 * S, &mut c.out)
+            .unwrap_err()
+            .reason,
+        CommandReject::NotActive
+    );
+    let bad = parse_command(
+        br#"{"command":"ack","alarm_id":"nope:high","occurrence":1}"#,
+        false,
+    )
+    .unwrap();
+    let err = c.p.command(&bad, T0, &mut c.out).unwrap_err();
+    assert_eq!(err.reason, CommandReject::UnknownAlarm);
+    assert!(err.detail.contains("unknown sensor"), "{err}");
+    assert_eq!(
+        parse_command(br#"{"command":"reboot"}"#, false)
+            .unwrap_err()
+            .reason,
+        CommandReject::UnknownCommand
+    );
 }
 
 #[test]
@@ -217,14 +244,25 @@ fn restart_with_an_active_alarm_raises_nothing_twice_and_clears_later() {
         "nothing raised twice"
     );
     d.reading("l1/m1/vibration", 1.0, T0 + 3 * S);
-    let ack = |kind: &str| Command {
-        command: "ack".into(),
+    let occurrence = |kind: &str| {
+        d.p.export_state().sensors[0]
+            .alarm_events
+            .iter()
+            .find(|l| l.kind.name() == kind)
+            .and_then(|l| l.raised.as_ref())
+            .unwrap()
+            .occurrence
+    };
+    let ack = |kind: &str, occurrence: u64| Command {
         alarm_id: format!("l1/m1/vibration:{kind}"),
+        occurrence,
         by: "op".into(),
     };
-    d.p.command(&ack("high_high"), T0 + 4 * S, &mut d.out)
+    let (hh, h) = (occurrence("high_high"), occurrence("high"));
+    d.p.command(&ack("high_high", hh), T0 + 4 * S, &mut d.out)
         .unwrap();
-    d.p.command(&ack("high"), T0 + 4 * S, &mut d.out).unwrap();
+    d.p.command(&ack("high", h), T0 + 4 * S, &mut d.out)
+        .unwrap();
     let k: Vec<_> = d.kinds().into_iter().filter(|k| k != "summary").collect();
     assert_eq!(
         k,
@@ -426,6 +464,7 @@ fn a_restored_serial_sensor_keeps_its_mapped_unit() {
             id: "uart/1/0".into(),
             alarms: Default::default(),
             baseline: Default::default(),
+            alarm_events: Vec::new(),
         }],
     };
     c.p.restore(state, T0);
@@ -439,4 +478,235 @@ fn a_restored_serial_sensor_keeps_its_mapped_unit() {
     c.p.flush_all(&mut c.out);
     let recs = c.take();
     assert_eq!(recs[0].1["unit"], "bar");
+}
+
+/// A processor restarted from `c`'s state as saved now, the buffer holding
+/// exactly the seqs in `held`; returns it after the re-emission pass.
+fn restart_holding(c: &mut Core, held: &[u64]) -> Core {
+    let state = c.p.export_state();
+    let mut d = Core::new();
+    d.p.restore(state, T0 + 10 * S);
+    let n =
+        d.p.reemit_lost_alarm_events(|seq| held.contains(&seq), &mut d.out);
+    assert_eq!(n, d.out.len());
+    d
+}
+
+fn seqs_of(recs: &[(Lane, serde_json::Value)]) -> Vec<u64> {
+    recs.iter()
+        .map(|(_, v)| v["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_raised_event_lost_before_the_buffer_is_emitted_again_after_restart() {
+    let mut c = Core::new();
+    c.reading("l1/m1/vibration", 3.0, T0);
+    let raised = c.take();
+    assert_eq!(raised.len(), 1);
+    let lost_seq = raised[0].1["seq"].as_u64().unwrap();
+
+    // The buffer never got it (a kill -9 between the state save and the
+    // sink, or a blocked sink): it comes again, same content, new seq.
+    let mut d = restart_holding(&mut c, &[]);
+    let again = d.take();
+    assert_eq!(again.len(), 1, "{again:?}");
+    let (lane, v) = &again[0];
+    assert_eq!(*lane, Lane::Alarm);
+    let new_seq = v["seq"].as_u64().unwrap();
+    assert!(new_seq > lost_seq, "a new seq, never a reused one");
+    let mut expected = raised[0].1.clone();
+    expected["seq"] = v["seq"].clone();
+    assert_eq!(v, &expected, "same content");
+    assert_eq!(v["occurrence"], lost_seq, "the occurrence keeps its id");
+    assert_eq!(
+        d.metrics
+            .alarm_events_reemitted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(d.p.take_dirty().0, "the new seq is saved before delivery");
+
+    // Lost again before the buffer took it: emitted once more. Once held,
+    // never again.
+    let mut e = restart_holding(&mut d, &[]);
+    let third = e.take();
+    assert_eq!(third.len(), 1);
+    let mut f = restart_holding(&mut e, &seqs_of(&third));
+    assert!(f.take().is_empty(), "a held raised is not repeated");
+    // The restored alarm is active and acknowledgeable under its occurrence.
+    let ack = Command {
+        alarm_id: "l1/m1/vibration:high".into(),
+        occurrence: lost_seq,
+        by: "op".into(),
+    };
+    f.p.command(&ack, T0 + 11 * S, &mut f.out).unwrap();
+}
+
+#[test]
+fn a_durable_raised_event_is_not_repeated_and_a_lost_clear_is_sent_again() {
+    let mut c = Core::new();
+    c.reading("l1/m1/temp", 1.0, T0); // no alarm rule: no events
+    c.reading("l1/m1/vibration", 3.0, T0);
+    let raised = seqs_of(&c.take());
+    let mut d = restart_holding(&mut c, &raised);
+    assert!(d.take().is_empty(), "held: nothing again");
+
+    // Acknowledged (and cleared, being latched and back to normal); the
+    // buffer holds the acknowledgement but lost the clear.
+    d.reading("l1/m1/vibration", 1.0, T0 + 11 * S);
+    let occ = raised[0];
+    let ack = Command {
+        alarm_id: "l1/m1/vibration:high".into(),
+        occurrence: occ,
+        by: "op".into(),
+    };
+    d.p.command(&ack, T0 + 12 * S, &mut d.out).unwrap();
+    let recs: Vec<_> = d
+        .take()
+        .into_iter()
+        .filter(|(l, _)| *l == Lane::Alarm)
+        .collect();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[1].1["event"], "cleared");
+    let mut e = restart_holding(&mut d, &[raised[0], recs[0].1["seq"].as_u64().unwrap()]);
+    let again = e.take();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].1["event"], "cleared");
+    assert_eq!(again[0].1["occurrence"], occ);
+
+    // Everything held and nothing active: the events are forgotten, and
+    // the sensor no longer needs saving.
+    let held = [
+        raised[0],
+        recs[0].1["seq"].as_u64().unwrap(),
+        seqs_of(&again)[0],
+    ];
+    let mut f = restart_holding(&mut e, &held);
+    assert!(f.take().is_empty());
+    assert!(f.p.export_state().sensors.is_empty());
+}
+
+#[test]
+fn an_ack_must_name_the_current_occurrence() {
+    let mut c = Core::new();
+    c.reading("l1/m1/vibration", 3.0, T0);
+    let first = c.take()[0].1["occurrence"].as_u64().unwrap();
+    let ack = |occurrence| Command {
+        alarm_id: "l1/m1/vibration:high".into(),
+        occurrence,
+        by: "op".into(),
+    };
+    c.p.command(&ack(first), T0 + S, &mut c.out).unwrap();
+    // Acknowledged and latched: clears when the value does.
+    c.reading("l1/m1/vibration", 1.0, T0 + 2 * S);
+    c.reading("l1/m1/vibration", 3.2, T0 + 3 * S);
+    let second = c
+        .take()
+        .into_iter()
+        .find(|(_, v)| v["event"] == "raised")
+        .unwrap()
+        .1["occurrence"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(first, second);
+    // The old acknowledgement, delivered again, does not silence the new
+    // occurrence.
+    let err =
+        c.p.command(&ack(first), T0 + 4 * S, &mut c.out)
+            .unwrap_err();
+    assert_eq!(err.reason, CommandReject::StaleOccurrence);
+    assert!(c.take().is_empty());
+    c.p.command(&ack(second), T0 + 4 * S, &mut c.out).unwrap();
+}
+
+#[test]
+fn retained_missing_occurrence_and_junk_commands_are_refused_by_reason() {
+    let ok = br#"{"command":"ack","alarm_id":"a:high","occurrence":7,"by":"op"}"#;
+    assert_eq!(
+        parse_command(ok, false).unwrap(),
+        Command {
+            alarm_id: "a:high".into(),
+            occurrence: 7,
+            by: "op".into()
+        }
+    );
+    let reason = |p: &[u8], retained| parse_command(p, retained).unwrap_err().reason;
+    assert_eq!(reason(ok, true), CommandReject::Retained);
+    assert_eq!(
+        reason(br#"{"command":"ack","alarm_id":"a:high"}"#, false),
+        CommandReject::MissingOccurrence
+    );
+    assert_eq!(reason(b"reboot please", false), CommandReject::Malformed);
+    assert_eq!(
+        reason(br#"{"command":"ack"}"#, false),
+        CommandReject::Malformed
+    );
+    assert_eq!(reason(br#"[1,2]"#, false), CommandReject::Malformed);
+    let big = format!(r#"{{"command":"ack","alarm_id":"{}"}}"#, "x".repeat(5000));
+    assert_eq!(reason(big.as_bytes(), false), CommandReject::Oversize);
+    // Outsider text is bounded and escaped wherever it is kept or logged.
+    let long_by = format!(
+        r#"{{"command":"ack","alarm_id":"a:high","occurrence":1,"by":"{}"}}"#,
+        "é".repeat(100)
+    );
+    assert_eq!(
+        parse_command(long_by.as_bytes(), false)
+            .unwrap()
+            .by
+            .chars()
+            .count(),
+        64
+    );
+    let evil = format!(
+        "{{\"command\":\"x\\n2026-01-01 ERROR forged{}\"}}",
+        "y".repeat(200)
+    );
+    let err = parse_command(evil.as_bytes(), false).unwrap_err();
+    assert!(!err.detail.contains('\n'), "{err}");
+    assert!(err.detail.len() < 150, "{err}");
+}
+
+#[test]
+fn the_buffer_holds_alarm_events_it_stored_or_settled_across_a_restart() {
+    use crate::buffer::Buffer;
+    use crate::config::{BufferConfig, Durability, WhenFull};
+    let cfg = BufferConfig {
+        durability: Durability::Outage,
+        commit_interval_ms: 1000,
+        spill_after_ms: 2000,
+        max_disk_bytes: 64 * 1024 * 1024,
+        segment_bytes: 16 * 1024,
+        when_full: WhenFull::Block,
+        memory_budget_bytes: 1024 * 1024,
+        max_age_ms: 0,
+    };
+    let rec = |seq: u64| Record {
+        seq,
+        lane: Lane::Alarm,
+        ts_ms: T0,
+        topic: "gw/alarm".into(),
+        payload: format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    {
+        let (mut b, _) = Buffer::open(&cfg, dir.path(), metrics.clone()).unwrap();
+        for seq in [10, 11, 12] {
+            b.push(rec(seq), T0);
+        }
+        assert!(b.holds(Lane::Alarm, 11), "in memory");
+        let first = b.next_unsent(T0).unwrap();
+        assert_eq!(first.seq, 10);
+        b.ack(10);
+        // A crash: nothing closed.
+    }
+    let (mut b, _) = Buffer::open(&cfg, dir.path(), metrics).unwrap();
+    assert!(
+        b.holds(Lane::Alarm, 10),
+        "acknowledged (or still in its segment)"
+    );
+    assert!(b.holds(Lane::Alarm, 12), "in a segment");
+    assert!(!b.holds(Lane::Alarm, 13), "never stored");
+    assert!(!b.holds(Lane::Summary, 12), "another lane");
 }

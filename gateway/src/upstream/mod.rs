@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{CommandLogLimiter, CommandReject, Metrics};
 use crate::processor::{Command, Record};
 
 /// What the link task reports to the sink.
@@ -89,6 +89,9 @@ pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
     }
     Ok(opts)
 }
+
+/// At most one log line per rejection reason of commands in this interval.
+pub const COMMAND_LOG_INTERVAL_MS: i64 = 10_000;
 
 /// How often the buffer's timers (group commit, spilling) are checked.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
@@ -331,6 +334,7 @@ async fn drive_link(
     (command_topic, commands): (String, mpsc::Sender<Command>),
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), backoff_max);
+    let mut command_log = CommandLogLimiter::new(COMMAND_LOG_INTERVAL_MS);
     let mut epoch = 0u64;
     let broker = format!("{}:{}", opts.broker_address().0, opts.broker_address().1);
     'outer: loop {
@@ -364,17 +368,24 @@ async fn drive_link(
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent { epoch, pkid },
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == command_topic => {
+                    // Anyone who can publish on the command topic chooses
+                    // what arrives here: every outcome is counted, logged
+                    // at most once per reason per interval, and bounded
+                    // (the channel to the core is; a full one drops).
                     metrics.commands_received.fetch_add(1, Ordering::Relaxed);
-                    match crate::processor::parse_command(&p.payload) {
-                        Ok(cmd) => {
-                            if commands.try_send(cmd).is_err() {
-                                metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!("Too many commands at once; one was dropped.");
-                            }
-                        }
-                        Err(e) => {
-                            metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(topic = %command_topic, error = %e, "Rejected a command.");
+                    let result =
+                        crate::processor::parse_command(&p.payload, p.retain).and_then(|cmd| {
+                            commands
+                                .try_send(cmd)
+                                .map_err(|_| crate::processor::CommandError {
+                                    reason: CommandReject::Overloaded,
+                                    detail: "too many commands at once; dropped".into(),
+                                })
+                        });
+                    if let Err(e) = result {
+                        metrics.reject_command(e.reason);
+                        if let Some(suppressed) = command_log.allow(e.reason, crate::now_ms()) {
+                            tracing::warn!(topic = %command_topic, reason = e.reason.name(), suppressed_since_last = suppressed, error = %e, "Rejected a command; counted in gateway_commands_rejected_total.");
                         }
                     }
                     continue;
