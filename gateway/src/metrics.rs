@@ -239,7 +239,7 @@ impl Metrics {
         let counters: &[(&str, &str, u64)] = &[
             (
                 "gateway_messages_received_total",
-                "Messages read from all sources.",
+                "Messages read from MQTT sources and readings decoded by serial ports, as they reach the core (each ends accepted or rejected under a reason).",
                 c(&self.messages_received),
             ),
             (

@@ -283,6 +283,11 @@ impl Processor {
 
     /// Takes one reading of a serial channel.
     pub fn ingest_serial(&mut self, r: &SerialReading, now_ms: i64, out: &mut Vec<Record>) {
+        // Each reading counts as one message, so that received = accepted +
+        // rejected holds for serial sources too.
+        self.metrics
+            .messages_received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sensor = match self.registry.lookup(&r.sensor) {
             Some(k) => k,
             None if crate::topic::check_sensor_id(&r.sensor).is_err() => {

@@ -555,3 +555,35 @@ fn extreme_event_times_are_rejected_without_overflow() {
     assert!(c.metrics.rejected(Reject::Future) > 0);
     assert!(c.metrics.rejected(Reject::TooOld) > 0);
 }
+
+#[test]
+fn serial_readings_add_up_to_accepted_plus_rejected() {
+    let mut c = Check::new();
+    let reading = |sensor: &str, value: f64, ts_ms: i64| crate::wire::SerialReading {
+        sensor: sensor.into(),
+        unit: None,
+        ts_ms,
+        value,
+    };
+    for r in [
+        reading("n1/temp", 20.0, T0),
+        reading("n1/temp", f64::NAN, T0),
+        reading("n1/a+b", 1.0, T0),
+        reading("n1/temp", 21.0, T0 + 10 * 86_400_000),
+    ] {
+        c.p.ingest_serial(&r, T0, &mut c.out);
+    }
+    let m = &c.metrics;
+    let received = m
+        .messages_received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = m
+        .readings_accepted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(received, 4);
+    assert_eq!(
+        received,
+        accepted + m.rejected_total(),
+        "every reading is accounted for"
+    );
+}
