@@ -645,36 +645,50 @@ fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Keeps a noisy event from flooding the log: the first occurrence is logged,
-/// then at most one line per interval per reason, carrying how many were
-/// suppressed in between. Time is passed in.
+/// Rate limit of one kind of log line: the first occurrence is logged, then
+/// at most one per interval, carrying how many were suppressed in between.
+/// Time is passed in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Throttle {
+    last_ms: Option<i64>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(suppressed_since_last)` when this occurrence should be logged.
+    pub fn allow(&mut self, interval_ms: i64, now_ms: i64) -> Option<u64> {
+        match self.last_ms {
+            Some(last) if now_ms.saturating_sub(last) < interval_ms => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_ms = Some(now_ms);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// Keeps a noisy event from flooding the log: one [`Throttle`] per reject
+/// reason.
 #[derive(Debug)]
 pub struct LogLimiter {
     interval_ms: i64,
-    last_ms: [i64; Reject::ALL.len()],
-    suppressed: [u64; Reject::ALL.len()],
+    per_reason: [Throttle; Reject::ALL.len()],
 }
 
 impl LogLimiter {
     pub fn new(interval_ms: i64) -> Self {
         Self {
             interval_ms,
-            last_ms: [i64::MIN; Reject::ALL.len()],
-            suppressed: [0; Reject::ALL.len()],
+            per_reason: [Throttle::default(); Reject::ALL.len()],
         }
     }
 
     /// `Some(suppressed_since_last)` when this occurrence should be logged.
     pub fn allow(&mut self, reason: Reject, now_ms: i64) -> Option<u64> {
-        let i = reason.index();
-        if self.last_ms[i] == i64::MIN || now_ms.saturating_sub(self.last_ms[i]) >= self.interval_ms
-        {
-            self.last_ms[i] = now_ms;
-            Some(std::mem::take(&mut self.suppressed[i]))
-        } else {
-            self.suppressed[i] += 1;
-            None
-        }
+        self.per_reason[reason.index()].allow(self.interval_ms, now_ms)
     }
 }
 
@@ -758,35 +772,24 @@ impl Metrics {
     }
 }
 
-/// [`LogLimiter`] for rejected commands: the first of each reason is
-/// logged, then at most one line per interval per reason.
+/// [`LogLimiter`] for rejected commands: one [`Throttle`] per reason.
 #[derive(Debug)]
 pub struct CommandLogLimiter {
     interval_ms: i64,
-    last_ms: [i64; CommandReject::ALL.len()],
-    suppressed: [u64; CommandReject::ALL.len()],
+    per_reason: [Throttle; CommandReject::ALL.len()],
 }
 
 impl CommandLogLimiter {
     pub fn new(interval_ms: i64) -> Self {
         Self {
             interval_ms,
-            last_ms: [i64::MIN; CommandReject::ALL.len()],
-            suppressed: [0; CommandReject::ALL.len()],
+            per_reason: [Throttle::default(); CommandReject::ALL.len()],
         }
     }
 
     /// `Some(suppressed_since_last)` when this occurrence should be logged.
     pub fn allow(&mut self, reason: CommandReject, now_ms: i64) -> Option<u64> {
-        let i = reason as usize;
-        if self.last_ms[i] == i64::MIN || now_ms.saturating_sub(self.last_ms[i]) >= self.interval_ms
-        {
-            self.last_ms[i] = now_ms;
-            Some(std::mem::take(&mut self.suppressed[i]))
-        } else {
-            self.suppressed[i] += 1;
-            None
-        }
+        self.per_reason[reason as usize].allow(self.interval_ms, now_ms)
     }
 }
 

@@ -54,7 +54,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::{BufferConfig, Durability, WhenFull};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Throttle};
 use crate::processor::{Lane, Record};
 use segment::{Body, Parsed, HEADER_LEN, RECORD_HEADER_LEN};
 
@@ -185,29 +185,6 @@ struct Damage {
     offset: u64,
     bytes: u64,
     what: &'static str,
-}
-
-/// Rate limit of one kind of log line: the first is written, then at most
-/// one per [`LOG_EVERY_MS`], carrying how many were suppressed.
-#[derive(Debug, Default)]
-struct Throttle {
-    last_ms: Option<i64>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    fn allow(&mut self, now_ms: i64) -> Option<u64> {
-        match self.last_ms {
-            Some(last) if now_ms.saturating_sub(last) < LOG_EVERY_MS => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last_ms = Some(now_ms);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -1079,7 +1056,7 @@ impl Buffer {
                 .buffer_corrupt_regions
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(suppressed) = self.log_damage.allow(now_ms) {
+        if let Some(suppressed) = self.log_damage.allow(LOG_EVERY_MS, now_ms) {
             tracing::error!(
                 lane = l.lane.dir_name(),
                 segment = d.base,
@@ -1125,7 +1102,7 @@ impl Buffer {
                 at_ms: now_ms.saturating_add(delay),
                 failures,
             });
-            if let Some(suppressed) = self.log_read_retry.allow(now_ms) {
+            if let Some(suppressed) = self.log_read_retry.allow(LOG_EVERY_MS, now_ms) {
                 tracing::warn!(lane = lane_name, segment = base, offset = pos, error = %e, retry_in_ms = delay, attempt = failures, suppressed, "Cannot read a buffer segment; this lane waits and tries again (nothing is skipped). Check the state directory's disk.");
             }
             return false;
@@ -1169,7 +1146,7 @@ impl Buffer {
         self.metrics
             .buffer_set_aside
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.log_set_aside.allow(now_ms) {
+        if let Some(suppressed) = self.log_set_aside.allow(LOG_EVERY_MS, now_ms) {
             let topic: String = m.rec.topic.chars().take(LOG_TEXT_MAX).collect();
             let reason: String = reason.chars().take(LOG_TEXT_MAX).collect();
             match &recorded {
@@ -1513,7 +1490,7 @@ impl Buffer {
         self.metrics
             .buffer_reservation_failures
             .fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.log_reserve.allow(now_ms) {
+        if let Some(suppressed) = self.log_reserve.allow(LOG_EVERY_MS, now_ms) {
             tracing::error!(state_dir = %self.state_dir.display(), error = %e, reserved = old, suppressed, "Cannot make the sequence reservation durable; records numbered from `reserved` on wait until it can (retried every second). Check that the state directory is writable and its disk healthy.");
         }
         false
@@ -1540,7 +1517,7 @@ impl Buffer {
                 self.metrics
                     .buffer_write_errors
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = self.log_cursor.allow(now_ms) {
+                if let Some(suppressed) = self.log_cursor.allow(LOG_EVERY_MS, now_ms) {
                     tracing::error!(error = %e, suppressed, "Cannot write the buffer cursor; records may be sent again after a restart. Check that the state directory is writable and its disk healthy.");
                 }
                 Err(e)

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerAddr;
-use crate::metrics::{Metrics, Reject};
+use crate::metrics::{Metrics, Reject, Throttle};
 
 /// Bytes of topic allowed in a passed PUBLISH beyond the payload limit.
 pub const TOPIC_ALLOWANCE: usize = 1024;
@@ -326,8 +326,7 @@ impl Guard {
 
     /// Relays one client connection at a time until `cancel` fires.
     pub async fn serve(self, cancel: CancellationToken) {
-        let mut last_log_ms = i64::MIN;
-        let mut suppressed = 0u64;
+        let mut log = Throttle::default();
         loop {
             let conn = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -345,7 +344,7 @@ impl Guard {
             };
             let result = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = self.relay(client, &mut last_log_ms, &mut suppressed) => r,
+                r = self.relay(client, &mut log) => r,
             };
             if let (Err(e), Ok(mut last)) = (result, self.last_error.lock()) {
                 *last = Some(e.to_string());
@@ -354,12 +353,7 @@ impl Guard {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    async fn relay(
-        &self,
-        client: UnixStream,
-        last_log_ms: &mut i64,
-        suppressed: &mut u64,
-    ) -> io::Result<()> {
+    async fn relay(&self, client: UnixStream, log: &mut Throttle) -> io::Result<()> {
         let addr = (self.broker.host.as_str(), self.broker.port);
         let broker = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
             .await
@@ -400,7 +394,7 @@ impl Guard {
                     .feed(&buf[..n], &mut forward, &mut replies, &mut discarded)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 for d in discarded.drain(..) {
-                    self.count_discarded(&d, last_log_ms, suppressed);
+                    self.count_discarded(&d, log);
                 }
                 for r in replies.drain(..) {
                     if reply_tx.send(r).await.is_err() {
@@ -419,24 +413,20 @@ impl Guard {
         }
     }
 
-    fn count_discarded(&self, d: &Discarded, last_log_ms: &mut i64, suppressed: &mut u64) {
+    fn count_discarded(&self, d: &Discarded, log: &mut Throttle) {
         self.metrics
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
         self.metrics.reject(Reject::Oversize);
-        let now = crate::now_ms();
-        if *last_log_ms == i64::MIN || now.saturating_sub(*last_log_ms) >= 10_000 {
-            *last_log_ms = now;
+        if let Some(suppressed) = log.allow(10_000, crate::now_ms()) {
             tracing::warn!(
                 source = %self.source,
                 topic_prefix = ?d.topic_prefix,
                 bytes = d.len,
                 qos = d.qos,
-                similar_suppressed = std::mem::take(suppressed),
+                similar_suppressed = suppressed,
                 "Discarded an oversize message without holding it: it is larger than pipeline.max_payload_bytes. It was acknowledged to the broker, so it is not sent again; limit message sizes at the broker (e.g. Mosquitto's max_packet_size) to stop it earlier."
             );
-        } else {
-            *suppressed += 1;
         }
     }
 }
