@@ -17,6 +17,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "line" => line(data),
         "json" => json(data),
         "serial_port" => serial_port(data),
+        "mqtt_guard" => mqtt_guard(data),
         _ => return false,
     }
     true
@@ -31,7 +32,37 @@ pub const TARGETS: &[&str] = &[
     "line",
     "json",
     "serial_port",
+    "mqtt_guard",
 ];
+
+/// The source guard's two stream parsers, fed the same bytes in chunks
+/// whose size the first byte picks, never panic; whatever the filter does
+/// not discard it forwards, and the boundaries it finds lie inside the input.
+pub fn mqtt_guard(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first % 64) + 1;
+    let mut filter = crate::source::guard::InboundFilter::new(usize::from(first) * 4);
+    let mut bounds = crate::source::guard::Boundaries::default();
+    let (mut forward, mut replies, mut discarded) = (Vec::new(), Vec::new(), Vec::new());
+    for c in rest.chunks(chunk) {
+        if filter
+            .feed(c, &mut forward, &mut replies, &mut discarded)
+            .is_err()
+        {
+            break;
+        }
+        assert!(forward.len() <= rest.len());
+    }
+    for c in rest.chunks(chunk) {
+        match bounds.feed(c) {
+            Ok(Some(at)) => assert!(at <= c.len()),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+    }
+}
 
 /// MQTT payload decoding never panics.
 pub fn payload(data: &[u8]) {

@@ -229,6 +229,59 @@ impl SensorRegistry {
     }
 }
 
+/// What is remembered of retired sensors: the end of the last window each
+/// sent, by sensor id. Bounded: at most `capacity` ids, the oldest forgotten
+/// first (a sensor that comes back after that many others retired may send
+/// a window again; upstream deduplication by window still sees it).
+#[derive(Debug)]
+pub struct Tombstones {
+    by_id: HashMap<Arc<str>, i64>,
+    order: std::collections::VecDeque<Arc<str>>,
+    capacity: usize,
+}
+
+impl Tombstones {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            by_id: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn insert(&mut self, id: Arc<str>, closed_until_ms: i64) {
+        if self.by_id.insert(id.clone(), closed_until_ms).is_none() {
+            self.order.push_back(id);
+        }
+        while self.by_id.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.by_id.remove(&old);
+                }
+                None => break,
+            }
+        }
+        // Ids taken back leave stale entries in `order`; keep it bounded.
+        if self.order.len() > self.capacity.saturating_mul(2) {
+            let by_id = &self.by_id;
+            self.order.retain(|id| by_id.contains_key(id));
+        }
+    }
+
+    /// Takes the mark of a sensor that comes back.
+    pub fn take(&mut self, id: &str) -> Option<i64> {
+        self.by_id.remove(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +301,22 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(reg.len(), 1);
         assert_eq!(reg.lookup("plant/l1/m1/t/"), Some(a));
+    }
+
+    #[test]
+    fn tombstones_are_bounded_oldest_first() {
+        let mut t = Tombstones::new(2);
+        t.insert("a".into(), 1);
+        t.insert("b".into(), 2);
+        t.insert("c".into(), 3);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.take("a"), None);
+        assert_eq!(t.take("c"), Some(3));
+        for i in 0..1000 {
+            t.insert(format!("x{i}").into(), i);
+            t.take(&format!("x{i}"));
+        }
+        assert!(t.order.len() <= 4);
     }
 
     #[test]

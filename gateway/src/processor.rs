@@ -130,7 +130,7 @@ impl CoreSettings {
             allowed_lateness_ms: config.pipeline.allowed_lateness.as_millis() as i64,
             max_sensors: config.pipeline.max_sensors,
             max_payload_bytes: config.pipeline.max_payload_bytes,
-            retire_after_ms: config.pipeline.retire_after.map(|d| d.as_millis() as i64),
+            retire_after_ms: config.pipeline.retire_after.map(duration_ms),
             max_future_skew_ms: duration_ms(config.pipeline.max_future_skew),
             max_event_age_ms: duration_ms(config.pipeline.max_event_age),
             summary_topic: config.upstream.summary_topic.clone(),
@@ -177,6 +177,9 @@ pub struct Processor {
     settings: CoreSettings,
     registry: SensorRegistry,
     sensors: Vec<SensorState>,
+    /// Retired sensors' closed-window marks, so that one coming back never
+    /// sends a window again.
+    tombstones: crate::model::Tombstones,
     metrics: Arc<Metrics>,
     next_seq: u64,
     limiter: LogLimiter,
@@ -199,6 +202,7 @@ impl Processor {
     pub fn new(settings: CoreSettings, metrics: Arc<Metrics>, next_seq: u64) -> Self {
         Self {
             registry: SensorRegistry::new(settings.max_sensors),
+            tombstones: crate::model::Tombstones::new(settings.max_sensors),
             settings,
             sensors: Vec::new(),
             metrics,
@@ -362,11 +366,24 @@ impl Processor {
                 StatSet::DEFAULT,
             ),
         };
-        let retire_after_ms = self.settings.retire_after_ms.unwrap_or_else(|| {
-            (window_ms.max(1).saturating_mul(4))
-                .saturating_add(self.settings.allowed_lateness_ms)
-                .max(MIN_RETIRE_AFTER_MS)
-        });
+        // Never before the sensor's last window could have closed.
+        let closes_after = window_ms
+            .max(1)
+            .saturating_add(self.settings.allowed_lateness_ms);
+        let retire_after_ms = self
+            .settings
+            .retire_after_ms
+            .unwrap_or_else(|| {
+                (window_ms.max(1).saturating_mul(4))
+                    .saturating_add(self.settings.allowed_lateness_ms)
+                    .max(MIN_RETIRE_AFTER_MS)
+            })
+            .max(closes_after);
+        // A sensor retired and back: windows it already sent stay sent.
+        let closed_until_ms = self
+            .tombstones
+            .take(&self.registry.info(key).id)
+            .unwrap_or(i64::MIN);
         let state = SensorState {
             live: true,
             retire_after_ms,
@@ -378,7 +395,7 @@ impl Processor {
             open: Vec::with_capacity(2),
             max_event_ms: i64::MIN,
             last_arrival_ms: i64::MIN,
-            closed_until_ms: i64::MIN,
+            closed_until_ms,
             extra: None,
         };
         match self.sensors.get_mut(key.index()) {
@@ -506,6 +523,11 @@ impl Processor {
     /// silence.
     fn retirable(&self, key: SensorKey) -> bool {
         let s = &self.sensors[key.index()];
+        if s.last_arrival_ms == i64::MIN {
+            // Interned, but no reading was ever accepted: nothing to lose,
+            // and no stale alarm can start without a first reading.
+            return true;
+        }
         let watches_staleness = s.rule.is_some_and(|r| {
             self.settings.rules[r as usize]
                 .alarm
@@ -525,6 +547,11 @@ impl Processor {
         let had_extra = s.extra.take().is_some();
         s.open = Vec::new();
         s.unit = None;
+        let closed_until_ms = s.closed_until_ms;
+        if closed_until_ms != i64::MIN {
+            let id = self.registry.info(key).id.clone();
+            self.tombstones.insert(id, closed_until_ms);
+        }
         // Its baseline leaves the saved state at the next save.
         self.baselines_dirty |= had_extra;
         self.registry.retire(key);

@@ -254,6 +254,8 @@ pub struct Buffer {
     log_reserve: Throttle,
     log_cursor: Throttle,
     log_set_aside: Throttle,
+    /// Write and fsync failures: a failing disk fails every record.
+    log_write: Throttle,
 }
 
 fn cost(r: &Record) -> u64 {
@@ -344,6 +346,7 @@ impl Buffer {
             log_reserve: Throttle::default(),
             log_cursor: Throttle::default(),
             log_set_aside: Throttle::default(),
+            log_write: Throttle::default(),
         };
         std::mem::swap(&mut buffer.lanes, &mut lanes);
         buffer.disk_bytes = buffer
@@ -590,7 +593,9 @@ impl Buffer {
         self.metrics
             .buffer_write_errors
             .fetch_add(1, Ordering::Relaxed);
-        tracing::error!(seq, error = %e, "Cannot write to the buffer; keeping the record in memory. Check the state directory's disk.");
+        if let Some(suppressed) = self.log_write.allow(LOG_EVERY_MS, crate::now_ms()) {
+            tracing::error!(seq, error = %e, similar_suppressed = suppressed, "Cannot write to the buffer; keeping the record in memory. Check the state directory's disk.");
+        }
     }
 
     /// Frees space for `need` bytes according to `when_full`.
@@ -1402,12 +1407,15 @@ impl Buffer {
         if full {
             self.physical_limit = Some(self.disk_bytes);
         }
-        tracing::error!(
-            error = %e,
-            disk_bytes = self.disk_bytes,
-            "A buffer write failed; the unwritten records stay in memory.{}",
-            if full { " The disk is full: buffer.when_full applies at the current size." } else { "" }
-        );
+        if let Some(suppressed) = self.log_write.allow(LOG_EVERY_MS, crate::now_ms()) {
+            tracing::error!(
+                error = %e,
+                disk_bytes = self.disk_bytes,
+                similar_suppressed = suppressed,
+                "A buffer write failed; the unwritten records stay in memory.{}",
+                if full { " The disk is full: buffer.when_full applies at the current size." } else { "" }
+            );
+        }
     }
 
     /// The byte bound in force: `max_disk_bytes`, or less when the
@@ -1434,7 +1442,9 @@ impl Buffer {
                             self.metrics
                                 .buffer_write_errors
                                 .fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(error = %e, "fsync of the buffer failed.");
+                            if let Some(suppressed) = self.log_write.allow(LOG_EVERY_MS, now_ms) {
+                                tracing::error!(error = %e, similar_suppressed = suppressed, "fsync of the buffer failed; records written since the last fsync may be lost to a power cut. Check the state directory's disk.");
+                            }
                         }
                     }
                 }

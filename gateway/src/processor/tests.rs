@@ -587,3 +587,30 @@ fn serial_readings_add_up_to_accepted_plus_rejected() {
         "every reading is accounted for"
     );
 }
+
+#[test]
+fn a_retired_sensor_that_comes_back_never_sends_a_window_twice() {
+    let mut c = Check::new();
+    c.reading("plant/a/m1/temp", 1.0, T0);
+    c.p.flush_due(T0 + 5_000, &mut c.out);
+    assert_eq!(c.summaries().len(), 1);
+    let later = T0 + MIN_RETIRE_AFTER_MS + 5_000;
+    c.p.flush_due(later, &mut c.out);
+    assert_eq!(c.p.registry().len(), 0, "retired");
+    // A replay of the window already sent, then a new one.
+    c.send(
+        "plant/a/m1/temp",
+        &format!(r#"{{"value":2,"ts":{}}}"#, T0 + 10),
+        later,
+    );
+    c.send(
+        "plant/a/m1/temp",
+        &format!(r#"{{"value":3,"ts":{later}}}"#),
+        later,
+    );
+    c.p.flush_due(later + 5_000, &mut c.out);
+    let s = c.summaries();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0]["min"], 3.0);
+    assert_eq!(c.metrics.rejected(Reject::Late), 1);
+}

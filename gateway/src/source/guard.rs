@@ -111,6 +111,14 @@ impl InboundFilter {
         }
     }
 
+    /// Starts a new connection's stream. Which discarded QoS 2 publishes
+    /// still await their PUBREL is kept: the broker sends it again after a
+    /// reconnect.
+    pub fn reset_stream(&mut self) {
+        self.state = State::Header;
+        self.head_len = 0;
+    }
+
     /// Feeds bytes from the broker. Bytes for the client are appended to
     /// `forward`, packets to send to the broker to `replies`, and discarded
     /// publishes to `discarded`.
@@ -153,7 +161,7 @@ impl InboundFilter {
                             pkid: 0,
                             topic: Vec::new(),
                         });
-                    } else if kind == PUBREL && remaining == 2 {
+                    } else if kind == PUBREL && remaining == 2 && self.head_len == 2 {
                         self.state = State::PubRel { left: 2 };
                     } else {
                         forward.extend_from_slice(&self.head[..self.head_len]);
@@ -259,6 +267,65 @@ impl InboundFilter {
     }
 }
 
+/// Packet boundaries of the client-to-broker stream, so that the guard's own
+/// replies go between the client's packets, never inside one. Pure.
+#[derive(Debug, Default)]
+pub struct Boundaries {
+    head_len: usize,
+    remaining: usize,
+    /// Bytes of the current packet's body still to come.
+    left: usize,
+    in_body: bool,
+}
+
+impl Boundaries {
+    /// Whether the stream so far ends exactly at a packet boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.head_len == 0 && !self.in_body
+    }
+
+    /// Feeds the next bytes; returns the offset just past the last packet
+    /// that ends within them, if any.
+    pub fn feed(&mut self, input: &[u8]) -> Result<Option<usize>, Malformed> {
+        let mut last = None;
+        let mut i = 0;
+        while i < input.len() {
+            if self.in_body {
+                let n = self.left.min(input.len() - i);
+                self.left -= n;
+                i += n;
+                if self.left == 0 {
+                    self.in_body = false;
+                    last = Some(i);
+                }
+                continue;
+            }
+            let b = input[i];
+            i += 1;
+            self.head_len += 1;
+            if self.head_len == 1 {
+                self.remaining = 0;
+                continue;
+            }
+            self.remaining |= usize::from(b & 0x7f) << (7 * (self.head_len - 2));
+            if b & 0x80 != 0 {
+                if self.head_len == 5 {
+                    return Err(Malformed);
+                }
+                continue;
+            }
+            self.head_len = 0;
+            if self.remaining == 0 {
+                last = Some(i);
+            } else {
+                self.left = self.remaining;
+                self.in_body = true;
+            }
+        }
+        Ok(last)
+    }
+}
+
 /// Where the guard of source `index` listens: a private directory of the
 /// state directory (0700), or the temporary directory when that path is too
 /// long for a Unix socket address.
@@ -267,8 +334,13 @@ pub fn socket_path(state_dir: &Path, index: usize) -> PathBuf {
     if preferred.as_os_str().len() < 100 {
         preferred
     } else {
+        // A directory of this run alone, hard to guess; `Guard::bind`
+        // creates it 0700 and refuses one that exists already.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         std::env::temp_dir()
-            .join(format!("sensor-gateway-{}", std::process::id()))
+            .join(format!("sensor-gateway-{}-{nanos:08x}", std::process::id()))
             .join(format!("source-{index}.sock"))
     }
 }
@@ -295,8 +367,18 @@ impl Guard {
         metrics: Arc<Metrics>,
     ) -> io::Result<Guard> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && dir.starts_with(std::env::temp_dir()) =>
+                {
+                    return Err(e)
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(_) => std::fs::create_dir_all(dir)?,
+            }
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
         match std::fs::remove_file(&path) {
@@ -327,6 +409,9 @@ impl Guard {
     /// Relays one client connection at a time until `cancel` fires.
     pub async fn serve(self, cancel: CancellationToken) {
         let mut log = Throttle::default();
+        // Kept across connections: a discarded QoS 2 publish's PUBREL may
+        // come after a reconnect.
+        let mut filter = InboundFilter::new(self.limit);
         loop {
             let conn = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -344,7 +429,7 @@ impl Guard {
             };
             let result = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = self.relay(client, &mut log) => r,
+                r = self.relay(client, &mut filter, &mut log) => r,
             };
             if let (Err(e), Ok(mut last)) = (result, self.last_error.lock()) {
                 *last = Some(e.to_string());
@@ -353,7 +438,12 @@ impl Guard {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    async fn relay(&self, client: UnixStream, log: &mut Throttle) -> io::Result<()> {
+    async fn relay(
+        &self,
+        client: UnixStream,
+        filter: &mut InboundFilter,
+        log: &mut Throttle,
+    ) -> io::Result<()> {
         let addr = (self.broker.host.as_str(), self.broker.port);
         let broker = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
             .await
@@ -364,8 +454,12 @@ impl Guard {
         // Replies for discarded publishes; bounded by the broker's in-flight
         // window in practice, and backpressured beyond it.
         let (reply_tx, mut reply_rx) = mpsc::channel::<[u8; 4]>(256);
+        filter.reset_stream();
         let up = async {
             let mut buf = vec![0u8; 16 * 1024];
+            let mut bounds = Boundaries::default();
+            // Replies wait here while the client is in the middle of a packet.
+            let mut pending: Vec<[u8; 4]> = Vec::new();
             loop {
                 tokio::select! {
                     n = client_rd.read(&mut buf) => {
@@ -373,14 +467,32 @@ impl Guard {
                         if n == 0 {
                             return Ok(());
                         }
-                        broker_wr.write_all(&buf[..n]).await?;
+                        let chunk = &buf[..n];
+                        let boundary = bounds
+                            .feed(chunk)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        match boundary {
+                            Some(at) if !pending.is_empty() => {
+                                broker_wr.write_all(&chunk[..at]).await?;
+                                for reply in pending.drain(..) {
+                                    broker_wr.write_all(&reply).await?;
+                                }
+                                broker_wr.write_all(&chunk[at..]).await?;
+                            }
+                            _ => broker_wr.write_all(chunk).await?,
+                        }
                     }
-                    Some(reply) = reply_rx.recv() => broker_wr.write_all(&reply).await?,
+                    Some(reply) = reply_rx.recv() => {
+                        if bounds.at_boundary() {
+                            broker_wr.write_all(&reply).await?;
+                        } else {
+                            pending.push(reply);
+                        }
+                    }
                 }
             }
         };
         let down = async {
-            let mut filter = InboundFilter::new(self.limit);
             let mut buf = vec![0u8; 64 * 1024];
             let mut forward = Vec::with_capacity(64 * 1024);
             let mut replies = Vec::new();
@@ -512,6 +624,70 @@ mod tests {
         let (fw, rp, ds) = run(100, &input, 1);
         assert_eq!(fw, input);
         assert!(rp.is_empty() && ds.is_empty());
+    }
+
+    #[test]
+    fn a_pubrel_with_a_padded_length_passes_without_panicking() {
+        // Remaining length 2 written in three bytes (legal but unusual).
+        let padded = [0x62, 0x82, 0x80, 0x00, 0x01, 0x2c];
+        let (fw, rp, ds) = run(100, &padded, 1);
+        assert_eq!(fw, padded.to_vec());
+        assert!(rp.is_empty() && ds.is_empty());
+    }
+
+    #[test]
+    fn a_discarded_qos2_publish_is_completed_after_a_reconnect() {
+        let mut f = InboundFilter::new(100);
+        let (mut fw, mut rp, mut ds) = (Vec::new(), Vec::new(), Vec::new());
+        let big = publish(2, 77, "t", 1_000);
+        // The connection drops in the middle of the next packet.
+        f.feed(
+            &[&big[..], &[0x30, 0x05]].concat(),
+            &mut fw,
+            &mut rp,
+            &mut ds,
+        )
+        .unwrap();
+        assert_eq!(rp, vec![[0x50, 0x02, 0, 77]]);
+        f.reset_stream();
+        rp.clear();
+        f.feed(&[0x62, 0x02, 0, 77], &mut fw, &mut rp, &mut ds)
+            .unwrap();
+        assert_eq!(
+            rp,
+            vec![[0x70, 0x02, 0, 77]],
+            "the PUBREL is answered, not forwarded"
+        );
+        assert_eq!(fw, vec![0x30, 0x05]);
+    }
+
+    #[test]
+    fn replies_go_between_client_packets_never_inside_one() {
+        let a = publish(1, 1, "up/a", 40);
+        let b = publish(1, 2, "up/b", 40);
+        let stream = [&a[..], &b[..], &[0xc0, 0x00][..]].concat();
+        for chunk in [1, 5, 13, 64, stream.len()] {
+            let mut bounds = Boundaries::default();
+            let mut ends = Vec::new();
+            let mut offset = 0;
+            for c in stream.chunks(chunk) {
+                if let Some(at) = bounds.feed(c).unwrap() {
+                    ends.push(offset + at);
+                }
+                offset += c.len();
+            }
+            assert!(bounds.at_boundary());
+            // Every reported boundary is the end of a packet.
+            let packet_ends = [a.len(), a.len() + b.len(), stream.len()];
+            assert!(
+                ends.iter().all(|e| packet_ends.contains(e)),
+                "chunk {chunk}: {ends:?}"
+            );
+            assert_eq!(ends.last(), Some(&stream.len()));
+        }
+        let mut bounds = Boundaries::default();
+        bounds.feed(&a[..10]).unwrap();
+        assert!(!bounds.at_boundary());
     }
 
     #[test]
