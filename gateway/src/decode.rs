@@ -177,6 +177,29 @@ impl<'de> DeserializeSeed<'de> for JsonSeed<'_> {
     }
 }
 
+/// An object key, borrowed from the payload unless it holds escapes
+/// (serde's own `Cow<str>` always copies).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A JSON value as far as we care: a number, a string, or something else
 /// (skipped). Visited directly rather than through an untagged enum, which
 /// would buffer every value first.
@@ -241,7 +264,7 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
         use serde::de::Error;
         let mut found = Found::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             // A syntax error inside a value propagates as is (`?`); a value
             // of the wrong kind becomes an error naming the field.
             if key == self.value_field {
