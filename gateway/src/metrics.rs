@@ -166,6 +166,9 @@ pub struct Metrics {
     /// Alarm events sent again at start-up because a crash lost them
     /// before they were stored.
     pub alarm_events_reemitted: AtomicU64,
+    /// Alarm events forgotten by a sensor's crash-recovery ledger because it
+    /// held `MAX_LEDGER_EVENTS` events not yet known durable.
+    pub alarm_ledger_overflow: AtomicU64,
 }
 
 /// What one serial port reports. The port's decoder is owned by its task;
@@ -768,6 +771,11 @@ impl Metrics {
             s,
             "# HELP gateway_alarm_events_reemitted_total Alarm events sent again at start-up because a crash lost them before they were stored.\n# TYPE gateway_alarm_events_reemitted_total counter\ngateway_alarm_events_reemitted_total {}",
             self.alarm_events_reemitted.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP gateway_alarm_ledger_overflow_total Alarm events forgotten by a sensor's crash-recovery ledger, which was full of events not yet durable.\n# TYPE gateway_alarm_ledger_overflow_total counter\ngateway_alarm_ledger_overflow_total {}",
+            self.alarm_ledger_overflow.load(Ordering::Relaxed)
         );
     }
 }

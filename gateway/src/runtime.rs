@@ -8,7 +8,9 @@
 //! `upstream.shutdown_grace` and stops. Every task is spawned on one
 //! `TaskTracker`, and nothing is detached.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::buffer::Buffer;
 use crate::config::{Config, SourceConfig};
-use crate::metrics::{CommandLogLimiter, Metrics};
+use crate::metrics::{CommandLogLimiter, Metrics, Throttle};
 use crate::processor::{escaped, Command, CoreSettings, Input, Lane, Processor, Record};
 use crate::upstream;
 
@@ -174,6 +176,12 @@ struct StateSaver {
 }
 
 impl StateSaver {
+    /// Whether every alarm change so far is saved, so that its events may
+    /// go to the sink.
+    fn alarms_saved(&self) -> bool {
+        !self.alarms_pending
+    }
+
     fn new(dir: PathBuf, metrics: Arc<Metrics>) -> Self {
         Self {
             dir,
@@ -239,6 +247,127 @@ impl StateSaver {
     }
 }
 
+/// The most alarm-lane records kept back while the alarm state is not saved.
+/// Once reached, the core takes no more input (the sources then stop
+/// reading) and closes no windows until a save succeeds.
+const MAX_HELD_ALARM_RECORDS: usize = 4 * BATCH;
+
+/// How often the lines about kept-back and forgotten alarm events are logged
+/// at most.
+const HOLD_LOG_INTERVAL_MS: i64 = 60_000;
+
+/// Alarm-lane records kept back, in order, while the alarm state that
+/// produced them is not saved (a save failed and waits for its retry):
+/// "alarm state is saved before its events are handed to the sink".
+/// Summaries and values are not held.
+#[derive(Debug, Default)]
+struct AlarmHold {
+    held: VecDeque<Record>,
+    log: Throttle,
+}
+
+impl AlarmHold {
+    /// Prepares `out` for the sink. With the alarm state saved, every record
+    /// kept back goes first, then `out`, in order. Unsaved, `out`'s
+    /// alarm-lane records are kept back, in order, and only the rest stays.
+    fn sort(&mut self, out: &mut Vec<Record>, alarms_saved: bool) {
+        if alarms_saved {
+            if !self.held.is_empty() {
+                let rest = std::mem::take(out);
+                out.extend(self.held.drain(..));
+                out.extend(rest);
+            }
+            return;
+        }
+        let mut rest = Vec::with_capacity(out.len());
+        for rec in out.drain(..) {
+            if rec.lane == Lane::Alarm {
+                self.held.push_back(rec);
+            } else {
+                rest.push(rec);
+            }
+        }
+        *out = rest;
+    }
+
+    fn is_full(&self) -> bool {
+        self.held.len() >= MAX_HELD_ALARM_RECORDS
+    }
+
+    /// The highest seq the ledger may take as durable, given the buffer's
+    /// fsync watermark `synced`: below every record kept back (a summary
+    /// after it may already be synced).
+    fn durable_limit(&self, synced: u64) -> u64 {
+        match self.held.front() {
+            Some(first) => synced.min(first.seq.saturating_sub(1)),
+            None => synced,
+        }
+    }
+}
+
+/// Sends `out` to the sink, keeping alarm-lane records back while the alarm
+/// state is not saved; false if the sink is gone.
+async fn pass_on(
+    out: &mut Vec<Record>,
+    hold: &mut AlarmHold,
+    saver: &StateSaver,
+    tx: &mpsc::Sender<Record>,
+    metrics: &Metrics,
+) -> bool {
+    let before = hold.held.len();
+    hold.sort(out, saver.alarms_saved());
+    if hold.held.len() > before {
+        if let Some(suppressed) = hold.log.allow(HOLD_LOG_INTERVAL_MS, crate::now_ms()) {
+            tracing::warn!(
+                held = hold.held.len(),
+                limit = MAX_HELD_ALARM_RECORDS,
+                suppressed_since_last = suppressed,
+                "Alarm events are kept back because the alarm state they change is not saved yet (see the state-save error); they go upstream, in order, once a save succeeds. At the limit the gateway stops taking readings until then."
+            );
+        }
+    }
+    let sent = forward(out, tx, metrics).await;
+    if !sent && !hold.held.is_empty() {
+        // The sink is gone: what is kept back cannot go either.
+        metrics
+            .records_lost_at_shutdown
+            .fetch_add(hold.held.len() as u64, Ordering::Relaxed);
+        hold.held.clear();
+    }
+    sent
+}
+
+/// Lets the ledger forget the alarm events the buffer has made durable
+/// (`gateway_buffer_last_synced_seq`), and logs, rate-limited, events the
+/// ledger had to forget early. `seen` carries the last watermark applied
+/// and the overflow count last logged.
+fn confirm_durable(
+    processor: &mut Processor,
+    hold: &AlarmHold,
+    metrics: &Metrics,
+    seen: &mut (u64, u64),
+    log: &mut Throttle,
+    now_ms: i64,
+) {
+    let synced = metrics.buffer_last_synced_seq.load(Ordering::Relaxed);
+    let limit = hold.durable_limit(u64::try_from(synced).unwrap_or(0));
+    if limit > seen.0 {
+        seen.0 = limit;
+        processor.confirm_durable(limit);
+    }
+    let overflow = metrics.alarm_ledger_overflow.load(Ordering::Relaxed);
+    if overflow > seen.1 {
+        if let Some(suppressed) = log.allow(HOLD_LOG_INTERVAL_MS, now_ms) {
+            tracing::warn!(
+                forgotten = overflow - seen.1,
+                suppressed_since_last = suppressed,
+                "A sensor's alarm events were not yet durable when its ledger filled (an alarm flapping while the buffer or the state save lagged); the oldest were forgotten and a crash now could not send them again. Counted in gateway_alarm_ledger_overflow_total; check the state directory's disk."
+            );
+            seen.1 = overflow;
+        }
+    }
+}
+
 /// The core's task: feeds messages to the processor, ticks it, applies
 /// commands, forwards closed windows and events, and flushes everything
 /// when its input closes.
@@ -254,10 +383,13 @@ async fn process(
     // Alarm events lost in a crash and emitted again: their new seqs are
     // saved before they go out, like every alarm change.
     let mut out = reemitted;
+    let mut hold = AlarmHold::default();
     saver.save_if_needed(&mut processor, false).await;
-    if !forward(&mut out, &tx, &metrics).await {
+    if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
         return;
     }
+    let mut durable_seen = (0, 0);
+    let mut overflow_log = Throttle::default();
     let mut command_log = CommandLogLimiter::new(upstream::COMMAND_LOG_INTERVAL_MS);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,7 +397,9 @@ async fn process(
     let mut commands_open = true;
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => {
+            // At shutdown (input closed) the input is drained whatever is
+            // kept back: its channel bounds what that adds.
+            n = rx.recv_many(&mut batch, BATCH), if !hold.is_full() || rx.is_closed() => {
                 if n == 0 {
                     break;
                 }
@@ -274,11 +408,11 @@ async fn process(
                     processor.ingest_input(&msg, now, &mut out);
                 }
                 saver.save_if_needed(&mut processor, false).await;
-                if !forward(&mut out, &tx, &metrics).await {
+                if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
                     return;
                 }
             }
-            cmd = commands.recv(), if commands_open => {
+            cmd = commands.recv(), if commands_open && !hold.is_full() => {
                 let Some(cmd) = cmd else {
                     commands_open = false;
                     continue;
@@ -296,18 +430,27 @@ async fn process(
                     }
                 }
                 saver.save_if_needed(&mut processor, false).await;
-                if !forward(&mut out, &tx, &metrics).await {
+                if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
                     return;
                 }
             }
             _ = tick.tick() => {
+                let now = crate::now_ms();
+                confirm_durable(&mut processor, &hold, &metrics, &mut durable_seen, &mut overflow_log, now);
+                if hold.is_full() && !rx.is_closed() {
+                    // Only retry the save until the kept-back events can go.
+                    saver.save_if_needed(&mut processor, false).await;
+                    if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
+                        return;
+                    }
+                    continue;
+                }
                 // Windows of many sensors end together: pass them on in
                 // slices, so memory holds one slice, not all of them.
-                let now = crate::now_ms();
                 loop {
                     let done = processor.flush_due_bounded(now, &mut out, BATCH);
                     saver.save_if_needed(&mut processor, false).await;
-                    if !forward(&mut out, &tx, &metrics).await {
+                    if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
                         return;
                     }
                     if done {
@@ -322,7 +465,19 @@ async fn process(
         let done = processor.flush_all_bounded(&mut out, BATCH);
         flushed += out.len();
         saver.save_if_needed(&mut processor, done).await;
-        if !forward(&mut out, &tx, &metrics).await || done {
+        let sent = if done && !saver.alarms_saved() {
+            if !hold.held.is_empty() {
+                tracing::error!(
+                    held = hold.held.len(),
+                    "The alarm state could not be saved before shutdown; its kept-back alarm events go upstream anyway, so that none is lost. A restart starts from the last saved alarm state and may raise some of these alarms again."
+                );
+            }
+            hold.sort(&mut out, true);
+            forward(&mut out, &tx, &metrics).await
+        } else {
+            pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await
+        };
+        if !sent || done {
             break;
         }
     }
@@ -492,5 +647,82 @@ broker = "127.0.0.1:1884"
         assert_eq!(metrics.state_saves.load(Ordering::Relaxed), 1);
         let saved = crate::state::load(dir.path(), t0).unwrap().unwrap();
         assert_eq!(saved, p.export_state());
+    }
+
+    fn rec(seq: u64, lane: Lane) -> Record {
+        Record {
+            seq,
+            lane,
+            ts_ms: 0,
+            topic: "gw/t".into(),
+            payload: Vec::new(),
+        }
+    }
+
+    fn seqs(recs: &[Record]) -> Vec<u64> {
+        recs.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn alarm_events_wait_for_a_saved_state_and_summaries_do_not() {
+        let mut hold = AlarmHold::default();
+        let mut out = vec![
+            rec(1, Lane::Alarm),
+            rec(2, Lane::Summary),
+            rec(3, Lane::Alarm),
+        ];
+        hold.sort(&mut out, false);
+        assert_eq!(seqs(&out), [2]);
+        // A summary after a kept-back event may be synced; the event is not.
+        assert_eq!(hold.durable_limit(10), 0);
+        let mut out = vec![rec(4, Lane::Summary), rec(5, Lane::Alarm)];
+        hold.sort(&mut out, false);
+        assert_eq!(seqs(&out), [4]);
+        let mut out = vec![rec(6, Lane::Alarm), rec(7, Lane::Summary)];
+        hold.sort(&mut out, true);
+        assert_eq!(seqs(&out), [1, 3, 5, 6, 7], "kept back first, in order");
+        assert!(hold.held.is_empty());
+        assert_eq!(hold.durable_limit(10), 10);
+    }
+
+    #[tokio::test]
+    async fn alarm_events_are_not_forwarded_until_a_failed_state_save_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(RULES, std::path::Path::new("t.toml")).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut p = Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1);
+        let mut saver = StateSaver::new(dir.path().to_owned(), metrics.clone());
+        let tmp = crate::state::path(dir.path()).with_extension("state.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let t0 = 1_700_000_000_000;
+        let msg = RawMessage {
+            source: 0,
+            topic: "plant/l1/m1/vibration".into(),
+            payload: bytes::Bytes::from(format!(r#"{{"value":5.0,"ts":{t0}}}"#)),
+            received_ms: t0,
+        };
+        let mut out = Vec::new();
+        p.ingest(&msg, t0, &mut out);
+        let raised = seqs(&out);
+        assert_eq!(raised.len(), 1);
+        out.push(rec(100, Lane::Summary));
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut hold = AlarmHold::default();
+        saver.save_if_needed(&mut p, false).await;
+        assert_eq!(metrics.state_save_errors.load(Ordering::Relaxed), 1);
+        assert!(pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await);
+        assert_eq!(rx.try_recv().unwrap().seq, 100, "summaries go on");
+        assert!(rx.try_recv().is_err(), "the unsaved alarm event waits");
+        // Still failing at the retry: still waiting.
+        saver.failed_at = saver.failed_at.unwrap().checked_sub(SAVE_RETRY_AFTER);
+        saver.save_if_needed(&mut p, false).await;
+        assert!(pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await);
+        assert!(rx.try_recv().is_err());
+        std::fs::remove_dir(&tmp).unwrap();
+        saver.failed_at = saver.failed_at.unwrap().checked_sub(SAVE_RETRY_AFTER);
+        saver.save_if_needed(&mut p, false).await;
+        assert_eq!(metrics.state_saves.load(Ordering::Relaxed), 1);
+        assert!(pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await);
+        assert_eq!(rx.try_recv().unwrap().seq, raised[0], "sent once saved");
     }
 }

@@ -1,7 +1,7 @@
 //! The analytics state file, `<state_dir>/analytics.state`: alarm states,
 //! the last events of each alarm and baselines that survive restarts.
 //!
-//! Layout: the magic `SGWSTAT2`, the body length (u32 LE), the CRC-32 of the
+//! Layout: the magic `SGWSTAT3`, the body length (u32 LE), the CRC-32 of the
 //! body (u32 LE), the body (postcard of [`PersistedState`]). It is replaced
 //! atomically: written to a temporary file, fsynced, renamed over the old
 //! one, and the directory fsynced. A file that does not check out is set
@@ -10,19 +10,22 @@
 //!
 //! Versions: `SGWSTAT1` (before alarm events were recorded) is still read:
 //! its sensors are restored with no recorded events, so nothing is emitted
-//! again and their active alarms have occurrence 0 until they clear. The
-//! next save writes version 2.
+//! again and their active alarms have occurrence 0 until they clear.
+//! `SGWSTAT2` (which kept only the `raised` event of each alarm's latest
+//! occurrence and the one event after it) is still read: both events become
+//! the alarm's pending events. The next save writes version 3.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::alarm::SensorAlarms;
+use crate::alarm::{AlarmKind, SensorAlarms};
 use crate::anomaly::Baseline;
-use crate::processor::{PersistedSensor, PersistedState};
+use crate::processor::{AlarmLedger, EmittedAlarmEvent, PersistedSensor, PersistedState};
 
-const MAGIC: &[u8; 8] = b"SGWSTAT2";
+const MAGIC: &[u8; 8] = b"SGWSTAT3";
+const MAGIC_V2: &[u8; 8] = b"SGWSTAT2";
 const MAGIC_V1: &[u8; 8] = b"SGWSTAT1";
 const FILE: &str = "analytics.state";
 
@@ -50,6 +53,51 @@ impl From<StateV1> for PersistedState {
                     alarms: s.alarms,
                     baseline: s.baseline,
                     alarm_events: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The body of a version 2 file. Do not change: old files decode with it.
+#[derive(Serialize, Deserialize)]
+struct StateV2 {
+    sensors: Vec<SensorV2>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SensorV2 {
+    id: String,
+    alarms: SensorAlarms,
+    baseline: Baseline,
+    alarm_events: Vec<LedgerV2>,
+}
+
+/// Version 2's ledger entry: the `raised` event of the latest occurrence
+/// and the event after it.
+#[derive(Serialize, Deserialize)]
+struct LedgerV2 {
+    kind: AlarmKind,
+    raised: Option<EmittedAlarmEvent>,
+    last: Option<EmittedAlarmEvent>,
+}
+
+impl From<StateV2> for PersistedState {
+    fn from(v2: StateV2) -> Self {
+        let ledger = |l: LedgerV2| AlarmLedger {
+            kind: l.kind,
+            occurrence: l.raised.as_ref().map_or(0, |r| r.occurrence),
+            events: l.raised.into_iter().chain(l.last).collect(),
+        };
+        PersistedState {
+            sensors: v2
+                .sensors
+                .into_iter()
+                .map(|s| PersistedSensor {
+                    id: s.id,
+                    alarms: s.alarms,
+                    baseline: s.baseline,
+                    alarm_events: s.alarm_events.into_iter().map(ledger).collect(),
                 })
                 .collect(),
         }
@@ -96,7 +144,8 @@ pub fn load(state_dir: &Path, now_ms: i64) -> Result<Option<PersistedState>, Loa
 }
 
 fn decode(bytes: &[u8]) -> Result<PersistedState, &'static str> {
-    if bytes.len() < 16 || (&bytes[..8] != MAGIC && &bytes[..8] != MAGIC_V1) {
+    let magic = bytes.get(..8).unwrap_or_default();
+    if bytes.len() < 16 || (magic != MAGIC && magic != MAGIC_V2 && magic != MAGIC_V1) {
         return Err("no state-file header");
     }
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
@@ -105,8 +154,13 @@ fn decode(bytes: &[u8]) -> Result<PersistedState, &'static str> {
     if crc32fast::hash(body) != crc {
         return Err("checksum mismatch");
     }
-    if &bytes[..8] == MAGIC_V1 {
+    if magic == MAGIC_V1 {
         return postcard::from_bytes::<StateV1>(body)
+            .map(PersistedState::from)
+            .map_err(|_| "body does not decode");
+    }
+    if magic == MAGIC_V2 {
+        return postcard::from_bytes::<StateV2>(body)
             .map(PersistedState::from)
             .map_err(|_| "body does not decode");
     }
@@ -197,7 +251,53 @@ mod tests {
                 alarm_events: Vec::new(),
             }]
         );
-        // Saved again, it is version 2.
+        // Saved again, it is the current version.
+        save(dir.path(), &encode(&state)).unwrap();
+        assert_eq!(&std::fs::read(path(dir.path())).unwrap()[..8], MAGIC);
+        assert_eq!(load(dir.path(), 0).unwrap(), Some(state));
+    }
+
+    #[test]
+    fn a_version_2_file_keeps_both_recorded_events_pending_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = |seq, occurrence, transition| EmittedAlarmEvent {
+            seq,
+            occurrence,
+            transition,
+            ts_ms: 1,
+            topic: "gw/alarm".into(),
+            payload: format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+        };
+        use crate::alarm::Transition;
+        let v2 = StateV2 {
+            sensors: vec![SensorV2 {
+                id: "l1/m1/vib".into(),
+                alarms: SensorAlarms::default(),
+                baseline: Default::default(),
+                alarm_events: vec![LedgerV2 {
+                    kind: AlarmKind::High,
+                    raised: Some(event(7, 5, Transition::Raised)),
+                    last: Some(event(9, 5, Transition::Cleared)),
+                }],
+            }],
+        };
+        let body = postcard::to_allocvec(&v2).unwrap();
+        let mut bytes = MAGIC_V2.to_vec();
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        std::fs::write(path(dir.path()), &bytes).unwrap();
+        let state = load(dir.path(), 0).unwrap().unwrap();
+        let ledger = &state.sensors[0].alarm_events[0];
+        assert_eq!(ledger.kind, AlarmKind::High);
+        assert_eq!(ledger.occurrence, 5, "the occurrence of its raised event");
+        assert_eq!(
+            ledger.events,
+            [
+                event(7, 5, Transition::Raised),
+                event(9, 5, Transition::Cleared)
+            ]
+        );
         save(dir.path(), &encode(&state)).unwrap();
         assert_eq!(&std::fs::read(path(dir.path())).unwrap()[..8], MAGIC);
         assert_eq!(load(dir.path(), 0).unwrap(), Some(state));

@@ -22,10 +22,21 @@ pub(crate) struct Extra {
     baseline: Baseline,
     /// The last value sent by `on_change`: (value, event time, gateway time sent).
     last_sent: Option<(f64, i64, i64)>,
-    /// The events each alarm emitted last (at most one entry per kind),
-    /// persisted so that a restart can tell whether they reached the buffer.
+    /// Per alarm kind (at most one entry each): the current occurrence and
+    /// the events emitted but not yet known durable, persisted so that a
+    /// restart can tell whether they reached the buffer.
     ledger: Vec<AlarmLedger>,
 }
+
+/// The most alarm events one sensor's ledger keeps while they are not known
+/// to be durable. An occurrence emits at most three (`raised`,
+/// `acknowledged`, `cleared`), and the buffer makes alarm events durable as
+/// soon as it takes them, so the ledger normally holds a few; it fills only
+/// when an alarm flaps while durability lags (a state save or the buffer
+/// failing). Beyond it the oldest event is forgotten and counted
+/// (`gateway_alarm_ledger_overflow_total`): a crash then could not send it
+/// again.
+pub const MAX_LEDGER_EVENTS: usize = 32;
 
 /// The largest command payload looked at; larger ones are rejected unread.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -53,6 +64,14 @@ impl Extra {
     /// Whether an alarm of the sensor is active or latched.
     pub(super) fn holds_alarm(&self) -> bool {
         self.alarms.any_active()
+    }
+
+    /// Whether no alarm event of the sensor waits to be known durable
+    /// ([`Processor::confirm_durable`]). A sensor whose ledger is not empty
+    /// must not be retired: its events would no longer be sent again if a
+    /// crash lost them before the buffer stored them.
+    pub(crate) fn ledger_is_empty(&self) -> bool {
+        self.ledger.iter().all(|l| l.events.is_empty())
     }
 }
 
@@ -162,18 +181,23 @@ pub struct EmittedAlarmEvent {
     pub payload: Vec<u8>,
 }
 
-/// The last events of one alarm of a sensor: the `raised` event of its
-/// current (or latest) occurrence, and the event after it, if any.
+/// One alarm of a sensor: its current (or latest) occurrence, and every
+/// event it emitted that is not yet known to be durable, in emission order.
+/// Kept while the alarm is active or an event is pending.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmLedger {
     pub kind: AlarmKind,
-    pub raised: Option<EmittedAlarmEvent>,
-    pub last: Option<EmittedAlarmEvent>,
+    /// The seq of the event that raised the current (or latest) occurrence;
+    /// kept after its events became durable, because acknowledgements name
+    /// it. 0 for an alarm restored from a state file of version 1.
+    pub occurrence: u64,
+    /// Emitted, not yet known durable, oldest first.
+    pub events: Vec<EmittedAlarmEvent>,
 }
 
 impl AlarmLedger {
     fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.raised.iter().chain(self.last.iter()).map(|e| e.seq)
+        std::iter::once(self.occurrence).chain(self.events.iter().map(|e| e.seq))
     }
 }
 
@@ -439,6 +463,20 @@ impl Processor {
             .extra
             .as_mut()
             .ok_or_else(|| unknown(format!("sensor {} has no alarms", escaped(sensor))))?;
+        let not_active = || {
+            CommandError::new(
+                CommandReject::NotActive,
+                format!(
+                    "alarm {} is not active or already acknowledged",
+                    escaped(&cmd.alarm_id)
+                ),
+            )
+        };
+        // Checked first: the ledger forgets the occurrence of an alarm that
+        // is no longer active once its events are durable.
+        if !extra.alarms.states[kind as usize].active {
+            return Err(not_active());
+        }
         let current = current_occurrence(&extra.ledger, kind);
         if cmd.occurrence != current {
             return Err(CommandError::new(
@@ -455,13 +493,7 @@ impl Processor {
             .alarms
             .acknowledge(&spec, kind, &cmd.by, now_ms, &mut events)
         {
-            return Err(CommandError::new(
-                CommandReject::NotActive,
-                format!(
-                    "alarm {} is not active or already acknowledged",
-                    escaped(&cmd.alarm_id)
-                ),
-            ));
+            return Err(not_active());
         }
         self.emit_alarm_events(key, &events, spec.latch, out);
         Ok(events.len())
@@ -514,18 +546,21 @@ impl Processor {
                     None => {
                         extra.ledger.push(AlarmLedger {
                             kind: e.kind,
-                            raised: None,
-                            last: None,
+                            occurrence: 0,
+                            events: Vec::new(),
                         });
                         extra.ledger.len() - 1
                     }
                 };
                 let entry = &mut extra.ledger[i];
                 if e.transition == Transition::Raised {
-                    entry.raised = Some(emitted);
-                    entry.last = None;
-                } else {
-                    entry.last = Some(emitted);
+                    entry.occurrence = seq;
+                }
+                entry.events.push(emitted);
+                if forget_oldest_beyond_cap(&mut extra.ledger) {
+                    self.metrics
+                        .alarm_ledger_overflow
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             out.push(rec);
@@ -591,52 +626,53 @@ impl Processor {
     /// restored state says was emitted, but for which `held(seq)` is false
     /// (the buffer neither holds it nor has settled it: a crash lost it
     /// between the state save and the buffer), is emitted again with the
-    /// same content and a new seq, `raised` before the event after it.
-    /// Entries of alarms that are no longer active and whose events are all
-    /// held are forgotten. Returns how many events were emitted again; the
-    /// state must be saved before they are delivered.
+    /// same content and a new seq, in the order they were first emitted.
+    /// Events that are held are forgotten, and so are alarms that are no
+    /// longer active and have no event left. Returns how many events were
+    /// emitted again; the state must be saved before they are delivered.
     pub fn reemit_lost_alarm_events(
         &mut self,
         mut held: impl FnMut(u64) -> bool,
         out: &mut Vec<Record>,
     ) -> usize {
-        // (sensor, kind, the `raised` slot or the one after it)
-        let mut lost: Vec<(SensorKey, AlarmKind, bool)> = Vec::new();
+        // (seq first given, sensor, alarm kind)
+        let mut lost: Vec<(u64, SensorKey, AlarmKind)> = Vec::new();
         for (i, s) in self.sensors.iter_mut().enumerate() {
             let Some(extra) = s.extra.as_mut() else {
                 continue;
             };
-            let before = extra.ledger.len();
-            let alarms = &extra.alarms;
-            extra.ledger.retain(|entry| {
-                let mut any = false;
-                for (is_raised, slot) in [(true, &entry.raised), (false, &entry.last)] {
-                    if slot.as_ref().is_some_and(|e| !held(e.seq)) {
-                        lost.push((SensorKey(i as u32), entry.kind, is_raised));
-                        any = true;
-                    }
-                }
-                any || alarms.states[entry.kind as usize].active
-            });
-            if extra.ledger.len() != before {
+            let mut changed = false;
+            for entry in &mut extra.ledger {
+                let before = entry.events.len();
+                entry.events.retain(|e| !held(e.seq));
+                changed |= entry.events.len() != before;
+                lost.extend(
+                    entry
+                        .events
+                        .iter()
+                        .map(|e| (e.seq, SensorKey(i as u32), entry.kind)),
+                );
+            }
+            changed |= forget_settled(extra);
+            if changed {
                 self.alarms_dirty = true;
             }
         }
-        for &(key, kind, is_raised) in &lost {
+        lost.sort_unstable_by_key(|&(seq, _, _)| seq);
+        for &(old_seq, key, kind) in &lost {
             let seq = self.take_seq();
             let Some(extra) = self.sensors[key.index()].extra.as_mut() else {
                 continue;
             };
-            let Some(entry) = extra.ledger.iter_mut().find(|l| l.kind == kind) else {
+            let Some(e) = extra
+                .ledger
+                .iter_mut()
+                .filter(|l| l.kind == kind)
+                .flat_map(|l| l.events.iter_mut())
+                .find(|e| e.seq == old_seq)
+            else {
                 continue;
             };
-            let slot = if is_raised {
-                &mut entry.raised
-            } else {
-                &mut entry.last
-            };
-            let Some(e) = slot.as_mut() else { continue };
-            let old_seq = e.seq;
             e.seq = seq;
             e.payload = with_seq(&e.payload, seq);
             let rec = Record {
@@ -661,6 +697,38 @@ impl Processor {
             out.push(rec);
         }
         lost.len()
+    }
+
+    /// Every record up to `durable_seq` is durable in the buffer (or was
+    /// refused by it and counted): forgets the ledger's events up to it, and
+    /// alarms that are no longer active and have no event left. The runtime
+    /// calls it with the buffer's fsync watermark, lowered below any alarm
+    /// event it has not handed to the buffer yet. Returns how many events
+    /// were forgotten.
+    pub fn confirm_durable(&mut self, durable_seq: u64) -> usize {
+        let mut forgotten = 0;
+        for s in &mut self.sensors {
+            let Some(extra) = s.extra.as_mut() else {
+                continue;
+            };
+            // Entries without events are of active alarms: nothing to do.
+            if extra.ledger_is_empty() {
+                continue;
+            }
+            for entry in &mut extra.ledger {
+                let before = entry.events.len();
+                entry.events.retain(|e| e.seq > durable_seq);
+                forgotten += before - entry.events.len();
+            }
+            forget_settled(extra);
+        }
+        if forgotten > 0 {
+            // No prompt save needed: a restart asks the buffer about every
+            // event still in the saved ledger. The smaller state goes out
+            // with the next save of either kind.
+            self.baselines_dirty = true;
+        }
+        forgotten
     }
 
     fn emit_anomaly(
@@ -834,8 +902,39 @@ fn current_occurrence(ledger: &[AlarmLedger], kind: AlarmKind) -> u64 {
     ledger
         .iter()
         .find(|l| l.kind == kind)
-        .and_then(|l| l.raised.as_ref())
-        .map_or(0, |r| r.occurrence)
+        .map_or(0, |l| l.occurrence)
+}
+
+/// Drops the entries of alarms that are no longer active and have no event
+/// pending; whether any was dropped.
+fn forget_settled(extra: &mut Extra) -> bool {
+    let before = extra.ledger.len();
+    let alarms = &extra.alarms;
+    extra
+        .ledger
+        .retain(|l| !l.events.is_empty() || alarms.states[l.kind as usize].active);
+    extra.ledger.len() != before
+}
+
+/// Keeps a sensor's ledger within [`MAX_LEDGER_EVENTS`] by forgetting its
+/// oldest event; whether one was forgotten.
+fn forget_oldest_beyond_cap(ledger: &mut [AlarmLedger]) -> bool {
+    let total: usize = ledger.iter().map(|l| l.events.len()).sum();
+    if total <= MAX_LEDGER_EVENTS {
+        return false;
+    }
+    // Each entry's events are in seq order: the oldest is a first one.
+    let oldest = ledger
+        .iter_mut()
+        .filter(|l| !l.events.is_empty())
+        .min_by_key(|l| l.events[0].seq);
+    match oldest {
+        Some(l) => {
+            l.events.remove(0);
+            true
+        }
+        None => false,
+    }
 }
 
 /// An encoded event with its `seq` replaced.

@@ -46,6 +46,14 @@ max_silence = "10s"
 match = "*/door"
 delivery = "raw"
 
+[[sensor]]
+match = "*/pressure"
+window = "1s"
+
+[sensor.alarm]
+high = 10.0
+hysteresis = 1.0
+
 [upstream]
 broker = "127.0.0.1:1884"
 "#;
@@ -181,11 +189,7 @@ fn latched_alarm_stays_until_acknowledged_by_command() {
         ["alarm:raised:high"],
         "latched: no clear without ack"
     );
-    let occurrence = c.p.export_state().sensors[0].alarm_events[0]
-        .raised
-        .as_ref()
-        .unwrap()
-        .occurrence;
+    let occurrence = c.p.export_state().sensors[0].alarm_events[0].occurrence;
     let ack = parse_command(
         format!(r#"{{"command":"ack","alarm_id":"l1/m1/vibration:high","occurrence":{occurrence},"by":"jane"}}"#)
             .as_bytes(),
@@ -249,7 +253,6 @@ fn restart_with_an_active_alarm_raises_nothing_twice_and_clears_later() {
             .alarm_events
             .iter()
             .find(|l| l.kind.name() == kind)
-            .and_then(|l| l.raised.as_ref())
             .unwrap()
             .occurrence
     };
@@ -709,4 +712,172 @@ fn the_buffer_holds_alarm_events_it_stored_or_settled_across_a_restart() {
     assert!(b.holds(Lane::Alarm, 12), "in a segment");
     assert!(!b.holds(Lane::Alarm, 13), "never stored");
     assert!(!b.holds(Lane::Summary, 12), "another lane");
+}
+
+/// The alarm events `c` emitted so far, as (event, occurrence), taken.
+fn alarm_events(c: &mut Core) -> Vec<(String, u64)> {
+    c.take()
+        .into_iter()
+        .filter(|(l, _)| *l == Lane::Alarm)
+        .map(|(_, v)| {
+            (
+                v["event"].as_str().unwrap().to_owned(),
+                v["occurrence"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn alarm_seqs(c: &mut Core) -> Vec<u64> {
+    let alarms: Vec<_> = c
+        .take()
+        .into_iter()
+        .filter(|(l, _)| *l == Lane::Alarm)
+        .collect();
+    seqs_of(&alarms)
+}
+
+#[test]
+fn acknowledging_a_returned_latched_alarm_keeps_both_events_for_a_restart() {
+    let mut c = Core::new();
+    c.reading("l1/m1/vibration", 3.0, T0);
+    c.reading("l1/m1/vibration", 1.0, T0 + S);
+    let raised = seqs_of(&c.take());
+    let ack = Command {
+        alarm_id: "l1/m1/vibration:high".into(),
+        occurrence: raised[0],
+        by: "op".into(),
+    };
+    // One call emits `acknowledged` and `cleared`; a crash loses both.
+    c.p.command(&ack, T0 + 2 * S, &mut c.out).unwrap();
+    let emitted = alarm_events(&mut c);
+    assert_eq!(
+        emitted,
+        [
+            ("acknowledged".to_owned(), raised[0]),
+            ("cleared".to_owned(), raised[0])
+        ]
+    );
+    let mut d = restart_holding(&mut c, &raised);
+    assert_eq!(alarm_events(&mut d), emitted, "both, in order");
+}
+
+#[test]
+fn a_raise_clear_raise_in_one_batch_keeps_the_first_pair_for_a_restart() {
+    let mut c = Core::new();
+    c.reading("l1/m1/pressure", 11.0, T0);
+    c.reading("l1/m1/pressure", 5.0, T0 + 100);
+    c.reading("l1/m1/pressure", 12.0, T0 + 200);
+    let emitted = alarm_events(&mut c);
+    let (first, second) = (emitted[0].1, emitted[2].1);
+    assert_eq!(
+        emitted,
+        [
+            ("raised".to_owned(), first),
+            ("cleared".to_owned(), first),
+            ("raised".to_owned(), second)
+        ]
+    );
+    let mut d = restart_holding(&mut c, &[]);
+    let again = d.take();
+    let seqs = seqs_of(&again);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let again: Vec<_> = again
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["event"].as_str().unwrap().to_owned(),
+                v["occurrence"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(again, emitted, "every lost event, in the order emitted");
+}
+
+#[test]
+fn durable_alarm_events_are_forgotten_while_running() {
+    let mut c = Core::new();
+    c.reading("l1/m1/pressure", 11.0, T0);
+    c.reading("l1/m1/pressure", 5.0, T0 + 100);
+    let seqs = alarm_seqs(&mut c);
+    let key = c.p.registry.lookup_id("l1/m1/pressure").unwrap();
+    let pending = |c: &Core| {
+        !c.p.sensors[key.index()]
+            .extra
+            .as_ref()
+            .unwrap()
+            .ledger_is_empty()
+    };
+    assert!(pending(&c));
+    assert_eq!(c.p.confirm_durable(seqs[0]), 1);
+    assert!(pending(&c), "the clear is not durable yet");
+    assert_eq!(c.p.export_state().sensors.len(), 1);
+    assert_eq!(c.p.confirm_durable(seqs[1]), 1);
+    assert!(!pending(&c));
+    assert!(
+        c.p.export_state().sensors.is_empty(),
+        "a cleared alarm whose events are durable costs the state file nothing"
+    );
+    assert!(
+        c.p.take_dirty().1,
+        "the smaller state is saved with the next save"
+    );
+    // An acknowledgement of it is refused as not active, not as stale.
+    let ack = Command {
+        alarm_id: "l1/m1/pressure:high".into(),
+        occurrence: seqs[0],
+        by: "op".into(),
+    };
+    let err = c.p.command(&ack, T0 + S, &mut c.out).unwrap_err();
+    assert_eq!(err.reason, CommandReject::NotActive);
+
+    // An active alarm keeps its occurrence once its events are durable.
+    c.reading("l1/m1/vibration", 3.0, T0 + S);
+    let raised = alarm_seqs(&mut c);
+    c.p.confirm_durable(raised[0]);
+    let state = c.p.export_state();
+    let ledger = &state.sensors[0].alarm_events[0];
+    assert!(ledger.events.is_empty());
+    assert_eq!(ledger.occurrence, raised[0]);
+    let ack = Command {
+        alarm_id: "l1/m1/vibration:high".into(),
+        occurrence: raised[0],
+        by: "op".into(),
+    };
+    c.p.command(&ack, T0 + 2 * S, &mut c.out).unwrap();
+    // Nothing durable is emitted again after a restart.
+    c.take();
+    let mut d = restart_holding(&mut c, &[]);
+    assert_eq!(
+        alarm_events(&mut d),
+        [("acknowledged".to_owned(), raised[0])]
+    );
+}
+
+#[test]
+fn the_ledger_of_a_flapping_alarm_is_capped_and_counts_what_it_forgets() {
+    let mut c = Core::new();
+    for i in 0..40 {
+        c.reading("l1/m1/pressure", 11.0, T0 + i * 200);
+        c.reading("l1/m1/pressure", 5.0, T0 + i * 200 + 100);
+    }
+    assert_eq!(alarm_events(&mut c).len(), 80);
+    assert_eq!(
+        c.metrics
+            .alarm_ledger_overflow
+            .load(std::sync::atomic::Ordering::Relaxed),
+        80 - analytics::MAX_LEDGER_EVENTS as u64
+    );
+    // The newest are kept, and a restart sends those again in order.
+    let mut d = restart_holding(&mut c, &[]);
+    let again = d.take();
+    assert_eq!(again.len(), analytics::MAX_LEDGER_EVENTS);
+    let expected: Vec<_> = (0..analytics::MAX_LEDGER_EVENTS)
+        .map(|i| if i % 2 == 0 { "raised" } else { "cleared" })
+        .collect();
+    let got: Vec<_> = again
+        .iter()
+        .map(|(_, v)| v["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, expected);
 }
