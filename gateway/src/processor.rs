@@ -519,8 +519,8 @@ impl Processor {
     }
 
     /// Whether nothing of a silent sensor would be lost by forgetting it:
-    /// no active or latched alarm, and no stale alarm waiting to notice its
-    /// silence.
+    /// no active or latched alarm, no alarm event still waiting to become
+    /// durable, and no stale alarm waiting to notice its silence.
     fn retirable(&self, key: SensorKey) -> bool {
         let s = &self.sensors[key.index()];
         if s.last_arrival_ms == i64::MIN {
@@ -534,7 +534,12 @@ impl Processor {
                 .as_ref()
                 .is_some_and(|a| a.stale_after_ms.is_some())
         });
-        !watches_staleness && s.extra.as_ref().is_none_or(|e| !e.holds_alarm())
+        // An alarm event not yet durable in the buffer stays in the sensor's
+        // ledger (to be sent again after a crash) until it is.
+        !watches_staleness
+            && s.extra
+                .as_ref()
+                .is_none_or(|e| !e.holds_alarm() && e.ledger_is_empty())
     }
 
     /// Forgets a silent sensor: its memory is freed and its slot reused, so

@@ -150,7 +150,8 @@ fn decode(bytes: &[u8]) -> Result<PersistedState, &'static str> {
     }
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     let crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-    let body = bytes.get(16..16 + len).ok_or("truncated")?;
+    let end = 16usize.checked_add(len).ok_or("truncated")?;
+    let body = bytes.get(16..end).ok_or("truncated")?;
     if crc32fast::hash(body) != crc {
         return Err("checksum mismatch");
     }
