@@ -1450,7 +1450,29 @@ impl Buffer {
                 }
             }
         }
-        self.last_synced_seq = self.highest_written_seq;
+        // Everything at or below the mark is durable or was counted as
+        // dropped: an alarm-lane record still waiting to be written (its
+        // write failed) keeps the mark below it, although later records may
+        // be on disk already. The core forgets alarm events up to this mark.
+        let first_unwritten_alarm = {
+            let l = &self.lanes[Self::lane_index(Lane::Alarm)];
+            l.mem
+                .iter()
+                .chain(l.resend.iter())
+                .chain(
+                    self.inflight
+                        .values()
+                        .filter(|(ln, _)| *ln == Lane::Alarm)
+                        .map(|(_, m)| m),
+                )
+                .filter(|m| !m.on_disk)
+                .map(|m| m.rec.seq)
+                .min()
+        };
+        self.last_synced_seq = match first_unwritten_alarm {
+            Some(seq) => self.highest_written_seq.min(seq.saturating_sub(1)),
+            None => self.highest_written_seq,
+        };
         self.metrics
             .buffer_last_synced_seq
             .store(self.last_synced_seq as i64, Ordering::Relaxed);
