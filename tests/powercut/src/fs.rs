@@ -68,11 +68,7 @@ fn attr(ino: u64, m: &std::fs::Metadata) -> FileAttr {
         mtime: t(m.mtime(), m.mtime_nsec()),
         ctime: t(m.ctime(), m.ctime_nsec()),
         crtime: UNIX_EPOCH,
-        kind: if m.is_dir() {
-            FileType::Directory
-        } else {
-            FileType::RegularFile
-        },
+        kind: file_type(m),
         perm: (m.mode() & 0o7777) as u16,
         nlink: if m.is_dir() { 2 } else { 1 },
         uid: m.uid(),
@@ -83,11 +79,33 @@ fn attr(ino: u64, m: &std::fs::Metadata) -> FileAttr {
     }
 }
 
+fn file_type(m: &std::fs::Metadata) -> FileType {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        FileType::Directory
+    } else if t.is_file() {
+        FileType::RegularFile
+    } else if t.is_socket() {
+        FileType::Socket
+    } else if t.is_fifo() {
+        FileType::NamedPipe
+    } else if t.is_symlink() {
+        FileType::Symlink
+    } else if t.is_char_device() {
+        FileType::CharDevice
+    } else {
+        FileType::BlockDevice
+    }
+}
+
 fn kind_of(m: &std::fs::Metadata) -> Kind {
     if m.is_dir() {
         Kind::Dir
-    } else {
+    } else if m.is_file() {
         Kind::File
+    } else {
+        Kind::Special
     }
 }
 
@@ -171,6 +189,40 @@ impl Filesystem for PassFs {
         tri!(reply, std::fs::create_dir(&path));
         let meta = tri!(reply, std::fs::symlink_metadata(&path));
         let ino = m.link(parent, name, Kind::Dir);
+        reply.entry(&TTL, &attr(ino, &meta), 0);
+    }
+
+    /// Sockets (the gateway binds one in its state directory) and other
+    /// special files: created in the backing directory, passed through.
+    fn mknod(
+        &mut self,
+        _req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        use std::os::unix::ffi::OsStrExt;
+        let mut m = self.model();
+        let path = tri!(reply, m.path(parent)).join(name);
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return reply.error(libc::EINVAL);
+        };
+        // SAFETY: `c` is a valid NUL-terminated path for the call.
+        if unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                (mode & !umask) as libc::mode_t,
+                rdev as libc::dev_t,
+            )
+        } != 0
+        {
+            return reply.error(errno(&io::Error::last_os_error()));
+        }
+        let meta = tri!(reply, std::fs::symlink_metadata(&path));
+        let ino = m.link(parent, name, Kind::Special);
         reply.entry(&TTL, &attr(ino, &meta), 0);
     }
 
@@ -359,6 +411,7 @@ impl Filesystem for PassFs {
             let t = match kind {
                 Kind::Dir => FileType::Directory,
                 Kind::File => FileType::RegularFile,
+                Kind::Special => FileType::Socket,
             };
             all.push((child, t, name));
         }

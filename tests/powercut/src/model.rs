@@ -37,6 +37,9 @@ pub enum Tear {
 pub enum Kind {
     File,
     Dir,
+    /// A socket or other special file: passed through, never durable (it
+    /// does not survive a cut).
+    Special,
 }
 
 /// Where a currently linked inode lives.
@@ -122,6 +125,7 @@ impl Model {
                         let data = std::fs::read(m.path(ino)?)?;
                         m.durable_data.insert(ino, data);
                     }
+                    Kind::Special => {}
                 }
             }
             m.sync_dir(dir)?;
@@ -211,10 +215,13 @@ impl Model {
         let mut out = Vec::new();
         for e in std::fs::read_dir(self.path(dir)?)? {
             let e = e?;
-            let kind = if e.file_type()?.is_dir() {
+            let t = e.file_type()?;
+            let kind = if t.is_dir() {
                 Kind::Dir
-            } else {
+            } else if t.is_file() {
                 Kind::File
+            } else {
+                Kind::Special
             };
             out.push((e.file_name(), kind));
         }
@@ -299,7 +306,7 @@ impl Model {
                             data: Some(data),
                         });
                     }
-                    None => {}
+                    Some(Kind::Special) | None => {}
                 }
             }
         }

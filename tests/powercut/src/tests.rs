@@ -195,3 +195,22 @@ fn unsynced_pages_are_torn_one_page_at_a_time() {
     }
     assert!(kept > 0 && lost > 0, "kept {kept}, lost {lost}");
 }
+
+#[test]
+fn a_unix_socket_bound_on_the_filesystem_accepts_connections_and_vanishes_on_cut() {
+    let Some((_d, mut fs)) = mounted() else {
+        return;
+    };
+    let p = fs.path().join("d/s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&p).unwrap();
+    let mut client = std::os::unix::net::UnixStream::connect(&p).unwrap();
+    client.write_all(b"x").unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let mut b = [0u8; 1];
+    std::io::Read::read_exact(&mut server, &mut b).unwrap();
+    assert_eq!(&b, b"x");
+    drop((client, server, listener));
+    sync_dir(&fs.path().join("d"));
+    fs.cut_power(Tear::LoseAll).unwrap();
+    assert!(!p.exists());
+}
