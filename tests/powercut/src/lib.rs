@@ -35,8 +35,10 @@
 //!   disks (an fsync that returns before the data is stable), failing fsyncs
 //!   (EIO), a full disk;
 //! - metadata other than names and sizes (modes, times), hard links,
-//!   symbolic links, special files, extended attributes, `mmap`, `O_DIRECT`,
-//!   `RENAME_EXCHANGE`/`RENAME_NOREPLACE`;
+//!   symbolic links, extended attributes, `mmap`, `O_DIRECT`,
+//!   `RENAME_EXCHANGE`/`RENAME_NOREPLACE`; sockets and other special files
+//!   are passed through (the gateway binds a socket in its state directory)
+//!   but never survive a cut;
 //! - the data of a file that was unlinked before the cut but comes back
 //!   (its unlink not made durable): it returns with its last synced data.
 //!
