@@ -301,7 +301,9 @@ async fn power_cuts(durability: &str, default_cuts: usize) -> Option<Outcome> {
         let killed_ms = now_ms();
         gw.kill();
         let cut_seed = rng.next();
-        fs.cut_power(Tear::Pages { seed: cut_seed })
+        // Blocking work (unmount, rebuild, mount): the publisher keeps its
+        // pace on the other worker thread meanwhile.
+        tokio::task::block_in_place(|| fs.cut_power(Tear::Pages { seed: cut_seed }))
             .expect("cut the power");
         upstream.signal("-CONT");
         runs.push(Run {
