@@ -19,6 +19,7 @@ mod buffer;
 mod hostile;
 mod outage;
 mod pipeline;
+mod powercut;
 mod serial;
 mod shutdown;
 mod tls;

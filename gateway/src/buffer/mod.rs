@@ -284,6 +284,14 @@ impl Buffer {
                 source,
             })?;
         }
+        // Directories just created must survive a power cut too: their
+        // names are durable only once their parent is fsynced.
+        for d in [Some(root.as_path()), Some(state_dir), state_dir.parent()]
+            .into_iter()
+            .flatten()
+        {
+            recover::sync_dir(d);
+        }
         let mut report = RecoveryReport::default();
         let cursor = recover::read_cursor(&root);
         let mut lanes = [Lane::Summary, Lane::Alarm].map(|lane| {

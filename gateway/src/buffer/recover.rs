@@ -69,13 +69,21 @@ pub fn write_cursor(root: &Path, c: &Cursor) -> std::io::Result<u64> {
     } else {
         "cursor.b"
     };
+    let path = root.join(name);
+    let created = !path.exists();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(false)
-        .open(root.join(name))?;
+        .open(&path)?;
     f.write_all(&b)?;
     f.sync_data()?;
+    if created {
+        // A new slot's name survives a power cut only once the directory
+        // is fsynced; without it the older slot (an older reservation)
+        // would win after the cut.
+        File::open(root)?.sync_all()?;
+    }
     Ok(CURSOR_LEN as u64)
 }
 
@@ -124,6 +132,15 @@ pub fn write_seq_file(state_dir: &Path, reserved: u64) -> std::io::Result<u64> {
     std::fs::rename(&tmp, state_dir.join(SEQ_FILE))?;
     File::open(state_dir)?.sync_all()?;
     Ok(SEQ_LEN as u64)
+}
+
+/// fsyncs a directory so that the names in it survive a power cut. Errors
+/// are ignored: some filesystems cannot fsync directories, and the next
+/// write reports a real disk problem.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Counts records in a segment file with a seq above `after`.
