@@ -24,7 +24,9 @@
 //! to resend after a reconnect, then records read from disk, then records
 //! still only in memory. A lane's *acked* mark is the highest sequence number
 //! below which every record of the lane is acknowledged; whole segments at or
-//! below it are deleted. The sequence numbers handed to upstream never repeat
+//! below it are deleted once a durable cursor records that mark (never
+//! before: a power cut must not leave a cursor older than the segments on
+//! disk, or acknowledged alarm events would look lost). The sequence numbers handed to upstream never repeat
 //! across restarts: before a record with `seq >= reserved` is published, the
 //! reservation is extended by [`RESERVE_BLOCK`] and made durable (the seq
 //! file, then the cursor); while that fails, nothing at or above the old
@@ -240,6 +242,11 @@ pub struct Buffer {
     next_seq: u64,
     cursor_gen: u64,
     cursor_dirty: bool,
+    /// Per lane, the acknowledged mark of the last cursor made durable:
+    /// segments are deleted only up to it, so that a power cut can never
+    /// leave a cursor older than the segments still on disk (an alarm event
+    /// in a deleted segment would otherwise look lost and be sent again).
+    durable_acked: [u64; 2],
     last_sync_ms: i64,
     last_synced_seq: u64,
     highest_written_seq: u64,
@@ -342,6 +349,7 @@ impl Buffer {
             next_seq,
             cursor_gen: cursor.generation,
             cursor_dirty: true,
+            durable_acked: [cursor.acked_summaries, cursor.acked_alarms],
             last_sync_ms: 0,
             last_synced_seq: max_seen,
             highest_written_seq: max_seen,
@@ -1245,9 +1253,10 @@ impl Buffer {
     }
 
     fn delete_acked_segments(&mut self, lane: usize) {
+        let mark = self.lanes[lane].acked.min(self.durable_acked[lane]);
         let l = &mut self.lanes[lane];
         while l.segments.front().is_some_and(|s| {
-            s.last <= l.acked && (s.records > 0 || l.segments.len() > 1 || l.writer.is_none())
+            s.last <= mark && (s.records > 0 || l.segments.len() > 1 || l.writer.is_none())
         }) {
             let seg = l.segments.pop_front().expect("front exists");
             if l.segments.is_empty() {
@@ -1551,6 +1560,10 @@ impl Buffer {
                     .buffer_bytes_written
                     .fetch_add(n, Ordering::Relaxed);
                 self.cursor_dirty = false;
+                self.durable_acked = [c.acked_summaries, c.acked_alarms];
+                for lane in 0..2 {
+                    self.delete_acked_segments(lane);
+                }
                 Ok(())
             }
             Err(e) => {

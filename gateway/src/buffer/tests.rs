@@ -166,6 +166,7 @@ fn alarms_are_delivered_before_the_summary_backlog_and_are_durable_at_once() {
         vec![s + 5],
         "the summaries were in memory only (outage mode, no outage)"
     );
+    let first_alarm = s + 5;
     let mut b2 = {
         drop(b);
         f.open(&c)
@@ -177,8 +178,12 @@ fn alarms_are_delivered_before_the_summary_backlog_and_are_durable_at_once() {
     b2.push(rec(s + 3, Lane::Alarm), 0);
     assert_eq!(
         deliver(&mut b2, 10, true),
-        vec![s + 3, s, s + 1, s + 2],
-        "alarm first, then summaries oldest first"
+        // The first alarm's acknowledgement never reached a durable cursor
+        // (a crash before any commit), so its segment was kept and it is
+        // sent again (upstream deduplicates by seq); then the new alarm,
+        // then summaries oldest first.
+        vec![first_alarm, s + 3, s, s + 1, s + 2],
+        "alarms first, then summaries oldest first"
     );
 }
 
@@ -468,7 +473,9 @@ fn block_policy_reports_no_room_instead_of_dropping() {
         pushed,
         "everything held back is delivered"
     );
-    b.maintain(0, true);
+    // Room comes back once the cursor that covers the delivered segments is
+    // durable (at the next commit), since segments are deleted only then.
+    b.maintain(10_000, true);
     assert!(b.has_room());
 }
 
@@ -835,4 +842,34 @@ fn damage_to_records_still_held_in_memory_is_not_counted_as_lost() {
     );
     assert!(f.metrics.buffer_corrupt_bytes.load(Ordering::Relaxed) > 0);
     assert_eq!(f.metrics.upstream_dropped_total(), 0, "nothing was lost");
+}
+
+#[test]
+fn an_acknowledged_alarm_stays_accounted_for_until_a_durable_cursor_covers_it() {
+    let f = Fixture::new();
+    let c = cfg(Durability::Outage);
+    let mut b = f.open(&c);
+    b.maintain(0, true);
+    let s = b.next_seq();
+    b.push(rec(s, Lane::Alarm), 0);
+    assert_eq!(deliver(&mut b, 10, true), vec![s]);
+    // A crash before the next commit: the acknowledgement is not in a
+    // durable cursor, so the segment must still be there, or the alarm
+    // would look lost and be sent again under a new seq.
+    drop(b);
+    let mut b = f.open(&c);
+    assert!(
+        b.holds(Lane::Alarm, s),
+        "the acknowledged alarm is accounted for"
+    );
+    // Once a cursor covering it is durable, the segment goes.
+    assert_eq!(deliver(&mut b, 10, true), vec![s]);
+    b.maintain(10_000, true);
+    drop(b);
+    let mut b = f.open(&c);
+    assert!(
+        b.holds(Lane::Alarm, s),
+        "at or below the durable acknowledged mark"
+    );
+    assert_eq!(deliver(&mut b, 10, true), Vec::<u64>::new());
 }
