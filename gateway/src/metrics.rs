@@ -142,7 +142,8 @@ pub struct Metrics {
     pub buffer_quarantined: AtomicU64,
     pub buffer_disk_bytes: AtomicI64,
     pub buffer_memory_bytes: AtomicI64,
-    /// Highest sequence number covered by an fsync.
+    /// Every record at or below this sequence number is durable (fsynced),
+    /// acknowledged or counted as dropped.
     pub buffer_last_synced_seq: AtomicI64,
     /// The first sequence number this run hands out.
     pub buffer_first_seq_this_run: AtomicI64,
@@ -429,7 +430,7 @@ impl Metrics {
             ),
             (
                 "gateway_buffer_last_synced_seq",
-                "Highest sequence number made durable by fsync.",
+                "Every record at or below this sequence number is durable (fsynced), acknowledged by upstream or counted as dropped.",
                 g(&self.buffer_last_synced_seq),
             ),
             (

@@ -8,7 +8,9 @@
 //!
 //! Checked: start-up never fails or loops; every record the gateway had
 //! reported durable (`gateway_buffer_last_synced_seq`) arrives; one seq
-//! never carries two different records; each run starts above every seq
+//! never carries two different records; the alarm of a level sensor that
+//! crosses its limit every 200 ms raises and clears in strict alternation
+//! (no `raised` lost or repeated); each run starts above every seq
 //! seen before; every lost reading was accepted within the mode's loss
 //! window before a cut. `POWERCUT_CUTS` sets the number of cuts per mode
 //! (default 50); `benches/powercut.sh` runs 1,000 and prints the table.
@@ -127,7 +129,7 @@ struct Run {
 
 fn config(source: SocketAddr, upstream: SocketAddr, durability: &str) -> String {
     let extra = format!(
-        "[buffer]\ndurability = \"{durability}\"\ncommit_interval = \"{COMMIT_MS}ms\"\nspill_after = \"{SPILL_AFTER_MS}ms\"\n\n[[sensor]]\nmatch = \"*\"\ndelivery = \"raw\"\n"
+        "[buffer]\ndurability = \"{durability}\"\ncommit_interval = \"{COMMIT_MS}ms\"\nspill_after = \"{SPILL_AFTER_MS}ms\"\n\n[[sensor]]\nmatch = \"*\"\ndelivery = \"raw\"\n\n[[sensor]]\nmatch = \"*/level\"\nwindow = \"1s\"\n[sensor.alarm]\nhigh = 0.5\nhysteresis = 0.1\n"
     );
     gateway_config(source, upstream, &extra)
 }
@@ -170,6 +172,17 @@ impl Traffic {
                         format!(r#"{{"value":{i},"ts":{ts}}}"#),
                     )
                     .await;
+                if i % 5 == 0 {
+                    // A level crossing its alarm limit every 200 ms, so that
+                    // alarm events and the alarm state file see the cuts too.
+                    let level = (i / 100) % 2;
+                    publisher
+                        .send(
+                            "plant/l1/m9/level",
+                            format!(r#"{{"value":{level},"ts":{ts}}}"#),
+                        )
+                        .await;
+                }
                 i += 1;
             }
             publisher
@@ -368,10 +381,36 @@ async fn power_cuts(durability: &str, default_cuts: usize) -> Option<Outcome> {
             }
         }
     }
+    // Alarm events, in seq order, alternate raised and cleared: none lost,
+    // none repeated, whatever the cuts did to the alarm state file.
+    let mut alarm_events = 0;
+    let mut last_event: BTreeMap<String, String> = BTreeMap::new();
+    for msg in by_seq.values().filter(|v| v["kind"] == "alarm") {
+        let id = msg["alarm_id"].as_str().unwrap_or_default().to_owned();
+        let event = msg["event"].as_str().unwrap_or_default().to_owned();
+        let expected = match last_event.get(&id).map(String::as_str) {
+            None | Some("cleared") => "raised",
+            _ => "cleared",
+        };
+        if event != expected {
+            violations.push(format!(
+                "alarm {id}: {event} (seq {}) where {expected} was due: an alarm event was lost or repeated",
+                msg["seq"]
+            ));
+        }
+        last_event.insert(id, event);
+        alarm_events += 1;
+    }
+    if alarm_events < cuts / 4 {
+        violations.push(format!(
+            "only {alarm_events} alarm events over {cuts} cuts: the alarm was not exercised"
+        ));
+    }
     // Losses: readings whose value never arrived, each charged to the cut
     // that lost it, which must have come within the window of its arrival.
     let delivered: BTreeSet<u64> = msgs
         .iter()
+        .filter(|v| v["kind"] == "value")
         .filter_map(|v| v["value"].as_f64())
         .map(|v| v as u64)
         .collect();

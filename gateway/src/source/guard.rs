@@ -368,16 +368,18 @@ impl Guard {
     ) -> io::Result<Guard> {
         if let Some(dir) = path.parent() {
             use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-                Ok(()) => {}
-                Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists
-                        && dir.starts_with(std::env::temp_dir()) =>
-                {
-                    return Err(e)
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(_) => std::fs::create_dir_all(dir)?,
+            // The fallback directory in the temporary directory must be this
+            // run's own: made now, or refused. Under the state directory it
+            // is ours already.
+            let temp = std::env::temp_dir();
+            let fallback = dir.parent() == Some(temp.as_path())
+                && dir
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("sensor-gateway-"));
+            if fallback {
+                std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+            } else {
+                std::fs::create_dir_all(dir)?;
             }
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
@@ -688,6 +690,34 @@ mod tests {
         let mut bounds = Boundaries::default();
         bounds.feed(&a[..10]).unwrap();
         assert!(!bounds.at_boundary());
+    }
+
+    #[test]
+    fn the_guard_binds_again_in_an_existing_state_directory() {
+        let dir = std::env::temp_dir().join(format!("guard-test-{}", std::process::id()));
+        let path = socket_path(&dir, 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let broker = BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1,
+            };
+            let metrics = Arc::new(Metrics::new());
+            for _ in 0..2 {
+                let g = Guard::bind(
+                    path.clone(),
+                    broker.clone(),
+                    100,
+                    "s".into(),
+                    metrics.clone(),
+                );
+                assert!(g.is_ok(), "a restart binds again: {:?}", g.err());
+            }
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
