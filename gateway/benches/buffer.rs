@@ -15,7 +15,7 @@ use std::time::Instant;
 use sensor_gateway::buffer::{segment, Buffer};
 use sensor_gateway::config::{BufferConfig, Durability, WhenFull};
 use sensor_gateway::metrics::Metrics;
-use sensor_gateway::processor::{Lane, Record};
+use sensor_gateway::model::{Lane, Record};
 
 fn config() -> BufferConfig {
     BufferConfig {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::config::{Config, SensorRule, StatSet};
 use crate::decode::{self, DecodeError, PayloadFormat};
 use crate::metrics::{LogLimiter, Metrics, Reject};
-use crate::model::{Reading, RegistryError, SensorKey, SensorRegistry};
+use crate::model::{Lane, Reading, Record, RegistryError, SensorKey, SensorRegistry};
 use crate::topic::{OutputTemplate, ResolveError, TopicTemplate};
 use crate::window::WindowStats;
 use crate::wire::SerialReading;
@@ -49,34 +49,6 @@ pub enum Input {
     /// runs in the port's task so that one busy port does not stall the
     /// others' framing).
     Serial(Vec<SerialReading>),
-}
-
-/// Delivery lanes: alarms are delivered before summaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
-    Summary = 0,
-    Alarm = 1,
-}
-
-impl Lane {
-    pub fn dir_name(self) -> &'static str {
-        match self {
-            Lane::Summary => "summaries",
-            Lane::Alarm => "alarms",
-        }
-    }
-}
-
-/// What upstream receives: a topic and an encoded payload, numbered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub seq: u64,
-    pub lane: Lane,
-    /// Measurement time the record describes (a summary's window end), ms;
-    /// `buffer.max_age` is measured from it.
-    pub ts_ms: i64,
-    pub topic: String,
-    pub payload: Vec<u8>,
 }
 
 /// How a source's messages are interpreted.

@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 use crate::buffer::Buffer;
 use crate::config::{Config, SourceConfig};
 use crate::metrics::{CommandLogLimiter, Metrics, Throttle};
-use crate::processor::{escaped, Command, CoreSettings, Input, Lane, Processor, Record};
+use crate::model::{Lane, Record};
+use crate::processor::{escaped, Command, CoreSettings, Input, Processor};
 use crate::upstream;
 
 /// How often the core checks for windows to close.

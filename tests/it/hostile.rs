@@ -146,7 +146,7 @@ async fn topic_flood_stays_bounded_and_ages_out() {
 async fn unpublishable_record_is_set_aside_and_delivery_continues() {
     use sensor_gateway::buffer::Buffer;
     use sensor_gateway::metrics::Metrics;
-    use sensor_gateway::processor::{Lane, Record};
+    use sensor_gateway::model::{Lane, Record};
 
     let source = Broker::start(BrokerKind::Rumqttd).await;
     let upstream = Broker::start(BrokerKind::Rumqttd).await;

@@ -57,7 +57,7 @@ use std::sync::Arc;
 
 use crate::config::{BufferConfig, Durability, WhenFull};
 use crate::metrics::{Metrics, Throttle};
-use crate::processor::{Lane, Record};
+use crate::model::{Lane, Record};
 use segment::{Body, Parsed, HEADER_LEN, RECORD_HEADER_LEN};
 
 /// How far a durable sequence reservation reaches ahead.

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use super::segment::{self, Parsed};
 use super::{RecoveryReport, SegInfo};
 use crate::metrics::Metrics;
-use crate::processor::Lane;
+use crate::model::Lane;
 
 const CURSOR_MAGIC: [u8; 8] = *b"SGWCUR\r\n";
 const CURSOR_LEN: usize = 44;

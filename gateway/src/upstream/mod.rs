@@ -34,7 +34,8 @@ use crate::backoff::Backoff;
 use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
 use crate::metrics::{CommandLogLimiter, CommandReject, Metrics};
-use crate::processor::{Command, Record};
+use crate::model::Record;
+use crate::processor::Command;
 
 /// What the link task reports to the sink.
 #[derive(Debug)]

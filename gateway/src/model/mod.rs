@@ -8,6 +8,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod record;
+
+pub use record::{Lane, Record};
+
 /// A compact handle to a sensor interned in a [`SensorRegistry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SensorKey(pub u32);
