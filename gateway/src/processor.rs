@@ -18,16 +18,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{Config, SensorRule, StatSet};
+use crate::config::{SensorRule, StatSet};
 use crate::decode::{self, DecodeError, PayloadFormat};
 use crate::metrics::{LogLimiter, Metrics, Reject};
-use crate::model::{Lane, Reading, Record, RegistryError, SensorKey, SensorRegistry};
+use crate::model::payload::{Envelope, Header, Labels, RecordKind, SummaryBody, SCHEMA};
+use crate::model::{Reading, Record, RegistryError, SensorKey, SensorRegistry};
 use crate::topic::{OutputTemplate, ResolveError, TopicTemplate};
 use crate::window::WindowStats;
 use crate::wire::SerialReading;
-
-/// Version of the summary JSON layout; bumped on any incompatible change.
-pub const SUMMARY_SCHEMA: u32 = 1;
 
 /// One message as a source received it.
 #[derive(Debug, Clone)]
@@ -58,7 +56,8 @@ pub struct SourceSpec {
     pub payload: PayloadFormat,
 }
 
-/// Settings of the core, extracted from [`Config`].
+/// Settings of the core, resolved from the configuration by the runtime
+/// (`CoreSettings::from_config` lives there: the core never sees a `Config`).
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
     pub gateway_id: String,
@@ -82,42 +81,8 @@ pub struct CoreSettings {
     pub value_topic: OutputTemplate,
 }
 
-impl CoreSettings {
-    pub fn from_config(config: &Config) -> Self {
-        CoreSettings {
-            gateway_id: config.gateway.id.clone(),
-            sources: config
-                .sources
-                .iter()
-                .map(|s| match s {
-                    crate::config::SourceConfig::Mqtt(m) => Some(SourceSpec {
-                        template: m.template.clone(),
-                        payload: m.payload.clone(),
-                    }),
-                    crate::config::SourceConfig::Serial(_) => None,
-                })
-                .collect(),
-            rules: config.sensors.clone(),
-            default_window_ms: config.pipeline.default_window.as_millis() as i64,
-            allowed_lateness_ms: config.pipeline.allowed_lateness.as_millis() as i64,
-            max_sensors: config.pipeline.max_sensors,
-            max_payload_bytes: config.pipeline.max_payload_bytes,
-            retire_after_ms: config.pipeline.retire_after.map(duration_ms),
-            max_future_skew_ms: duration_ms(config.pipeline.max_future_skew),
-            max_event_age_ms: duration_ms(config.pipeline.max_event_age),
-            summary_topic: config.upstream.summary_topic.clone(),
-            alarm_topic: config.upstream.alarm_topic.clone(),
-            value_topic: config.upstream.value_topic.clone(),
-        }
-    }
-}
-
 /// The shortest default silence before a sensor is retired.
 pub const MIN_RETIRE_AFTER_MS: i64 = 60_000;
-/// A duration in ms, saturated to `i64`.
-fn duration_ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// Per-sensor state. Windows are few (the current one and those still within
 /// the allowed lateness), so a small vector sorted by start is enough.
@@ -582,23 +547,13 @@ impl Processor {
             state.closed_until_ms = state.closed_until_ms.max(start + window_ms);
         }
         let stats = state.stats;
-        let unit = self.unit_of(key);
         for (start, w) in closing {
-            let seq = self.take_seq();
-            let info = self.registry.info(key);
             let q = |k: usize| {
                 stats.percentiles[k]
                     .then(|| w.quantile(StatSet::QUANTILES[k].0))
                     .flatten()
             };
-            let summary = SummaryJson {
-                schema: SUMMARY_SCHEMA,
-                kind: "summary",
-                gateway: &self.settings.gateway_id,
-                seq,
-                sensor: &info.id,
-                labels: Labels(info),
-                unit: unit.as_deref(),
+            let body = SummaryBody {
                 window_start_ms: start,
                 window_end_ms: start + window_ms,
                 count: w.count,
@@ -621,25 +576,68 @@ impl Processor {
                 first_ts_ms: stats.first_last.then_some(w.first_ts_ms),
                 last_ts_ms: stats.first_last.then_some(w.last_ts_ms),
             };
-            // Serializing plain numbers and strings into a Vec cannot fail.
-            let payload = serde_json::to_vec(&summary).unwrap_or_default();
+            self.emit(
+                key,
+                RecordKind::Summary,
+                None,
+                start + window_ms,
+                |_| body,
+                out,
+            );
             self.metrics
                 .summaries_produced
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            out.push(Record {
-                seq,
-                lane: Lane::Summary,
-                ts_ms: start + window_ms,
-                topic: self
-                    .settings
-                    .summary_topic
-                    .render(&self.settings.gateway_id, info),
-                payload,
-            });
             if self.sensors[key.index()].extra.is_some() {
                 self.analyse_window(key, start, start + window_ms, &w, out);
             }
         }
+    }
+
+    /// The one place a record is made: takes the next seq, writes the
+    /// header every payload shares (schema, kind, event, gateway, seq,
+    /// sensor, labels, unit) before the fields of its kind (`body`, given the
+    /// seq), renders the kind's topic and appends the record to `out`.
+    /// Returns the seq.
+    fn emit<B: Serialize>(
+        &mut self,
+        key: SensorKey,
+        kind: RecordKind,
+        event: Option<&'static str>,
+        ts_ms: i64,
+        body: impl FnOnce(u64) -> B,
+        out: &mut Vec<Record>,
+    ) -> u64 {
+        let seq = self.take_seq();
+        let unit = self.unit_of(key);
+        let info = self.registry.info(key);
+        let envelope = Envelope {
+            header: Header {
+                schema: SCHEMA,
+                kind: kind.name(),
+                event,
+                gateway: &self.settings.gateway_id,
+                seq,
+                sensor: &info.id,
+                labels: Labels(info),
+                unit: unit.as_deref(),
+            },
+            body: body(seq),
+        };
+        // Serializing plain numbers and strings into a Vec cannot fail.
+        let payload = serde_json::to_vec(&envelope).unwrap_or_default();
+        let template = match kind {
+            RecordKind::Summary => &self.settings.summary_topic,
+            RecordKind::Alarm | RecordKind::Anomaly => &self.settings.alarm_topic,
+            RecordKind::Value => &self.settings.value_topic,
+        };
+        out.push(Record {
+            seq,
+            lane: kind.lane(),
+            ts_ms,
+            topic: template.render(&self.settings.gateway_id, info),
+            payload,
+        });
+        seq
     }
 
     fn rejected(&mut self, reason: Reject, what: &str, value: Option<f64>, now_ms: i64) {
@@ -683,70 +681,6 @@ fn reject_sentence(r: Reject) -> &'static str {
         Reject::BadName => {
             "its name has `+`, `#`, `/`, NUL or control characters, or is too long, so it cannot name a sensor or an upstream topic (rename it at the sender)"
         }
-    }
-}
-
-#[derive(Serialize)]
-struct SummaryJson<'a> {
-    schema: u32,
-    kind: &'static str,
-    gateway: &'a str,
-    seq: u64,
-    sensor: &'a str,
-    labels: Labels<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    window_start_ms: i64,
-    window_end_ms: i64,
-    count: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mean: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    std: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    p2p: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    crest: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    skewness: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kurtosis: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    p50: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    p90: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    p95: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    p99: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    slope_per_hour: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    first: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    first_ts_ms: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_ts_ms: Option<i64>,
-}
-
-pub(crate) struct Labels<'a>(pub(crate) &'a crate::model::SensorInfo);
-
-impl Serialize for Labels<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.names.len()))?;
-        for (k, v) in self.0.labels() {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
     }
 }
 

@@ -583,6 +583,43 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// The core's settings, resolved from the configuration here so that the
+/// processor never depends on how a configuration is written.
+impl CoreSettings {
+    pub fn from_config(config: &Config) -> Self {
+        CoreSettings {
+            gateway_id: config.gateway.id.clone(),
+            sources: config
+                .sources
+                .iter()
+                .map(|s| match s {
+                    SourceConfig::Mqtt(m) => Some(crate::processor::SourceSpec {
+                        template: m.template.clone(),
+                        payload: m.payload.clone(),
+                    }),
+                    SourceConfig::Serial(_) => None,
+                })
+                .collect(),
+            rules: config.sensors.clone(),
+            default_window_ms: config.pipeline.default_window.as_millis() as i64,
+            allowed_lateness_ms: config.pipeline.allowed_lateness.as_millis() as i64,
+            max_sensors: config.pipeline.max_sensors,
+            max_payload_bytes: config.pipeline.max_payload_bytes,
+            retire_after_ms: config.pipeline.retire_after.map(duration_ms),
+            max_future_skew_ms: duration_ms(config.pipeline.max_future_skew),
+            max_event_age_ms: duration_ms(config.pipeline.max_event_age),
+            summary_topic: config.upstream.summary_topic.clone(),
+            alarm_topic: config.upstream.alarm_topic.clone(),
+            value_topic: config.upstream.value_topic.clone(),
+        }
+    }
+}
+
+/// A duration in ms, saturated to `i64`.
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;

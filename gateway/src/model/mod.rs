@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub mod payload;
 mod record;
 
 pub use record::{Lane, Record};

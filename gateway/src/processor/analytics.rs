@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Labels, Lane, Processor, Record, SUMMARY_SCHEMA};
+use super::{Processor, Record};
 use crate::alarm::{AlarmEvent, AlarmKind, SensorAlarms, Transition};
 use crate::anomaly::{AnomalyEvent, Baseline};
 use crate::config::Delivery;
 use crate::metrics::CommandReject;
+use crate::model::payload::{AlarmBody, AnomalyBody, RecordKind, ValueBody};
+use crate::model::Lane;
 use crate::model::{Reading, SensorInfo, SensorKey};
 use crate::window::WindowStats;
 
@@ -215,77 +217,6 @@ pub struct PersistedSensor {
     pub baseline: Baseline,
     /// Empty in state files of version 1.
     pub alarm_events: Vec<AlarmLedger>,
-}
-
-#[derive(Serialize)]
-struct AlarmJson<'a> {
-    schema: u32,
-    kind: &'static str,
-    event: &'static str,
-    gateway: &'a str,
-    seq: u64,
-    alarm_id: String,
-    sensor: &'a str,
-    labels: Labels<'a>,
-    #[serde(rename = "type")]
-    alarm_type: &'static str,
-    severity: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    limit: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    ts_ms: i64,
-    since_ms: i64,
-    duration_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peak: Option<f64>,
-    latched: bool,
-    /// The seq of the event that raised this occurrence; acknowledgements
-    /// must name it.
-    occurrence: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    by: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct AnomalyJson<'a> {
-    schema: u32,
-    kind: &'static str,
-    event: &'static str,
-    gateway: &'a str,
-    seq: u64,
-    anomaly_id: String,
-    sensor: &'a str,
-    labels: Labels<'a>,
-    detector: &'static str,
-    feature: &'static str,
-    direction: &'static str,
-    score: f64,
-    limit: f64,
-    value: f64,
-    baseline_mean: f64,
-    baseline_std: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    window_start_ms: i64,
-    window_end_ms: i64,
-}
-
-#[derive(Serialize)]
-struct ValueJson<'a> {
-    schema: u32,
-    kind: &'static str,
-    gateway: &'a str,
-    seq: u64,
-    sensor: &'a str,
-    labels: Labels<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unit: Option<&'a str>,
-    ts_ms: i64,
-    value: f64,
-    reason: &'static str,
 }
 
 impl Processor {
@@ -511,7 +442,6 @@ impl Processor {
         }
         self.alarms_dirty = true;
         for e in events {
-            let seq = self.take_seq();
             let m = &self.metrics;
             match e.transition {
                 Transition::Raised => {
@@ -526,12 +456,18 @@ impl Processor {
                     m.alarms_acknowledged.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // A raise starts an occurrence named by its own seq.
             let occurrence = match (e.transition, &self.sensors[key.index()].extra) {
-                (Transition::Raised, _) => seq,
-                (_, Some(extra)) => current_occurrence(&extra.ledger, e.kind),
-                (_, None) => 0,
+                (Transition::Raised, _) => None,
+                (_, Some(extra)) => Some(current_occurrence(&extra.ledger, e.kind)),
+                (_, None) => Some(0),
             };
-            let rec = self.alarm_record(key, e, latched, occurrence, seq);
+            let seq = self.emit_alarm_event(key, e, latched, occurrence, out);
+            let occurrence = occurrence.unwrap_or(seq);
+            // `emit` just pushed the event's record.
+            let Some(rec) = out.last() else {
+                continue;
+            };
             let emitted = EmittedAlarmEvent {
                 seq,
                 occurrence,
@@ -563,63 +499,52 @@ impl Processor {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             }
-            out.push(rec);
         }
     }
 
-    /// Encodes an alarm event as the record `seq`.
-    fn alarm_record(
-        &self,
+    /// Emits an alarm event and returns its seq. `occurrence` is `None` for
+    /// a raise: its own seq.
+    fn emit_alarm_event(
+        &mut self,
         key: SensorKey,
         e: &AlarmEvent,
         latched: bool,
-        occurrence: u64,
-        seq: u64,
-    ) -> Record {
-        let unit = self.unit_of(key);
-        let info = self.registry.info(key);
-        let payload = AlarmJson {
-            schema: SUMMARY_SCHEMA,
-            kind: "alarm",
-            event: e.transition.name(),
-            gateway: &self.settings.gateway_id,
-            seq,
-            alarm_id: format!("{}:{}", info.id, e.kind.name()),
-            sensor: &info.id,
-            labels: Labels(info),
-            alarm_type: e.kind.name(),
-            severity: e.severity.name(),
-            value: e.value,
-            limit: e.limit,
-            unit: unit.as_deref(),
-            ts_ms: e.ts_ms,
-            since_ms: e.since_ms,
-            duration_ms: e.duration_ms,
-            peak: e.peak.filter(|p| p.is_finite()),
-            latched,
-            occurrence,
-            by: e.by.as_deref(),
-        };
+        occurrence: Option<u64>,
+        out: &mut Vec<Record>,
+    ) -> u64 {
+        let alarm_id = format!("{}:{}", self.registry.info(key).id, e.kind.name());
+        let event = e.transition.name();
+        let seq = self.emit(
+            key,
+            RecordKind::Alarm,
+            Some(event),
+            e.ts_ms,
+            |seq| AlarmBody {
+                alarm_id: alarm_id.clone(),
+                alarm_type: e.kind.name(),
+                severity: e.severity.name(),
+                value: e.value,
+                limit: e.limit,
+                ts_ms: e.ts_ms,
+                since_ms: e.since_ms,
+                duration_ms: e.duration_ms,
+                peak: e.peak.filter(|p| p.is_finite()),
+                latched,
+                occurrence: occurrence.unwrap_or(seq),
+                by: e.by.as_deref(),
+            },
+            out,
+        );
         tracing::info!(
-            alarm = %payload.alarm_id,
-            event = payload.event,
-            severity = payload.severity,
+            alarm = %alarm_id,
+            event,
+            severity = e.severity.name(),
             value = e.value,
             limit = e.limit,
-            occurrence,
+            occurrence = occurrence.unwrap_or(seq),
             "Alarm."
         );
-        let payload = serde_json::to_vec(&payload).unwrap_or_default();
-        Record {
-            seq,
-            lane: Lane::Alarm,
-            ts_ms: e.ts_ms,
-            topic: self
-                .settings
-                .alarm_topic
-                .render(&self.settings.gateway_id, info),
-            payload,
-        }
+        seq
     }
 
     /// At start-up, after [`Processor::restore`]: every alarm event the
@@ -740,23 +665,21 @@ impl Processor {
         out: &mut Vec<Record>,
     ) {
         self.alarms_dirty = true;
-        let unit = self.unit_of(key);
-        let seq = self.take_seq();
         if e.raised {
             self.metrics
                 .anomalies_raised
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let info = self.registry.info(key);
-        let payload = AnomalyJson {
-            schema: SUMMARY_SCHEMA,
-            kind: "anomaly",
-            event: if e.raised { "raised" } else { "cleared" },
-            gateway: &self.settings.gateway_id,
-            seq,
-            anomaly_id: format!("{}:{}:{}", info.id, e.detector.name(), e.feature.name()),
-            sensor: &info.id,
-            labels: Labels(info),
+        let anomaly_id = format!(
+            "{}:{}:{}",
+            self.registry.info(key).id,
+            e.detector.name(),
+            e.feature.name()
+        );
+        let event = if e.raised { "raised" } else { "cleared" };
+        tracing::info!(anomaly = %anomaly_id, event, score = e.score, "Anomaly.");
+        let body = AnomalyBody {
+            anomaly_id,
             detector: e.detector.name(),
             feature: e.feature.name(),
             direction: if e.upward { "up" } else { "down" },
@@ -765,22 +688,10 @@ impl Processor {
             value: e.value,
             baseline_mean: e.baseline_mean,
             baseline_std: e.baseline_std,
-            unit: unit.as_deref(),
             window_start_ms: start_ms,
             window_end_ms: end_ms,
         };
-        tracing::info!(anomaly = %payload.anomaly_id, event = payload.event, score = e.score, "Anomaly.");
-        let payload = serde_json::to_vec(&payload).unwrap_or_default();
-        out.push(Record {
-            seq,
-            lane: Lane::Alarm,
-            ts_ms: end_ms,
-            topic: self
-                .settings
-                .alarm_topic
-                .render(&self.settings.gateway_id, info),
-            payload,
-        });
+        self.emit(key, RecordKind::Anomaly, Some(event), end_ms, |_| body, out);
     }
 
     fn emit_value(
@@ -791,33 +702,13 @@ impl Processor {
         reason: &'static str,
         out: &mut Vec<Record>,
     ) {
-        let unit = self.unit_of(key);
-        let seq = self.take_seq();
         self.metrics.values_sent.fetch_add(1, Ordering::Relaxed);
-        let info = self.registry.info(key);
-        let payload = ValueJson {
-            schema: SUMMARY_SCHEMA,
-            kind: "value",
-            gateway: &self.settings.gateway_id,
-            seq,
-            sensor: &info.id,
-            labels: Labels(info),
-            unit: unit.as_deref(),
+        let body = ValueBody {
             ts_ms,
             value,
             reason,
         };
-        let payload = serde_json::to_vec(&payload).unwrap_or_default();
-        out.push(Record {
-            seq,
-            lane: Lane::Summary,
-            ts_ms,
-            topic: self
-                .settings
-                .value_topic
-                .render(&self.settings.gateway_id, info),
-            payload,
-        });
+        self.emit(key, RecordKind::Value, None, ts_ms, |_| body, out);
     }
 
     /// Whether alarm state (first) and baselines (second) changed since the

@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use super::*;
+use crate::config::Config;
 use crate::metrics::CommandReject;
+use crate::model::Lane;
 
 const T0: i64 = 1_700_000_000_000;
 const S: i64 = 1000;
@@ -880,4 +882,36 @@ fn the_ledger_of_a_flapping_alarm_is_capped_and_counts_what_it_forgets() {
         .map(|(_, v)| v["event"].as_str().unwrap())
         .collect();
     assert_eq!(got, expected);
+}
+
+#[test]
+fn every_record_kind_starts_with_the_same_header() {
+    let mut c = Core::new();
+    c.reading("l1/m1/vibration", 1.0, T0);
+    c.reading("l1/m1/vibration", 3.1, T0 + 100); // alarm
+    c.reading("l1/m1/level", 5.0, T0 + 200); // value (on_change)
+    c.p.flush_all(&mut c.out); // summaries
+    let kinds: Vec<String> = c
+        .out
+        .iter()
+        .map(|r| {
+            let text = std::str::from_utf8(&r.payload).unwrap();
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            let kind = v["kind"].as_str().unwrap().to_owned();
+            let event = v["event"]
+                .as_str()
+                .map(|e| format!(r#""event":"{e}","#))
+                .unwrap_or_default();
+            let sensor = v["sensor"].as_str().unwrap();
+            let head = format!(
+                r#"{{"schema":1,"kind":"{kind}",{event}"gateway":"gw","seq":{},"sensor":"{sensor}","labels":{{"#,
+                r.seq
+            );
+            assert!(text.starts_with(&head), "{text} does not start with {head}");
+            kind
+        })
+        .collect();
+    for k in ["alarm", "value", "summary"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
+    }
 }

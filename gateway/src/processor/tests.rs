@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::config::Config;
 
 const T0: i64 = 1_700_000_000_000;
 
