@@ -421,9 +421,9 @@ async fn process(
                 let now = crate::now_ms();
                 match processor.command(&cmd, now, &mut out) {
                     Err(e) => {
-                        saver.metrics.reject_command(e.reason);
-                        if let Some(suppressed) = command_log.allow(e.reason, now) {
-                            tracing::warn!(alarm_id = %escaped(&cmd.alarm_id), by = %escaped(&cmd.by), reason = e.reason.name(), suppressed_since_last = suppressed, error = %e, "Command rejected; counted in gateway_commands_rejected_total.");
+                        saver.metrics.reject_command(e.reason());
+                        if let Some(suppressed) = command_log.allow(e.reason(), now) {
+                            tracing::warn!(alarm_id = %escaped(&cmd.alarm_id), by = %escaped(&cmd.by), reason = e.reason().name(), suppressed_since_last = suppressed, error = %e, "Command rejected; counted in gateway_commands_rejected_total.");
                         }
                     }
                     Ok(_) => {

@@ -77,20 +77,58 @@ impl Extra {
     }
 }
 
-/// Why a command was not obeyed: the counted reason and a sentence in which
-/// outsider text is already escaped and truncated.
+/// Why a command was not obeyed. [`CommandError::reason`] is what is
+/// counted; the message escapes and truncates whatever the sender wrote.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{detail}")]
-pub struct CommandError {
-    pub reason: CommandReject,
-    pub detail: String,
+pub enum CommandError {
+    #[error("retained message ignored: commands must be published without the retain flag")]
+    Retained,
+    #[error("payload of {0} bytes is larger than a command can be ({MAX_COMMAND_BYTES})")]
+    Oversize(usize),
+    #[error("not a command object: {}", escaped(.0))]
+    Malformed(String),
+    #[error("ack without `alarm_id`")]
+    MissingAlarmId,
+    #[error("unknown command {} (known: ack)", escaped(.0))]
+    UnknownCommand(String),
+    #[error("ack of {} without `occurrence`: copy the `occurrence` field of the alarm's event, so that an old ack cannot silence a later occurrence", escaped(.0))]
+    MissingOccurrence(String),
+    #[error("{} is not an alarm id (<sensor>:<type>)", escaped(.0))]
+    NotAnAlarmId(String),
+    #[error("unknown alarm type {}", escaped(.0))]
+    UnknownAlarmType(String),
+    #[error("unknown sensor {}", escaped(.0))]
+    UnknownSensor(String),
+    #[error("sensor {} has no alarms", escaped(.0))]
+    NoAlarms(String),
+    #[error("alarm {} is not active or already acknowledged", escaped(.0))]
+    NotActive(String),
+    #[error("ack of {} names occurrence {named}, but the alarm's latest occurrence is {current}", escaped(.alarm_id))]
+    StaleOccurrence {
+        alarm_id: String,
+        named: u64,
+        current: u64,
+    },
+    #[error("too many commands at once; dropped")]
+    Overloaded,
 }
 
 impl CommandError {
-    fn new(reason: CommandReject, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
+    /// The reason it is counted under.
+    pub fn reason(&self) -> CommandReject {
+        match self {
+            CommandError::Retained => CommandReject::Retained,
+            CommandError::Oversize(_) => CommandReject::Oversize,
+            CommandError::Malformed(_) | CommandError::MissingAlarmId => CommandReject::Malformed,
+            CommandError::UnknownCommand(_) => CommandReject::UnknownCommand,
+            CommandError::MissingOccurrence(_) => CommandReject::MissingOccurrence,
+            CommandError::NotAnAlarmId(_)
+            | CommandError::UnknownAlarmType(_)
+            | CommandError::UnknownSensor(_)
+            | CommandError::NoAlarms(_) => CommandReject::UnknownAlarm,
+            CommandError::NotActive(_) => CommandReject::NotActive,
+            CommandError::StaleOccurrence { .. } => CommandReject::StaleOccurrence,
+            CommandError::Overloaded => CommandReject::Overloaded,
         }
     }
 }
@@ -117,47 +155,22 @@ struct RawCommand {
 /// an old acknowledgement would be obeyed again after each reconnect.
 pub fn parse_command(payload: &[u8], retained: bool) -> Result<Command, CommandError> {
     if retained {
-        return Err(CommandError::new(
-            CommandReject::Retained,
-            "retained message ignored: commands must be published without the retain flag",
-        ));
+        return Err(CommandError::Retained);
     }
     if payload.len() > MAX_COMMAND_BYTES {
-        return Err(CommandError::new(
-            CommandReject::Oversize,
-            format!(
-                "payload of {} bytes is larger than a command can be ({MAX_COMMAND_BYTES})",
-                payload.len()
-            ),
-        ));
+        return Err(CommandError::Oversize(payload.len()));
     }
-    let raw: RawCommand = serde_json::from_slice(payload).map_err(|e| {
-        CommandError::new(
-            CommandReject::Malformed,
-            format!("not a command object: {}", escaped(&e.to_string())),
-        )
-    })?;
+    let raw: RawCommand =
+        serde_json::from_slice(payload).map_err(|e| CommandError::Malformed(e.to_string()))?;
     let command = raw.command.unwrap_or_default();
     if command != "ack" {
-        return Err(CommandError::new(
-            CommandReject::UnknownCommand,
-            format!("unknown command {} (known: ack)", escaped(&command)),
-        ));
+        return Err(CommandError::UnknownCommand(command));
     }
     let Some(alarm_id) = raw.alarm_id else {
-        return Err(CommandError::new(
-            CommandReject::Malformed,
-            "ack without `alarm_id`",
-        ));
+        return Err(CommandError::MissingAlarmId);
     };
     let Some(occurrence) = raw.occurrence else {
-        return Err(CommandError::new(
-            CommandReject::MissingOccurrence,
-            format!(
-                "ack of {} without `occurrence`: copy the `occurrence` field of the alarm's event, so that an old ack cannot silence a later occurrence",
-                escaped(&alarm_id)
-            ),
-        ));
+        return Err(CommandError::MissingOccurrence(alarm_id));
     };
     let mut by = raw.by.unwrap_or_else(|| "unknown".into());
     if let Some((cut, _)) = by.char_indices().nth(MAX_BY_CHARS) {
@@ -372,37 +385,24 @@ impl Processor {
         now_ms: i64,
         out: &mut Vec<Record>,
     ) -> Result<usize, CommandError> {
-        let unknown = |what: String| CommandError::new(CommandReject::UnknownAlarm, what);
-        let (sensor, kind) = cmd.alarm_id.rsplit_once(':').ok_or_else(|| {
-            unknown(format!(
-                "{} is not an alarm id (<sensor>:<type>)",
-                escaped(&cmd.alarm_id)
-            ))
-        })?;
+        let (sensor, kind) = cmd
+            .alarm_id
+            .rsplit_once(':')
+            .ok_or_else(|| CommandError::NotAnAlarmId(cmd.alarm_id.clone()))?;
         let kind = AlarmKind::from_name(kind)
-            .ok_or_else(|| unknown(format!("unknown alarm type {}", escaped(kind))))?;
+            .ok_or_else(|| CommandError::UnknownAlarmType(kind.to_owned()))?;
         let key = self
             .registry
             .lookup_id(sensor)
-            .ok_or_else(|| unknown(format!("unknown sensor {}", escaped(sensor))))?;
+            .ok_or_else(|| CommandError::UnknownSensor(sensor.to_owned()))?;
         let state = &mut self.sensors[key.index()];
+        let no_alarms = || CommandError::NoAlarms(sensor.to_owned());
         let spec = state
             .rule
             .and_then(|i| self.settings.rules[i as usize].alarm.clone())
-            .ok_or_else(|| unknown(format!("sensor {} has no alarms", escaped(sensor))))?;
-        let extra = state
-            .extra
-            .as_mut()
-            .ok_or_else(|| unknown(format!("sensor {} has no alarms", escaped(sensor))))?;
-        let not_active = || {
-            CommandError::new(
-                CommandReject::NotActive,
-                format!(
-                    "alarm {} is not active or already acknowledged",
-                    escaped(&cmd.alarm_id)
-                ),
-            )
-        };
+            .ok_or_else(no_alarms)?;
+        let extra = state.extra.as_mut().ok_or_else(no_alarms)?;
+        let not_active = || CommandError::NotActive(cmd.alarm_id.clone());
         // Checked first: the ledger forgets the occurrence of an alarm that
         // is no longer active once its events are durable.
         if !extra.alarms.states[kind as usize].active {
@@ -410,14 +410,11 @@ impl Processor {
         }
         let current = current_occurrence(&extra.ledger, kind);
         if cmd.occurrence != current {
-            return Err(CommandError::new(
-                CommandReject::StaleOccurrence,
-                format!(
-                    "ack of {} names occurrence {}, but the alarm's latest occurrence is {current}",
-                    escaped(&cmd.alarm_id),
-                    cmd.occurrence
-                ),
-            ));
+            return Err(CommandError::StaleOccurrence {
+                alarm_id: cmd.alarm_id.clone(),
+                named: cmd.occurrence,
+                current,
+            });
         }
         let mut events = Vec::new();
         if !extra

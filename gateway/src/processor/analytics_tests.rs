@@ -212,7 +212,7 @@ fn latched_alarm_stays_until_acknowledged_by_command() {
     assert_eq!(
         c.p.command(&ack, T0 + 3 * S, &mut c.out)
             .unwrap_err()
-            .reason,
+            .reason(),
         CommandReject::NotActive
     );
     let bad = parse_command(
@@ -221,12 +221,12 @@ fn latched_alarm_stays_until_acknowledged_by_command() {
     )
     .unwrap();
     let err = c.p.command(&bad, T0, &mut c.out).unwrap_err();
-    assert_eq!(err.reason, CommandReject::UnknownAlarm);
-    assert!(err.detail.contains("unknown sensor"), "{err}");
+    assert_eq!(err.reason(), CommandReject::UnknownAlarm);
+    assert!(err.to_string().contains("unknown sensor"), "{err}");
     assert_eq!(
         parse_command(br#"{"command":"reboot"}"#, false)
             .unwrap_err()
-            .reason,
+            .reason(),
         CommandReject::UnknownCommand
     );
 }
@@ -620,7 +620,7 @@ fn an_ack_must_name_the_current_occurrence() {
     let err =
         c.p.command(&ack(first), T0 + 4 * S, &mut c.out)
             .unwrap_err();
-    assert_eq!(err.reason, CommandReject::StaleOccurrence);
+    assert_eq!(err.reason(), CommandReject::StaleOccurrence);
     assert!(c.take().is_empty());
     c.p.command(&ack(second), T0 + 4 * S, &mut c.out).unwrap();
 }
@@ -636,7 +636,7 @@ fn retained_missing_occurrence_and_junk_commands_are_refused_by_reason() {
             by: "op".into()
         }
     );
-    let reason = |p: &[u8], retained| parse_command(p, retained).unwrap_err().reason;
+    let reason = |p: &[u8], retained| parse_command(p, retained).unwrap_err().reason();
     assert_eq!(reason(ok, true), CommandReject::Retained);
     assert_eq!(
         reason(br#"{"command":"ack","alarm_id":"a:high"}"#, false),
@@ -668,8 +668,8 @@ fn retained_missing_occurrence_and_junk_commands_are_refused_by_reason() {
         "y".repeat(200)
     );
     let err = parse_command(evil.as_bytes(), false).unwrap_err();
-    assert!(!err.detail.contains('\n'), "{err}");
-    assert!(err.detail.len() < 150, "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+    assert!(err.to_string().len() < 150, "{err}");
 }
 
 #[test]
@@ -831,7 +831,7 @@ fn durable_alarm_events_are_forgotten_while_running() {
         by: "op".into(),
     };
     let err = c.p.command(&ack, T0 + S, &mut c.out).unwrap_err();
-    assert_eq!(err.reason, CommandReject::NotActive);
+    assert_eq!(err.reason(), CommandReject::NotActive);
 
     // An active alarm keeps its occurrence once its events are durable.
     c.reading("l1/m1/vibration", 3.0, T0 + S);

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
-use crate::metrics::{CommandLogLimiter, CommandReject, Metrics};
+use crate::metrics::{CommandLogLimiter, Metrics};
 use crate::model::Record;
 use crate::processor::Command;
 
@@ -378,15 +378,12 @@ async fn drive_link(
                         crate::processor::parse_command(&p.payload, p.retain).and_then(|cmd| {
                             commands
                                 .try_send(cmd)
-                                .map_err(|_| crate::processor::CommandError {
-                                    reason: CommandReject::Overloaded,
-                                    detail: "too many commands at once; dropped".into(),
-                                })
+                                .map_err(|_| crate::processor::CommandError::Overloaded)
                         });
                     if let Err(e) = result {
-                        metrics.reject_command(e.reason);
-                        if let Some(suppressed) = command_log.allow(e.reason, crate::now_ms()) {
-                            tracing::warn!(topic = %command_topic, reason = e.reason.name(), suppressed_since_last = suppressed, error = %e, "Rejected a command; counted in gateway_commands_rejected_total.");
+                        metrics.reject_command(e.reason());
+                        if let Some(suppressed) = command_log.allow(e.reason(), crate::now_ms()) {
+                            tracing::warn!(topic = %command_topic, reason = e.reason().name(), suppressed_since_last = suppressed, error = %e, "Rejected a command; counted in gateway_commands_rejected_total.");
                         }
                     }
                     continue;
