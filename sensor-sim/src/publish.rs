@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::scenario::Scenario;
-use crate::signal;
+use crate::signal::SignalModel;
 
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
@@ -85,6 +85,7 @@ pub async fn publish(
     let mut rng = SmallRng::seed_from_u64(scenario.seed);
     let sensors = scenario.sensor_count();
     let topics: Vec<(String, usize, u32)> = (0..sensors).map(|i| scenario.topic(i)).collect();
+    let models: Vec<SignalModel> = scenario.sensors.iter().map(|s| s.signal()).collect();
     let mut seqs = vec![0u64; sensors as usize];
     let start = Instant::now();
     let mut sent: u64 = 0;
@@ -116,7 +117,7 @@ pub async fn publish(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
-            let value = signal::sample(spec, *machine, elapsed.as_secs_f64(), &mut rng);
+            let value = models[*sensor].sample(*machine, elapsed.as_secs_f64(), &mut rng);
             let payload = if scenario.fault_probability > 0.0
                 && rng.random::<f64>() < scenario.fault_probability
             {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::signal::SignalKind;
+use crate::signal::{LoadCycle, SignalKind, SignalModel, Wear};
 
 /// A simulated plant, as read from a scenario TOML file.
 #[derive(Debug, Clone, Deserialize)]
@@ -152,7 +152,27 @@ impl Scenario {
 }
 
 impl SensorSpec {
-    pub fn wear_start(&self) -> Option<Duration> {
+    /// The signal model this sensor follows.
+    pub fn signal(&self) -> SignalModel {
+        SignalModel {
+            kind: self.kind,
+            base: self.base,
+            noise: self.noise,
+            drift_per_hour: self.drift_per_hour,
+            spike_probability: self.spike_probability,
+            spike_magnitude: self.spike_magnitude,
+            wear: self.wear_start().map(|start| Wear {
+                start,
+                rate: self.wear_rate,
+            }),
+            load: self.load_period().map(|period| LoadCycle {
+                period,
+                amplitude: self.load_amplitude,
+            }),
+        }
+    }
+
+    fn wear_start(&self) -> Option<Duration> {
         self.wear_start
             .as_deref()
             .and_then(|d| humantime::parse_duration(d).ok())
@@ -164,7 +184,7 @@ impl SensorSpec {
             .and_then(|d| humantime::parse_duration(d).ok())
     }
 
-    pub fn load_period(&self) -> Option<Duration> {
+    fn load_period(&self) -> Option<Duration> {
         self.load_period
             .as_deref()
             .and_then(|d| humantime::parse_duration(d).ok())
