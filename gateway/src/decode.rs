@@ -7,6 +7,7 @@
 //! caller can count it under its own name.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -58,23 +59,25 @@ pub struct Decoded {
     pub seq: Option<u64>,
 }
 
-/// Why a payload was not decoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a payload was not decoded. Plain data (`Copy`, nothing allocated): a
+/// rejected payload is counted, and its text is rendered only if someone
+/// displays the error. The field names are the source's `PayloadFormat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("payload is not valid UTF-8")]
     NotUtf8,
     #[error("payload is not a number")]
     NotANumber,
-    #[error("payload is not a JSON object: {0}")]
-    Json(String),
-    #[error("payload has no `{0}` field")]
-    MissingValue(String),
-    #[error("field `{0}` is not a number")]
-    ValueNotNumber(String),
-    #[error("timestamp field `{0}` is neither a number nor an RFC 3339 time")]
-    BadTimestamp(String),
-    #[error("sequence field `{0}` is not a non-negative integer")]
-    BadSequence(String),
+    #[error("payload is not a JSON object (invalid at line {line}, column {column})")]
+    Json { line: usize, column: usize },
+    #[error("payload has no value field")]
+    MissingValue,
+    #[error("the value field is not a number")]
+    ValueNotNumber,
+    #[error("the timestamp field is neither a number nor an RFC 3339 time")]
+    BadTimestamp,
+    #[error("the sequence field is not a non-negative integer")]
+    BadSequence,
 }
 
 impl DecodeError {
@@ -83,11 +86,11 @@ impl DecodeError {
         match self {
             DecodeError::NotUtf8 => "not_utf8",
             DecodeError::NotANumber => "not_a_number",
-            DecodeError::Json(_) => "json_syntax",
-            DecodeError::MissingValue(_) => "missing_value",
-            DecodeError::ValueNotNumber(_) => "value_not_number",
-            DecodeError::BadTimestamp(_) => "bad_timestamp",
-            DecodeError::BadSequence(_) => "bad_sequence",
+            DecodeError::Json { .. } => "json_syntax",
+            DecodeError::MissingValue => "missing_value",
+            DecodeError::ValueNotNumber => "value_not_number",
+            DecodeError::BadTimestamp => "bad_timestamp",
+            DecodeError::BadSequence => "bad_sequence",
         }
     }
 }
@@ -113,21 +116,20 @@ pub fn decode(format: &PayloadFormat, payload: &[u8]) -> Result<Decoded, DecodeE
             timestamp_unit,
             sequence_field,
         } => {
+            let field_fault = Cell::new(None);
             let seed = JsonSeed {
                 value_field,
                 timestamp_field: timestamp_field.as_deref(),
                 unit: *timestamp_unit,
                 sequence_field: sequence_field.as_deref(),
+                field_fault: &field_fault,
             };
             let mut de = serde_json::Deserializer::from_slice(payload);
-            let found = seed.deserialize(&mut de).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => classify_data_error(&e.to_string()),
-                _ => DecodeError::Json(e.to_string()),
-            })?;
-            de.end().map_err(|e| DecodeError::Json(e.to_string()))?;
-            let value = found
-                .value
-                .ok_or_else(|| DecodeError::MissingValue(value_field.clone()))?;
+            let found = seed
+                .deserialize(&mut de)
+                .map_err(|e| field_fault.get().unwrap_or_else(|| json_error(&e)))?;
+            de.end().map_err(|e| json_error(&e))?;
+            let value = found.value.ok_or(DecodeError::MissingValue)?;
             Ok(Decoded {
                 value,
                 ts_ms: found.ts_ms,
@@ -137,22 +139,11 @@ pub fn decode(format: &PayloadFormat, payload: &[u8]) -> Result<Decoded, DecodeE
     }
 }
 
-/// Errors raised inside the visitor travel through serde as custom messages
-/// with a recognisable prefix; this turns them back into variants.
-fn classify_data_error(msg: &str) -> DecodeError {
-    let field = |prefix: &str| {
-        msg.strip_prefix(prefix)
-            .and_then(|rest| rest.split('\u{1f}').next())
-            .map(str::to_owned)
-    };
-    if let Some(f) = field("value\u{1f}") {
-        DecodeError::ValueNotNumber(f)
-    } else if let Some(f) = field("ts\u{1f}") {
-        DecodeError::BadTimestamp(f)
-    } else if let Some(f) = field("seq\u{1f}") {
-        DecodeError::BadSequence(f)
-    } else {
-        DecodeError::Json(msg.to_owned())
+/// A JSON syntax error (or a payload that is not an object), by position.
+fn json_error(e: &serde_json::Error) -> DecodeError {
+    DecodeError::Json {
+        line: e.line(),
+        column: e.column(),
     }
 }
 
@@ -161,6 +152,18 @@ struct JsonSeed<'a> {
     timestamp_field: Option<&'a str>,
     unit: TimestampUnit,
     sequence_field: Option<&'a str>,
+    /// A configured field of the wrong kind: set by the visitor just before
+    /// it stops with an error, so the error is known by variant, not by
+    /// formatting and parsing a message.
+    field_fault: &'a Cell<Option<DecodeError>>,
+}
+
+impl JsonSeed<'_> {
+    /// Stops the visit with `fault`.
+    fn fault<E: serde::de::Error>(&self, fault: DecodeError) -> E {
+        self.field_fault.set(Some(fault));
+        E::custom("a configured field has the wrong kind")
+    }
 }
 
 #[derive(Default)]
@@ -262,7 +265,6 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
-        use serde::de::Error;
         let mut found = Found::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             // A syntax error inside a value propagates as is (`?`); a value
@@ -270,7 +272,7 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
             if key == self.value_field {
                 match map.next_value::<Scalar>()? {
                     Scalar::Num(v) => found.value = Some(v),
-                    _ => return Err(A::Error::custom(format!("value\u{1f}{key}"))),
+                    _ => return Err(self.fault(DecodeError::ValueNotNumber)),
                 }
             } else if Some(key.as_ref()) == self.timestamp_field {
                 let ts = match map.next_value::<Scalar>()? {
@@ -280,7 +282,7 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
                 };
                 match ts {
                     Some(ms) => found.ts_ms = Some(ms),
-                    None => return Err(A::Error::custom(format!("ts\u{1f}{key}"))),
+                    None => return Err(self.fault(DecodeError::BadTimestamp)),
                 }
             } else if Some(key.as_ref()) == self.sequence_field {
                 match map.next_value::<Scalar>()? {
@@ -289,7 +291,7 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
                     {
                         found.seq = Some(n as u64)
                     }
-                    _ => return Err(A::Error::custom(format!("seq\u{1f}{key}"))),
+                    _ => return Err(self.fault(DecodeError::BadSequence)),
                 }
             } else {
                 map.next_value::<IgnoredAny>()?;

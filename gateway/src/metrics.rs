@@ -193,11 +193,21 @@ pub struct SerialSnapshot {
 
 impl SerialPortMetrics {
     pub fn update(&self, decoder: &crate::wire::PortDecoder) {
-        let mut nodes: Vec<_> = decoder.nodes().map(|(n, c)| (n.to_owned(), *c)).collect();
-        nodes.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Ok(mut s) = self.snapshot.lock() {
-            s.counters = decoder.counters().clone();
-            s.nodes = nodes;
+        let Ok(mut s) = self.snapshot.lock() else {
+            return;
+        };
+        s.counters = decoder.counters().clone();
+        // The decoder lists its nodes sorted by id. While the node set is the
+        // one already copied, only the counters change: copy them in place;
+        // names are copied again only when a node was added.
+        let same_nodes = s.nodes.len() == decoder.nodes().len()
+            && s.nodes.iter().zip(decoder.nodes()).all(|(a, b)| a.0 == b.0);
+        if same_nodes {
+            for (slot, (_, c)) in s.nodes.iter_mut().zip(decoder.nodes()) {
+                slot.1 = *c;
+            }
+        } else {
+            s.nodes = decoder.nodes().map(|(n, c)| (n.to_owned(), *c)).collect();
         }
     }
 
@@ -554,7 +564,7 @@ impl Metrics {
         }
         let _ = writeln!(s, "# HELP gateway_serial_dropped_total Frames or lines dropped, by reason.\n# TYPE gateway_serial_dropped_total counter");
         for (p, snap) in ports.iter().zip(&snaps) {
-            for r in crate::wire::Drop::ALL {
+            for r in crate::wire::DropReason::ALL {
                 let _ = writeln!(
                     s,
                     "gateway_serial_dropped_total{{port=\"{}\",reason=\"{}\"}} {}",

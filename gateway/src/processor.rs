@@ -196,11 +196,11 @@ impl Processor {
         let decoded = decode::decode(&spec.payload, &msg.payload).map_err(|e| match e {
             DecodeError::NotUtf8 => Reject::NotUtf8,
             DecodeError::NotANumber => Reject::NotANumber,
-            DecodeError::Json(_) => Reject::JsonSyntax,
-            DecodeError::MissingValue(_) => Reject::MissingValue,
-            DecodeError::ValueNotNumber(_) => Reject::ValueNotNumber,
-            DecodeError::BadTimestamp(_) => Reject::BadTimestamp,
-            DecodeError::BadSequence(_) => Reject::BadSequence,
+            DecodeError::Json { .. } => Reject::JsonSyntax,
+            DecodeError::MissingValue => Reject::MissingValue,
+            DecodeError::ValueNotNumber => Reject::ValueNotNumber,
+            DecodeError::BadTimestamp => Reject::BadTimestamp,
+            DecodeError::BadSequence => Reject::BadSequence,
         })?;
         Ok(Reading {
             sensor,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use sensor_gateway::wire::{
-    frame, json, line, Drop, Format, NodeTime, PortDecoder, PortSettings, Unmapped,
+    frame, json, line, DropReason, Format, NodeTime, PortDecoder, PortSettings, Unmapped,
 };
 
 #[derive(Debug, Default)]
@@ -134,7 +134,7 @@ fn drop_reason(ex: &Example) -> Option<&'static str> {
     });
     let mut out = Vec::new();
     d.push(&mut ex.bytes.clone(), 0, &mut out);
-    Drop::ALL
+    DropReason::ALL
         .iter()
         .find(|r| d.counters().dropped(**r) > 0)
         .map(|r| r.name())

@@ -89,9 +89,11 @@ pub struct PortSettings {
     pub max_nodes: usize,
 }
 
-/// Why bytes were dropped; every drop is counted under one of these.
+/// Why a message (or bytes that never became one) was dropped: every drop
+/// is counted under one of these, and its `name` is the `reason` label of
+/// `gateway_serial_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     Oversize,
     NotUtf8,
     BadChecksum,
@@ -116,79 +118,79 @@ pub enum Drop {
     BadName,
 }
 
-impl Drop {
-    pub const ALL: [Drop; 18] = [
-        Drop::Oversize,
-        Drop::NotUtf8,
-        Drop::BadChecksum,
-        Drop::MissingChecksum,
-        Drop::Syntax,
-        Drop::NotANumber,
-        Drop::TooManyFields,
-        Drop::NotAnObject,
-        Drop::ValueNotNumber,
-        Drop::BadCobs,
-        Drop::BadLength,
-        Drop::BadCrc,
-        Drop::BadVersion,
-        Drop::BadBody,
-        Drop::Duplicate,
-        Drop::TooManyNodes,
-        Drop::Torn,
-        Drop::BadName,
+impl DropReason {
+    pub const ALL: [DropReason; 18] = [
+        DropReason::Oversize,
+        DropReason::NotUtf8,
+        DropReason::BadChecksum,
+        DropReason::MissingChecksum,
+        DropReason::Syntax,
+        DropReason::NotANumber,
+        DropReason::TooManyFields,
+        DropReason::NotAnObject,
+        DropReason::ValueNotNumber,
+        DropReason::BadCobs,
+        DropReason::BadLength,
+        DropReason::BadCrc,
+        DropReason::BadVersion,
+        DropReason::BadBody,
+        DropReason::Duplicate,
+        DropReason::TooManyNodes,
+        DropReason::Torn,
+        DropReason::BadName,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Drop::Oversize => "oversize",
-            Drop::NotUtf8 => "not_utf8",
-            Drop::BadChecksum => "bad_checksum",
-            Drop::MissingChecksum => "missing_checksum",
-            Drop::Syntax => "syntax",
-            Drop::NotANumber => "not_a_number",
-            Drop::TooManyFields => "too_many_fields",
-            Drop::NotAnObject => "not_an_object",
-            Drop::ValueNotNumber => "value_not_number",
-            Drop::BadCobs => "bad_cobs",
-            Drop::BadLength => "bad_length",
-            Drop::BadCrc => "bad_crc",
-            Drop::BadVersion => "bad_version",
-            Drop::BadBody => "bad_body",
-            Drop::Duplicate => "duplicate",
-            Drop::TooManyNodes => "too_many_nodes",
-            Drop::Torn => "torn",
-            Drop::BadName => "bad_name",
+            DropReason::Oversize => "oversize",
+            DropReason::NotUtf8 => "not_utf8",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::MissingChecksum => "missing_checksum",
+            DropReason::Syntax => "syntax",
+            DropReason::NotANumber => "not_a_number",
+            DropReason::TooManyFields => "too_many_fields",
+            DropReason::NotAnObject => "not_an_object",
+            DropReason::ValueNotNumber => "value_not_number",
+            DropReason::BadCobs => "bad_cobs",
+            DropReason::BadLength => "bad_length",
+            DropReason::BadCrc => "bad_crc",
+            DropReason::BadVersion => "bad_version",
+            DropReason::BadBody => "bad_body",
+            DropReason::Duplicate => "duplicate",
+            DropReason::TooManyNodes => "too_many_nodes",
+            DropReason::Torn => "torn",
+            DropReason::BadName => "bad_name",
         }
     }
 
-    fn from_line(e: line::LineError) -> Drop {
+    fn from_line(e: line::LineError) -> DropReason {
         match e {
-            line::LineError::NotUtf8 => Drop::NotUtf8,
-            line::LineError::BadChecksum => Drop::BadChecksum,
-            line::LineError::MissingChecksum => Drop::MissingChecksum,
-            line::LineError::Syntax => Drop::Syntax,
-            line::LineError::NotANumber => Drop::NotANumber,
-            line::LineError::TooManyFields => Drop::TooManyFields,
+            line::LineError::NotUtf8 => DropReason::NotUtf8,
+            line::LineError::BadChecksum => DropReason::BadChecksum,
+            line::LineError::MissingChecksum => DropReason::MissingChecksum,
+            line::LineError::Syntax => DropReason::Syntax,
+            line::LineError::NotANumber => DropReason::NotANumber,
+            line::LineError::TooManyFields => DropReason::TooManyFields,
         }
     }
 
-    fn from_json(e: json::JsonError) -> Drop {
+    fn from_json(e: json::JsonError) -> DropReason {
         match e {
-            json::JsonError::NotUtf8 => Drop::NotUtf8,
-            json::JsonError::Syntax | json::JsonError::BadReserved => Drop::Syntax,
-            json::JsonError::NotAnObject => Drop::NotAnObject,
-            json::JsonError::ValueNotNumber => Drop::ValueNotNumber,
-            json::JsonError::TooManyFields => Drop::TooManyFields,
+            json::JsonError::NotUtf8 => DropReason::NotUtf8,
+            json::JsonError::Syntax | json::JsonError::BadReserved => DropReason::Syntax,
+            json::JsonError::NotAnObject => DropReason::NotAnObject,
+            json::JsonError::ValueNotNumber => DropReason::ValueNotNumber,
+            json::JsonError::TooManyFields => DropReason::TooManyFields,
         }
     }
 
-    fn from_frame(e: frame::FrameError) -> Drop {
+    fn from_frame(e: frame::FrameError) -> DropReason {
         match e {
-            frame::FrameError::Cobs => Drop::BadCobs,
-            frame::FrameError::Length | frame::FrameError::BufferTooSmall => Drop::BadLength,
-            frame::FrameError::Crc => Drop::BadCrc,
-            frame::FrameError::Version(_) => Drop::BadVersion,
-            frame::FrameError::Body => Drop::BadBody,
+            frame::FrameError::Cobs => DropReason::BadCobs,
+            frame::FrameError::Length | frame::FrameError::BufferTooSmall => DropReason::BadLength,
+            frame::FrameError::Crc => DropReason::BadCrc,
+            frame::FrameError::Version(_) => DropReason::BadVersion,
+            frame::FrameError::Body => DropReason::BadBody,
         }
     }
 }
@@ -282,11 +284,11 @@ pub struct PortCounters {
     pub readings: u64,
     /// Channels dropped because no mapping names them (`unmapped = "drop"`).
     pub unmapped: u64,
-    pub dropped: [u64; Drop::ALL.len()],
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
 impl PortCounters {
-    pub fn dropped(&self, reason: Drop) -> u64 {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize]
     }
 
@@ -312,11 +314,82 @@ pub struct PortDecoder {
     /// The `frame` fast path: `node << 8 | channel` to target.
     frame_targets: HashMap<u32, Target, FastHash>,
     nodes: Vec<(Box<str>, NodeState)>,
+    /// Indexes into `nodes`, sorted by node id: kept in order as nodes are
+    /// added (rarely, and at most `max_nodes`), so that `nodes()` lists
+    /// them sorted without sorting on every read.
+    node_order: Vec<usize>,
     node_index: HashMap<Box<str>, usize>,
     frame_node_index: HashMap<u16, usize, FastHash>,
     scratch: String,
     counters: PortCounters,
-    last_drop: Option<(Drop, String)>,
+    last_drop: LastDrop,
+}
+
+/// The most recent drop of a port, as cheap data: the names or message start
+/// it mentions are copied into buffers that are reused, and the sentence for
+/// the log is rendered only when [`PortDecoder::take_last_drop`] asks for it
+/// (at most once per log interval), not for every drop.
+#[derive(Debug, Default)]
+struct LastDrop {
+    /// `None` when taken, or before the first drop.
+    what: Option<(DropReason, DropDetail)>,
+    /// The node id the detail names (already cut to an excerpt where the
+    /// sentence shows one).
+    node: String,
+    /// The start of the dropped message, or the channel name the detail
+    /// names.
+    text: Vec<u8>,
+}
+
+/// What a drop's log sentence says beyond its reason.
+#[derive(Debug, Clone, Copy)]
+enum DropDetail {
+    /// A frame or line longer than `max_frame_bytes`.
+    Oversize,
+    /// A partial frame lost when the port went away.
+    Torn,
+    /// A binary frame that did not decode.
+    Frame(frame::FrameError),
+    /// A text message that did not parse; its start is in `text`.
+    Message,
+    /// The node id in `node` is not a valid name.
+    NodeName(crate::topic::NameError),
+    /// The channel in `text` of the node in `node` cannot name an unmapped
+    /// sensor.
+    ChannelName,
+    /// The node in `node` is beyond `max_nodes`.
+    TooManyNodes { max: usize },
+    /// The node in `node` repeated a sequence number.
+    Duplicate { seq: Option<u32> },
+}
+
+impl LastDrop {
+    fn set(&mut self, reason: DropReason, detail: DropDetail, node: &str, text: &[u8]) {
+        self.what = Some((reason, detail));
+        self.node.clear();
+        self.node.push_str(node);
+        self.text.clear();
+        self.text.extend_from_slice(text);
+    }
+
+    fn render(&self, detail: DropDetail) -> String {
+        let node = self.node.as_str();
+        let text = String::from_utf8_lossy(&self.text);
+        match detail {
+            DropDetail::Oversize => "over-long frame or line".to_owned(),
+            DropDetail::Torn => "partial frame at disconnect".to_owned(),
+            DropDetail::Frame(e) => e.to_string(),
+            DropDetail::Message => text.into_owned(),
+            DropDetail::NodeName(e) => format!("node {node:?}: {e}"),
+            DropDetail::ChannelName => format!(
+                "channel {text:?} of node {node:?}: not a valid name for an unmapped sensor"
+            ),
+            DropDetail::TooManyNodes { max } => {
+                format!("node {node:?} exceeds the bound of {max} nodes")
+            }
+            DropDetail::Duplicate { seq } => format!("node {node:?} repeated sequence {seq:?}"),
+        }
+    }
 }
 
 /// Separates node and channel in lookup keys; cannot occur in names.
@@ -346,11 +419,12 @@ impl PortDecoder {
             targets,
             frame_targets: HashMap::default(),
             nodes: Vec::new(),
+            node_order: Vec::new(),
             node_index: HashMap::new(),
             frame_node_index: HashMap::default(),
             scratch: String::new(),
             counters: PortCounters::default(),
-            last_drop: None,
+            last_drop: LastDrop::default(),
         }
     }
 
@@ -362,14 +436,21 @@ impl PortDecoder {
         &self.counters
     }
 
-    /// Per-node counters, by node id (`""` for a sender without one).
-    pub fn nodes(&self) -> impl Iterator<Item = (&str, &NodeCounters)> {
-        self.nodes.iter().map(|(k, v)| (&**k, &v.counters))
+    /// Per-node counters, by node id (`""` for a sender without one),
+    /// sorted by node id.
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = (&str, &NodeCounters)> {
+        self.node_order.iter().map(|&i| {
+            let (k, v) = &self.nodes[i];
+            (&**k, &v.counters)
+        })
     }
 
-    /// The most recent drop and a short description of it, taken.
-    pub fn take_last_drop(&mut self) -> Option<(Drop, String)> {
-        self.last_drop.take()
+    /// The most recent drop and a short description of it, taken. The
+    /// description is rendered here, so drops that are only counted cost no
+    /// text.
+    pub fn take_last_drop(&mut self) -> Option<(DropReason, String)> {
+        let (reason, detail) = self.last_drop.what.take()?;
+        Some((reason, self.last_drop.render(detail)))
     }
 
     /// Feeds bytes read at `now_ms`; readings are appended to `out`.
@@ -377,7 +458,7 @@ impl PortDecoder {
         self.counters.bytes += data.len() as u64;
         let mut framer = std::mem::replace(&mut self.framer, Framer::new(0, 0));
         framer.push(data, |piece| match piece {
-            Piece::Oversize => self.drop(Drop::Oversize, "over-long frame or line".into()),
+            Piece::Oversize => self.discard(DropReason::Oversize, DropDetail::Oversize, "", &[]),
             Piece::Frame(bytes) => self.decode(bytes, now_ms, out),
         });
         self.framer = framer;
@@ -386,13 +467,15 @@ impl PortDecoder {
     /// The port went away: a partial frame is lost.
     pub fn disconnected(&mut self) {
         if self.framer.reset() {
-            self.drop(Drop::Torn, "partial frame at disconnect".into());
+            self.discard(DropReason::Torn, DropDetail::Torn, "", &[]);
         }
     }
 
-    fn drop(&mut self, reason: Drop, detail: String) {
+    /// Counts a drop and remembers it for the log (`node` and `text` as
+    /// the detail needs them).
+    fn discard(&mut self, reason: DropReason, detail: DropDetail, node: &str, text: &[u8]) {
         self.counters.dropped[reason as usize] += 1;
-        self.last_drop = Some((reason, detail));
+        self.last_drop.set(reason, detail, node, text);
     }
 
     fn decode(&mut self, bytes: &mut [u8], now_ms: i64, out: &mut Vec<SerialReading>) {
@@ -435,7 +518,7 @@ impl PortDecoder {
                         self.emit_to(&target, ts, f64::from(r.value), out);
                     }
                 }
-                Err(e) => self.drop(Drop::from_frame(e), e.to_string()),
+                Err(e) => self.discard(DropReason::from_frame(e), DropDetail::Frame(e), "", &[]),
             },
             Format::Line { require_checksum } => match line::parse(bytes, require_checksum) {
                 Ok(Some(l)) => self.deliver(
@@ -447,7 +530,12 @@ impl PortDecoder {
                     out,
                 ),
                 Ok(None) => {}
-                Err(e) => self.drop(Drop::from_line(e), excerpt(bytes)),
+                Err(e) => self.discard(
+                    DropReason::from_line(e),
+                    DropDetail::Message,
+                    "",
+                    excerpt(bytes),
+                ),
             },
             Format::Json => match json::parse(bytes) {
                 Ok(Some(l)) => {
@@ -455,7 +543,12 @@ impl PortDecoder {
                     self.deliver(node, l.seq, l.uptime_ms, &l.readings, now_ms, out)
                 }
                 Ok(None) => {}
-                Err(e) => self.drop(Drop::from_json(e), excerpt(bytes)),
+                Err(e) => self.discard(
+                    DropReason::from_json(e),
+                    DropDetail::Message,
+                    "",
+                    excerpt(bytes),
+                ),
             },
         }
     }
@@ -463,7 +556,7 @@ impl PortDecoder {
     /// Delivers the readings of one text message after the name and node
     /// checks. A message is accepted or dropped whole: a node name that is
     /// not a valid name, or a channel name an unmapped sensor id would be
-    /// built from, drops it as [`Drop::BadName`] (as a bad channel value
+    /// built from, drops it as [`DropReason::BadName`] (as a bad channel value
     /// drops it as `not_a_number`), before the node's sequence is observed.
     fn deliver<N: AsRef<str>>(
         &mut self,
@@ -476,20 +569,16 @@ impl PortDecoder {
     ) {
         if !node.is_empty() {
             if let Err(e) = crate::topic::check_name(node) {
-                let detail = format!("node {:?}: {e}", crate::topic::excerpt(node));
-                self.drop(Drop::BadName, detail);
+                let node = crate::topic::excerpt(node);
+                self.discard(DropReason::BadName, DropDetail::NodeName(e), node, &[]);
                 return;
             }
         }
         let mut targets: heapless::Vec<Target, { line::MAX_FIELDS }> = heapless::Vec::new();
         for (name, _) in readings {
             let Some(t) = self.resolve(node, name.as_ref()) else {
-                let detail = format!(
-                    "channel {:?} of node {:?}: not a valid name for an unmapped sensor",
-                    crate::topic::excerpt(name.as_ref()),
-                    node
-                );
-                self.drop(Drop::BadName, detail);
+                let channel = crate::topic::excerpt(name.as_ref()).as_bytes();
+                self.discard(DropReason::BadName, DropDetail::ChannelName, node, channel);
                 return;
             };
             // The parsers bound a message to MAX_FIELDS channels.
@@ -513,19 +602,24 @@ impl PortDecoder {
             return Some(i);
         }
         if self.nodes.len() >= self.settings.max_nodes {
-            self.drop(
-                Drop::TooManyNodes,
-                format!(
-                    "node {:?} exceeds the bound of {} nodes",
-                    crate::topic::excerpt(node),
-                    self.settings.max_nodes
-                ),
+            let max = self.settings.max_nodes;
+            let node = crate::topic::excerpt(node);
+            self.discard(
+                DropReason::TooManyNodes,
+                DropDetail::TooManyNodes { max },
+                node,
+                &[],
             );
             return None;
         }
+        let index = self.nodes.len();
+        let at = self
+            .node_order
+            .partition_point(|&i| &*self.nodes[i].0 < node);
+        self.node_order.insert(at, index);
         self.nodes.push((node.into(), NodeState::default()));
-        self.node_index.insert(node.into(), self.nodes.len() - 1);
-        Some(self.nodes.len() - 1)
+        self.node_index.insert(node.into(), index);
+        Some(index)
     }
 
     /// Runs the node's sequence and clock checks; the event time, or `None`
@@ -551,8 +645,9 @@ impl PortDecoder {
                 Some(fixed_ts.unwrap_or(ts_ms))
             }
             Verdict::Duplicate => {
-                let detail = format!("node {name:?} repeated sequence {seq:?}");
-                self.drop(Drop::Duplicate, detail);
+                let detail = DropDetail::Duplicate { seq };
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                self.last_drop.set(DropReason::Duplicate, detail, name, &[]);
                 None
             }
         }
@@ -642,8 +737,8 @@ impl std::hash::Hasher for IntHasher {
 type FastHash = std::hash::BuildHasherDefault<IntHasher>;
 
 /// The start of a dropped message, for the log.
-fn excerpt(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned()
+fn excerpt(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.len().min(64)]
 }
 
 /// A `u16` in decimal, without allocating.

@@ -104,14 +104,14 @@ fn over_long_input_is_dropped_once_and_the_next_line_survives() {
     stream.extend(b"\na=1\n");
     let out = run(&mut d, &stream, 100);
     assert_eq!(out.len(), 1);
-    assert_eq!(d.counters().dropped(Drop::Oversize), 1);
+    assert_eq!(d.counters().dropped(DropReason::Oversize), 1);
     // The same, in one chunk.
     let mut d = PortDecoder::new(settings(Format::Json));
     let mut stream = vec![b'{'; 1000];
     stream.extend(b"\n{\"a\":1}\n");
     let out = run(&mut d, &stream, 4096);
     assert_eq!(out.len(), 1);
-    assert_eq!(d.counters().dropped(Drop::Oversize), 1);
+    assert_eq!(d.counters().dropped(DropReason::Oversize), 1);
 }
 
 #[test]
@@ -121,11 +121,11 @@ fn a_disconnect_counts_the_torn_frame() {
     }));
     run(&mut d, b"a=1\na=", 64);
     d.disconnected();
-    assert_eq!(d.counters().dropped(Drop::Torn), 1);
+    assert_eq!(d.counters().dropped(DropReason::Torn), 1);
     let out = run(&mut d, b"2\na=3\n", 64);
     // "2" alone is a syntax error: the stream restarted mid-line.
     assert_eq!(out.len(), 1);
-    assert_eq!(d.counters().dropped(Drop::Syntax), 1);
+    assert_eq!(d.counters().dropped(DropReason::Syntax), 1);
 }
 
 #[test]
@@ -150,7 +150,94 @@ fn node_bound_is_enforced() {
     let mut d = PortDecoder::new(s);
     let out = run(&mut d, b"node=a x=1\nnode=b x=1\nnode=c x=1\n", 64);
     assert_eq!(out.len(), 2);
-    assert_eq!(d.counters().dropped(Drop::TooManyNodes), 1);
+    assert_eq!(d.counters().dropped(DropReason::TooManyNodes), 1);
+}
+
+#[test]
+fn nodes_are_listed_sorted_by_id_whatever_order_they_arrive_in() {
+    let mut d = PortDecoder::new(settings(Format::Line {
+        require_checksum: false,
+    }));
+    run(
+        &mut d,
+        b"node=m x=1\nnode=b x=1\nx=1\nnode=z x=1\nnode=b x=2\n",
+        64,
+    );
+    let ids: Vec<&str> = d.nodes().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["", "b", "m", "z"]);
+    assert_eq!(d.nodes().len(), 4);
+    let frames: Vec<u64> = d.nodes().map(|(_, c)| c.frames).collect();
+    assert_eq!(frames, [1, 2, 1, 1]);
+}
+
+/// The log's description of a drop is rendered only when it is taken; it
+/// reads as it always has.
+#[test]
+fn the_last_drop_is_described_when_taken() {
+    fn last(format: Format, max_nodes: usize, bytes: &[u8]) -> Option<(&'static str, String)> {
+        let mut s = settings(format);
+        s.max_nodes = max_nodes;
+        let mut d = PortDecoder::new(s);
+        run(&mut d, bytes, 64);
+        let taken = d.take_last_drop().map(|(r, text)| (r.name(), text));
+        assert_eq!(d.take_last_drop(), None, "taken once");
+        taken
+    }
+    const OVER_LONG: [u8; 201] = {
+        let mut line = [b'x'; 201];
+        line[200] = b'\n';
+        line
+    };
+    let line = Format::Line {
+        require_checksum: false,
+    };
+    let cases: &[(Format, usize, &[u8], &str, &str)] = &[
+        (line, 8, b"temp=hot\n", "not_a_number", "temp=hot"),
+        (Format::Json, 8, b"{\"a\":\n", "syntax", "{\"a\":"),
+        (line, 8, &OVER_LONG, "oversize", "over-long frame or line"),
+        (line, 8, b"x=1\n\x01\x02\x03\n", "syntax", "\u{1}\u{2}\u{3}"),
+        (
+            line,
+            8,
+            b"node=a+b x=1\n",
+            "bad_name",
+            "node \"a+b\": it contains the MQTT wildcard `+` or `#`",
+        ),
+        (
+            line,
+            8,
+            b"node=n1 a+b=1\n",
+            "bad_name",
+            "channel \"a+b\" of node \"n1\": not a valid name for an unmapped sensor",
+        ),
+        (
+            line,
+            1,
+            b"node=a x=1\nnode=b x=1\n",
+            "too_many_nodes",
+            "node \"b\" exceeds the bound of 1 nodes",
+        ),
+        (
+            line,
+            8,
+            b"node=a seq=4 x=1\nnode=a seq=4 x=1\n",
+            "duplicate",
+            "node \"a\" repeated sequence Some(4)",
+        ),
+        (Format::Frame, 8, &[1, 1, 0], "bad_length", ""),
+    ];
+    for (format, max_nodes, bytes, reason, text) in cases {
+        let got = last(*format, *max_nodes, bytes);
+        let (got_reason, got_text) = got.unwrap_or_else(|| panic!("{reason}: no drop"));
+        assert_eq!(got_reason, *reason);
+        if *format == Format::Frame {
+            let expected = frame::decode(&mut [1u8, 1][..]).unwrap_err().to_string();
+            assert_eq!(got_text, expected);
+        } else {
+            assert_eq!(got_text, *text, "{reason}");
+        }
+    }
+    assert_eq!(last(line, 8, b"x=1\n"), None, "nothing dropped");
 }
 
 #[test]
@@ -186,7 +273,7 @@ fn wire_names_with_wildcards_or_controls_are_dropped_as_bad_name() {
         let bytes: String = lines.iter().map(|l| format!("{l}\n")).collect();
         let out = run(&mut d, bytes.as_bytes(), 7);
         let c = d.counters();
-        assert_eq!(c.dropped(Drop::BadName), 6, "{format:?}");
+        assert_eq!(c.dropped(DropReason::BadName), 6, "{format:?}");
         assert_eq!(c.dropped_total(), 6, "{format:?}");
         assert_eq!(c.frames, 1, "only the valid message is accepted");
         let sensors: Vec<&str> = out.iter().map(|r| &*r.sensor).collect();
@@ -377,4 +464,57 @@ proptest! {
             d.push(&mut b, 0, &mut out);
         }
     }
+}
+
+/// The port's metrics follow the decoder's nodes after every read: sorted by
+/// id, counters current, and new nodes listed as they appear.
+#[test]
+fn serial_metrics_list_nodes_sorted_with_current_counters() {
+    let metrics = crate::metrics::Metrics::new();
+    let port = metrics.serial_port("p");
+    let mut d = PortDecoder::new(settings(Format::Line {
+        require_checksum: false,
+    }));
+    let node_frames = |port: &crate::metrics::SerialPortMetrics| -> Vec<(String, u64)> {
+        let snap = port.snapshot();
+        snap.nodes
+            .iter()
+            .map(|(n, c)| (n.clone(), c.frames))
+            .collect()
+    };
+    run(&mut d, b"node=m x=1\nnode=b x=1\n", 64);
+    port.update(&d);
+    assert_eq!(node_frames(&port), [("b".into(), 1), ("m".into(), 1)]);
+    run(&mut d, b"node=m x=1\n", 64);
+    port.update(&d);
+    assert_eq!(node_frames(&port), [("b".into(), 1), ("m".into(), 2)]);
+    run(&mut d, b"node=a x=1\n", 64);
+    port.update(&d);
+    assert_eq!(
+        node_frames(&port),
+        [("a".into(), 1), ("b".into(), 1), ("m".into(), 2)]
+    );
+    // A new decoder (the port was reopened) with other nodes replaces them.
+    let mut d = PortDecoder::new(settings(Format::Line {
+        require_checksum: false,
+    }));
+    run(&mut d, b"node=x x=1\nnode=c x=1\nnode=y x=1\n", 64);
+    port.update(&d);
+    assert_eq!(
+        node_frames(&port),
+        [("c".into(), 1), ("x".into(), 1), ("y".into(), 1)]
+    );
+    let text = metrics.render_prometheus();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gateway_serial_node_frames_total"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "gateway_serial_node_frames_total{port=\"p\",node=\"c\"} 1",
+            "gateway_serial_node_frames_total{port=\"p\",node=\"x\"} 1",
+            "gateway_serial_node_frames_total{port=\"p\",node=\"y\"} 1",
+        ]
+    );
 }
