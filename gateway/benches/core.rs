@@ -1,5 +1,6 @@
 //! Processing-core throughput: raw MQTT messages (topic + JSON payload) in,
-//! window summaries out, on one core, with time passed in.
+//! window summaries out, on one core, with time passed in; and the reject
+//! path, messages whose payloads do not decode (counted, not described).
 //!
 //! Run: cargo bench -p sensor-gateway --bench core
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sensor_gateway::config::Config;
 use sensor_gateway::metrics::Metrics;
+use sensor_gateway::model::Record;
 use sensor_gateway::processor::{CoreSettings, Processor, RawMessage};
 
 const CONFIG: &str = r#"
@@ -63,6 +65,20 @@ fn messages(sensors: usize, n: usize) -> Vec<RawMessage> {
         .collect()
 }
 
+/// A core that has seen every sensor once: all interned, as in steady state.
+fn warm_processor(config: &Config, sensors: usize) -> (Processor, Vec<Record>) {
+    let mut p = Processor::new(
+        CoreSettings::from_config(config),
+        Arc::new(Metrics::new()),
+        1,
+    );
+    let mut out = Vec::new();
+    for m in &messages(sensors, sensors) {
+        p.ingest(m, T0, &mut out);
+    }
+    (p, out)
+}
+
 fn bench_core(c: &mut Criterion) {
     let config = Config::parse(CONFIG, Path::new("bench.toml")).expect("bench config is valid");
     let mut group = c.benchmark_group("core");
@@ -72,19 +88,7 @@ fn bench_core(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(format!("ingest_json_{sensors}_sensors"), |b| {
             b.iter_batched_ref(
-                || {
-                    // Warm: every sensor already interned, as in steady state.
-                    let mut p = Processor::new(
-                        CoreSettings::from_config(&config),
-                        Arc::new(Metrics::new()),
-                        1,
-                    );
-                    let mut out = Vec::new();
-                    for m in &msgs[..sensors] {
-                        p.ingest(m, T0, &mut out);
-                    }
-                    (p, out)
-                },
+                || warm_processor(&config, sensors),
                 |(p, out)| {
                     for m in &msgs {
                         p.ingest(m, m.received_ms, out);
@@ -96,7 +100,44 @@ fn bench_core(c: &mut Criterion) {
             )
         });
     }
+    // The reject path: known sensors, payloads that do not decode.
+    let sensors = 100usize;
+    let n = 100_000;
+    let msgs = rejected_messages(sensors, n);
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function(format!("ingest_rejected_json_{sensors}_sensors"), |b| {
+        b.iter_batched_ref(
+            || warm_processor(&config, sensors),
+            |(p, out)| {
+                for m in &msgs {
+                    p.ingest(m, m.received_ms, out);
+                }
+                out.clear();
+            },
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
+}
+
+/// Messages to known sensors whose payloads fail to decode, a different
+/// way each in turn.
+fn rejected_messages(sensors: usize, n: usize) -> Vec<RawMessage> {
+    const BAD: [&str; 5] = [
+        r#"{"value":"hot","ts":1}"#,
+        r#"{"other":1}"#,
+        r#"{"value":1,"seq":-1}"#,
+        r#"{"value":1,"ts":"yesterday"}"#,
+        "not json",
+    ];
+    messages(sensors, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.payload = BAD[i % BAD.len()].as_bytes().to_vec().into();
+            m
+        })
+        .collect()
 }
 
 criterion_group! {

@@ -6,14 +6,19 @@
 //! Two levels are measured: the format decoder alone (`frame::decode`,
 //! `line::parse`, `json::parse` on pre-split messages) and the whole port
 //! decoder (framing in 4 KiB reads as the serial task does, sequence and
-//! clock checks, channel mapping, readings out). Allocation counts come from
-//! a counting global allocator and are printed before the timings.
+//! clock checks, channel mapping, readings out). The port decoder is also
+//! fed a stream in which every message is damaged (the drop path: counted,
+//! described for the log only when the log asks), and a port's metrics are
+//! updated from a decoder with many nodes, as the serial task does after
+//! every read. Allocation counts come from a counting global allocator and
+//! are printed before the timings.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{BatchSize, Criterion, Throughput};
+use sensor_gateway::metrics::Metrics;
 use sensor_gateway::wire::frame::{self, ChannelReading, Frame};
 use sensor_gateway::wire::{
     json, line, ChannelMap, Format, NodeTime, PortDecoder, PortSettings, SerialReading, Unmapped,
@@ -91,6 +96,32 @@ fn messages(format: Format) -> Vec<Vec<u8>> {
             }
         })
         .collect()
+}
+
+/// The same messages, each damaged so that the port decoder drops it: a
+/// frame with a changed byte (CRC or COBS), a line with a wrong checksum, a
+/// JSON line that is not JSON.
+fn damaged(format: Format) -> Vec<Vec<u8>> {
+    let mut msgs = messages(format);
+    for m in msgs.iter_mut() {
+        match format {
+            Format::Frame => {
+                let i = m.len() / 2;
+                m[i] = m[i].wrapping_add(1).max(1);
+            }
+            Format::Line { .. } => {
+                // `...*hh\r\n`: change the last checksum digit.
+                let i = m.len() - 3;
+                m[i] = if m[i] == b'0' { b'1' } else { b'0' };
+            }
+            Format::Json => {
+                if let Some(i) = m.iter().position(|&b| b == b':') {
+                    m[i] = b'=';
+                }
+            }
+        }
+    }
+    msgs
 }
 
 fn port(format: Format) -> PortDecoder {
@@ -180,13 +211,45 @@ fn report_allocations() {
             d.push(chunk, 1_000, &mut out);
             out.clear();
         }
-        let port = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let accepting = ALLOCATIONS.load(Ordering::Relaxed) - before;
+
+        let mut stream: Vec<u8> = damaged(format).concat();
+        let mut d = port(format);
+        d.push(&mut stream.clone()[..4096], 0, &mut out);
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for chunk in stream[4096..].chunks_mut(4096) {
+            d.push(chunk, 1_000, &mut out);
+        }
+        let dropping = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        assert!(out.is_empty(), "every damaged message is dropped");
         println!(
-            "  {name:<5} decoder {:.3}   port decoder {:.3}",
+            "  {name:<5} decoder {:.3}   port decoder {:.3}   dropping damaged {:.3}",
             decoder as f64 / FRAMES as f64,
-            port as f64 / FRAMES as f64
+            accepting as f64 / FRAMES as f64,
+            dropping as f64 / FRAMES as f64
         );
     }
+}
+
+/// A line port that has seen `nodes` nodes, each of which sent one line.
+fn port_with_nodes(nodes: usize) -> PortDecoder {
+    let mut d = PortDecoder::new(PortSettings {
+        name: "bench".into(),
+        format: Format::Line {
+            require_checksum: false,
+        },
+        max_frame_bytes: 512,
+        time: NodeTime::Ignore,
+        unmapped: Unmapped::Accept,
+        channels: Vec::new(),
+        max_nodes: nodes,
+    });
+    let mut stream: Vec<u8> = (0..nodes)
+        .rev()
+        .flat_map(|n| format!("node=n{n} temp=21.5\n").into_bytes())
+        .collect();
+    d.push(&mut stream, 0, &mut Vec::new());
+    d
 }
 
 fn benches(c: &mut Criterion) {
@@ -221,6 +284,35 @@ fn benches(c: &mut Criterion) {
                 },
                 BatchSize::LargeInput,
             )
+        });
+    }
+    g.throughput(Throughput::Elements(FRAMES as u64));
+    for (name, format) in FORMATS {
+        let stream: Vec<u8> = damaged(format).concat();
+        g.bench_function(format!("{name}/port_damaged"), |b| {
+            let mut out = Vec::new();
+            b.iter_batched_ref(
+                || (port(format), stream.clone()),
+                |(d, s)| {
+                    for chunk in s.chunks_mut(4096) {
+                        d.push(chunk, 1_000, &mut out);
+                    }
+                    black_box(d.counters().dropped_total())
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+
+    // What the serial task does after every read.
+    let mut g = c.benchmark_group("serial_metrics");
+    let metrics = Metrics::new();
+    for nodes in [4usize, 64] {
+        let d = port_with_nodes(nodes);
+        let port = metrics.serial_port(&format!("bench{nodes}"));
+        g.bench_function(format!("update_{nodes}_nodes"), |b| {
+            b.iter(|| port.update(black_box(&d)))
         });
     }
     g.finish();
