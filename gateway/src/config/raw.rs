@@ -106,7 +106,7 @@ pub struct RawAnomaly {
     pub min_relative_std: Option<Spanned<f64>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPipeline {
     pub channel_capacity: Option<Spanned<usize>>,
@@ -146,7 +146,7 @@ pub struct RawTls {
     pub client_key_file: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBuffer {
     pub durability: Option<Spanned<String>>,

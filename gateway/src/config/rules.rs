@@ -1,16 +1,59 @@
-//! Validation of the analytics parts of `[[sensor]]` rules: statistics,
-//! delivery mode, `[sensor.alarm]` and `[sensor.anomaly]`.
+//! `[[sensor]]` rules: the pattern and valid range, window, delivery mode,
+//! `[sensor.alarm]` and `[sensor.anomaly]` (statistics are in `stats.rs`).
 
+use std::fmt::Write;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::diag::{duration_text, ms_text, named, Cx, Named};
 use super::raw::{RawAlarm, RawAnomaly, RawSensorRule};
-use super::{did_you_mean, Cx, StatSet};
+use super::stats::StatSet;
 use crate::alarm::{AlarmKind, AlarmSpec, Delay, RateSpec, Severity, Threshold};
 use crate::anomaly::AnomalySpec;
+
+/// Settings for the sensors whose id matches a glob pattern.
+#[derive(Debug, Clone)]
+pub struct SensorRule {
+    pub pattern: String,
+    pub matcher: globset::GlobMatcher,
+    /// Readings outside `[min, max]` are dropped and counted.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub window: Duration,
+    pub stats: StatSet,
+    pub unit: Option<String>,
+    pub delivery: Delivery,
+    pub alarm: Option<Arc<AlarmSpec>>,
+    pub anomaly: Option<AnomalySpec>,
+}
+
+impl SensorRule {
+    /// The index of the most specific rule whose pattern matches `id`; ties
+    /// go to the rule that comes first in the file.
+    pub fn best(rules: &[SensorRule], id: &str) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, r) in rules.iter().enumerate() {
+            if r.matcher.is_match(id) {
+                let spec = r.specificity();
+                if best.is_none_or(|(b, _)| spec > b) {
+                    best = Some((spec, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// More literal characters means a more specific pattern.
+    pub fn specificity(&self) -> usize {
+        self.pattern
+            .chars()
+            .filter(|c| !matches!(c, '*' | '?' | '[' | ']' | '{' | '}'))
+            .count()
+    }
+}
 
 /// How a sensor's readings go upstream.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,84 +73,137 @@ pub enum Delivery {
 
 impl Delivery {
     pub fn name(&self) -> &'static str {
+        self.mode().name()
+    }
+
+    fn mode(&self) -> DeliveryMode {
         match self {
-            Delivery::Summary => "summary",
-            Delivery::OnChange { .. } => "on_change",
-            Delivery::Raw => "raw",
+            Delivery::Summary => DeliveryMode::Summary,
+            Delivery::OnChange { .. } => DeliveryMode::OnChange,
+            Delivery::Raw => DeliveryMode::Raw,
         }
     }
 }
 
-/// The statistic names a rule may list.
-pub const STAT_NAMES: &[&str] = &[
-    "count",
-    "min",
-    "max",
-    "mean",
-    "std",
-    "rms",
-    "p2p",
-    "crest",
-    "skewness",
-    "kurtosis",
-    "p50",
-    "p90",
-    "p95",
-    "p99",
-    "slope",
-    "first",
-    "last",
-    "first_last",
-];
+/// The `delivery` setting, before its `on_change` settings are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeliveryMode {
+    Summary,
+    OnChange,
+    Raw,
+}
+
+impl DeliveryMode {
+    /// `delivery = "..."`, for messages.
+    fn setting(self) -> String {
+        format!("delivery = {:?}", self.name())
+    }
+}
+
+named!(DeliveryMode, "delivery", suggest = true:
+    Summary => "summary",
+    OnChange => "on_change",
+    Raw => "raw",
+);
+
+/// The alarm's own names (`Severity::name`).
+impl Named for Severity {
+    const SETTING: &'static str = "severity";
+    const ALL: &'static [Self] = &[Severity::Info, Severity::Warning, Severity::Critical];
+
+    fn name(self) -> &'static str {
+        Severity::name(self)
+    }
+}
+
+/// `rate_direction`: whether a falling rate counts too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateDirection {
+    Up,
+    Both,
+}
+
+named!(RateDirection, "rate_direction": Up => "up", Both => "both");
 
 impl Cx<'_> {
-    pub(super) fn stats(&mut self, list: &Option<Spanned<Vec<String>>>) -> StatSet {
-        let Some(list) = list else {
-            return StatSet::DEFAULT;
+    pub(super) fn rule(&mut self, raw: RawSensorRule) -> Option<SensorRule> {
+        let matcher = match globset::GlobBuilder::new(raw.pattern.get_ref())
+            .literal_separator(false)
+            .build()
+        {
+            Ok(g) => Some(g.compile_matcher()),
+            Err(e) => {
+                self.at(
+                    raw.pattern.span(),
+                    format!(
+                        "`{}` is not a valid glob: {}",
+                        raw.pattern.get_ref(),
+                        e.kind()
+                    ),
+                    Some("use `*` for any text, such as \"line1/*/temperature\"".into()),
+                );
+                None
+            }
         };
-        let mut stats = StatSet::NONE;
-        for name in list.get_ref() {
-            match name.as_str() {
-                "count" => {}
-                "min" => stats.min = true,
-                "max" => stats.max = true,
-                "mean" => stats.mean = true,
-                "std" => stats.std = true,
-                "rms" => stats.rms = true,
-                "p2p" => stats.p2p = true,
-                "crest" => stats.crest = true,
-                "skewness" => stats.skewness = true,
-                "kurtosis" => stats.kurtosis = true,
-                "p50" => stats.percentiles[0] = true,
-                "p90" => stats.percentiles[1] = true,
-                "p95" => stats.percentiles[2] = true,
-                "p99" => stats.percentiles[3] = true,
-                "slope" => stats.slope = true,
-                "first" | "last" | "first_last" => stats.first_last = true,
-                other => {
-                    let hint = did_you_mean(other, STAT_NAMES)
-                        .map(|s| format!("did you mean `{s}`?"))
-                        .unwrap_or_else(|| format!("known statistics: {}", STAT_NAMES.join(", ")));
-                    self.at(
-                        list.span(),
-                        format!("unknown statistic `{other}`"),
-                        Some(hint),
-                    );
-                }
+        let min = raw.min.as_ref().map(|m| *m.get_ref());
+        let max = raw.max.as_ref().map(|m| *m.get_ref());
+        if let (Some(lo), Some(hi)) = (&raw.min, &raw.max) {
+            if lo.get_ref() >= hi.get_ref() {
+                self.at(
+                    hi.span(),
+                    format!(
+                        "`max` ({}) must be greater than `min` ({})",
+                        hi.get_ref(),
+                        lo.get_ref()
+                    ),
+                    Some("swap them, or widen the range".into()),
+                );
             }
         }
-        stats
+        for v in [&raw.min, &raw.max].into_iter().flatten() {
+            if !v.get_ref().is_finite() {
+                self.at(v.span(), "a range limit must be a finite number", None);
+            }
+        }
+        let window = self.duration(&raw.window, Duration::from_secs(10));
+        if let Some(w) = &raw.window {
+            if window < Duration::from_millis(100) {
+                self.at(w.span(), "`window` must be at least 100ms", None);
+            }
+        }
+        let stats = self.stats(&raw.stats);
+        let delivery = self.delivery(&raw);
+        let alarm = raw
+            .alarm
+            .as_ref()
+            .map(|a| self.alarm(a, (min, max), raw.unit.as_deref()));
+        let anomaly = raw.anomaly.as_ref().map(|a| {
+            let span = raw.delivery.as_ref().map(|d| d.span());
+            self.anomaly(a, delivery, span)
+        });
+        Some(SensorRule {
+            pattern: raw.pattern.into_inner(),
+            matcher: matcher?,
+            min,
+            max,
+            window,
+            stats,
+            unit: raw.unit,
+            delivery,
+            alarm,
+            anomaly,
+        })
     }
 
     pub(super) fn delivery(&mut self, raw: &RawSensorRule) -> Delivery {
         let mode = raw
             .delivery
             .as_ref()
-            .map(|d| (d.get_ref().as_str(), d.span()));
+            .and_then(|d| Some((self.named(d)?, d.span())));
         let delivery = match mode {
-            None | Some(("summary", _)) => Delivery::Summary,
-            Some(("raw", _)) => Delivery::Raw,
-            Some(("on_change", span)) => {
+            None | Some((DeliveryMode::Summary, _)) => Delivery::Summary,
+            Some((DeliveryMode::Raw, _)) => Delivery::Raw,
+            Some((DeliveryMode::OnChange, span)) => {
                 let deadband = raw.deadband.as_ref().map(|d| *d.get_ref());
                 let deadband_percent = raw.deadband_percent.as_ref().map(|d| *d.get_ref());
                 for d in [&raw.deadband, &raw.deadband_percent].into_iter().flatten() {
@@ -132,15 +228,9 @@ impl Cx<'_> {
                     max_silence_ms,
                 }
             }
-            Some((other, span)) => {
-                let hint = did_you_mean(other, &["summary", "on_change", "raw"])
-                    .map(|s| format!("did you mean `{s}`?"))
-                    .unwrap_or_else(|| "use \"summary\", \"on_change\" or \"raw\"".into());
-                self.at(span, format!("unknown delivery `{other}`"), Some(hint));
-                Delivery::Summary
-            }
         };
         if !matches!(delivery, Delivery::OnChange { .. }) {
+            let on_change = DeliveryMode::OnChange.setting();
             for (name, span) in [
                 ("deadband", raw.deadband.as_ref().map(|d| d.span())),
                 (
@@ -152,27 +242,13 @@ impl Cx<'_> {
                 if let Some(span) = span {
                     self.at(
                         span,
-                        format!("`{name}` applies to `delivery = \"on_change\"` only"),
-                        Some("set `delivery = \"on_change\"` or remove it".into()),
+                        format!("`{name}` applies to `{on_change}` only"),
+                        Some(format!("set `{on_change}` or remove it")),
                     );
                 }
             }
         }
         delivery
-    }
-
-    fn severity(&mut self, v: &Option<Spanned<String>>, default: Severity) -> Severity {
-        match v {
-            None => default,
-            Some(s) => Severity::from_name(s.get_ref()).unwrap_or_else(|| {
-                self.at(
-                    s.span(),
-                    format!("unknown severity `{}`", s.get_ref()),
-                    Some("use \"info\", \"warning\" or \"critical\"".into()),
-                );
-                default
-            }),
-        }
     }
 
     fn delay(&mut self, time: &Option<Spanned<String>>, readings: &Option<Spanned<u32>>) -> Delay {
@@ -275,7 +351,7 @@ impl Cx<'_> {
                 );
             }
             previous = Some((kind, value));
-            let severity = self.severity(&severity, default);
+            let severity = self.choice(&severity, default);
             thresholds.push(Threshold {
                 kind,
                 limit: value,
@@ -302,22 +378,7 @@ impl Cx<'_> {
                     None,
                 );
             }
-            let both = match raw
-                .rate_direction
-                .as_ref()
-                .map(|d| (d.get_ref().as_str(), d.span()))
-            {
-                None | Some(("up", _)) => false,
-                Some(("both", _)) => true,
-                Some((other, span)) => {
-                    self.at(
-                        span,
-                        format!("unknown rate_direction `{other}`"),
-                        Some("use \"up\" or \"both\"".into()),
-                    );
-                    false
-                }
-            };
+            let both = self.choice(&raw.rate_direction, RateDirection::Up) == RateDirection::Both;
             let interval = self.duration(&raw.rate_interval, Duration::from_secs(60));
             if let Some(i) = &raw.rate_interval {
                 if interval < Duration::from_secs(1) {
@@ -328,7 +389,7 @@ impl Cx<'_> {
                 limit_per_min: *r.get_ref(),
                 interval_ms: interval.as_millis() as i64,
                 both_directions: both,
-                severity: self.severity(
+                severity: self.choice(
                     &sev.and_then(|s| s.rate_of_change.clone()),
                     Severity::Warning,
                 ),
@@ -380,7 +441,7 @@ impl Cx<'_> {
             latch: raw.latch.unwrap_or(false),
             rate,
             stale_after_ms,
-            stale_severity: self.severity(&sev.and_then(|s| s.stale.clone()), Severity::Warning),
+            stale_severity: self.choice(&sev.and_then(|s| s.stale.clone()), Severity::Warning),
         };
         Arc::new(spec)
     }
@@ -396,7 +457,10 @@ impl Cx<'_> {
         if delivery != Delivery::Summary {
             self.at(
                 delivery_span.unwrap_or(span),
-                "`[sensor.anomaly]` works on window statistics and needs `delivery = \"summary\"`",
+                format!(
+                    "`[sensor.anomaly]` works on window statistics and needs `{}`",
+                    DeliveryMode::Summary.setting()
+                ),
                 None,
             );
         }
@@ -470,15 +534,57 @@ impl Cx<'_> {
     }
 }
 
-/// The `[sensor.alarm]` part of `Config::render_effective`.
-pub(super) fn render_alarm(s: &mut String, a: &AlarmSpec) {
-    use std::fmt::Write;
+impl SensorRule {
+    /// The rule as `check` prints it.
+    pub(super) fn render(&self, s: &mut String) {
+        let _ = writeln!(s, "[[sensor]]\nmatch = {:?}", self.pattern);
+        if let Some(min) = self.min {
+            let _ = writeln!(s, "min = {min:?}");
+        }
+        if let Some(max) = self.max {
+            let _ = writeln!(s, "max = {max:?}");
+        }
+        let _ = writeln!(
+            s,
+            "window = {:?}\nstats = {:?}",
+            duration_text(self.window),
+            self.stats.names()
+        );
+        if let Some(u) = &self.unit {
+            let _ = writeln!(s, "unit = {u:?}");
+        }
+        let _ = writeln!(s, "delivery = {:?}", self.delivery.name());
+        if let Delivery::OnChange {
+            deadband,
+            deadband_percent,
+            max_silence_ms,
+        } = self.delivery
+        {
+            if let Some(v) = deadband {
+                let _ = writeln!(s, "deadband = {v:?}");
+            }
+            if let Some(v) = deadband_percent {
+                let _ = writeln!(s, "deadband_percent = {v:?}");
+            }
+            if let Some(v) = max_silence_ms {
+                let _ = writeln!(s, "max_silence = {:?}", ms_text(v));
+            }
+        }
+        if let Some(a) = &self.alarm {
+            render_alarm(s, a);
+        }
+        if let Some(a) = &self.anomaly {
+            let _ = writeln!(s, "[sensor.anomaly]\nwarmup_windows = {}\nalpha = {:?}\nz_limit = {:?}\ncusum_k = {:?}\ncusum_h = {:?}\nmin_relative_std = {:?}", a.warmup_windows, a.alpha, a.z_limit, a.cusum_k, a.cusum_h, a.min_relative_std);
+        }
+        s.push('\n');
+    }
+}
+
+/// The `[sensor.alarm]` table as `check` prints it.
+fn render_alarm(s: &mut String, a: &AlarmSpec) {
     let delay = |d: Delay, name: &str| match d {
         Delay::None => String::new(),
-        Delay::Ms(ms) => format!(
-            "{name} = {:?}\n",
-            humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
-        ),
+        Delay::Ms(ms) => format!("{name} = {:?}\n", ms_text(ms)),
         Delay::Readings(n) => format!("{name}_readings = {n}\n"),
     };
     let _ = writeln!(s, "[sensor.alarm]");
@@ -494,20 +600,21 @@ pub(super) fn render_alarm(s: &mut String, a: &AlarmSpec) {
         a.latch
     );
     if let Some(r) = &a.rate {
+        let direction = if r.both_directions {
+            RateDirection::Both
+        } else {
+            RateDirection::Up
+        };
         let _ = writeln!(
             s,
             "rate_of_change = {:?}\nrate_interval = {:?}\nrate_direction = {:?}",
             r.limit_per_min,
-            humantime::format_duration(Duration::from_millis(r.interval_ms as u64)).to_string(),
-            if r.both_directions { "both" } else { "up" }
+            ms_text(r.interval_ms),
+            direction.name()
         );
     }
     if let Some(ms) = a.stale_after_ms {
-        let _ = writeln!(
-            s,
-            "stale_after = {:?}",
-            humantime::format_duration(Duration::from_millis(ms as u64)).to_string()
-        );
+        let _ = writeln!(s, "stale_after = {:?}", ms_text(ms));
     }
     let mut sev: Vec<String> = a
         .thresholds
@@ -515,10 +622,18 @@ pub(super) fn render_alarm(s: &mut String, a: &AlarmSpec) {
         .map(|t| format!("{} = {:?}", t.kind.name(), t.severity.name()))
         .collect();
     if let Some(r) = &a.rate {
-        sev.push(format!("rate_of_change = {:?}", r.severity.name()));
+        sev.push(format!(
+            "{} = {:?}",
+            AlarmKind::Rate.name(),
+            r.severity.name()
+        ));
     }
     if a.stale_after_ms.is_some() {
-        sev.push(format!("stale = {:?}", a.stale_severity.name()));
+        sev.push(format!(
+            "{} = {:?}",
+            AlarmKind::Stale.name(),
+            a.stale_severity.name()
+        ));
     }
     if !sev.is_empty() {
         let _ = writeln!(s, "severity = {{ {} }}", sev.join(", "));

@@ -1,11 +1,30 @@
-//! Validation of `[[source]]` sections with `kind = "serial"`.
+//! `[[source]]` sections with `kind = "serial"`: the line settings and how
+//! the port's bytes are decoded.
 
+use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::diag::{duration_text, named, one_of, Cx, Named};
 use super::raw::RawSerialSource;
-use super::{Cx, SerialSourceConfig};
+use super::sources::SourceKind;
 use crate::wire::{self, ChannelMap, Format, NodeTime, PortSettings, Unmapped};
+
+/// A serial port: the line settings and how its bytes are decoded.
+#[derive(Debug, Clone)]
+pub struct SerialSourceConfig {
+    pub name: String,
+    /// The device; a `/dev/serial/by-id/...` link is followed at every open,
+    /// so a re-plugged adapter is found again under its stable name.
+    pub device: PathBuf,
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
+    pub reopen_backoff_max: Duration,
+    pub port: PortSettings,
+}
 
 /// Parity of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +33,8 @@ pub enum Parity {
     Odd,
     Even,
 }
+
+named!(Parity, "parity": None => "none", Odd => "odd", Even => "even");
 
 /// Flow control of a serial line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +45,48 @@ pub enum FlowControl {
     /// RTS/CTS.
     Hardware,
 }
+
+named!(FlowControl, "flow_control":
+    None => "none",
+    Hardware => "hardware" ["(RTS/CTS)"],
+    Software => "software" ["(XON/XOFF)"],
+);
+
+/// The wire's own names (`Format::name`); `line` is read without a
+/// required checksum, which `checksum` then sets.
+impl Named for Format {
+    const SETTING: &'static str = "serial format";
+    const ALL: &'static [Self] = &[
+        Format::Line {
+            require_checksum: false,
+        },
+        Format::Json,
+        Format::Frame,
+    ];
+    const HINT_TAIL: &'static str = " (docs/serial-protocol.md)";
+    const SUGGEST: bool = true;
+
+    fn name(self) -> &'static str {
+        Format::name(self)
+    }
+}
+
+/// The `checksum` of the `line` format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checksum {
+    Optional,
+    Required,
+}
+
+named!(Checksum, "checksum mode": Optional => "optional", Required => "required");
+
+named!(NodeTime, "node_time":
+    Uptime => "uptime_ms" ["(ms since the node booted)"],
+    UnixMs => "unix_ms" ["(the node has a real-time clock)"],
+    Ignore => "ignore",
+);
+
+named!(Unmapped, "unmapped policy": Accept => "accept", Drop => "drop");
 
 impl Cx<'_> {
     pub(super) fn serial_source(&mut self, raw: RawSerialSource) -> SerialSourceConfig {
@@ -61,7 +124,7 @@ impl Cx<'_> {
                 })
                 .collect();
             if base.is_empty() {
-                "serial".into()
+                SourceKind::Serial.name().into()
             } else {
                 crate::topic::excerpt(&base).to_owned()
             }
@@ -88,94 +151,36 @@ impl Cx<'_> {
                 self.at(b.span(), "`stop_bits` must be 1 or 2", None);
             }
         }
-        let parity = match raw
-            .parity
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None | Some(("none", _)) => Parity::None,
-            Some(("odd", _)) => Parity::Odd,
-            Some(("even", _)) => Parity::Even,
-            Some((other, span)) => {
-                self.at(
-                    span,
-                    format!("unknown parity `{other}`"),
-                    Some("use \"none\", \"odd\" or \"even\"".into()),
-                );
-                Parity::None
-            }
-        };
-        let format = match raw.format.get_ref().as_str() {
-            "line" => Format::Line {
-                require_checksum: false,
-            },
-            "json" => Format::Json,
-            "frame" => Format::Frame,
-            other => {
-                let hint = super::did_you_mean(other, &["line", "json", "frame"])
-                    .map(|s| format!("did you mean `{s}`?"))
-                    .unwrap_or_else(|| {
-                        "use \"line\", \"json\" or \"frame\" (docs/serial-protocol.md)".into()
-                    });
-                self.at(
-                    raw.format.span(),
-                    format!("unknown serial format `{other}`"),
-                    Some(hint),
-                );
-                Format::Line {
-                    require_checksum: false,
-                }
-            }
-        };
+        let parity = self.choice(&raw.parity, Parity::None);
+        let format = self.named(&raw.format).unwrap_or(Format::Line {
+            require_checksum: false,
+        });
         let format = match (&raw.checksum, format) {
             (None, f) => f,
-            (Some(c), Format::Line { .. }) => match c.get_ref().as_str() {
-                "optional" => Format::Line {
-                    require_checksum: false,
+            (Some(c), Format::Line { .. }) => match self.named::<Checksum>(c) {
+                Some(checksum) => Format::Line {
+                    require_checksum: checksum == Checksum::Required,
                 },
-                "required" => Format::Line {
-                    require_checksum: true,
-                },
-                other => {
-                    self.at(
-                        c.span(),
-                        format!("unknown checksum mode `{other}`"),
-                        Some("use \"optional\" or \"required\"".into()),
-                    );
-                    format
-                }
+                None => format,
             },
             (Some(c), f) => {
                 self.at(c.span(), format!("`checksum` applies to the `line` format only; `{}` frames always carry a check (JSON: none)", f.name()), Some("remove `checksum`".into()));
                 f
             }
         };
-        let flow_control = match raw
-            .flow_control
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None | Some(("none", _)) => FlowControl::None,
-            Some(("hardware", _)) => FlowControl::Hardware,
-            Some(("software", span)) => {
-                if format == Format::Frame {
-                    self.at(
-                        span,
-                        "software flow control (XON/XOFF) cannot carry binary frames",
-                        Some("use \"hardware\" (RTS/CTS) or \"none\"".into()),
-                    );
-                }
-                FlowControl::Software
-            }
-            Some((other, span)) => {
+        let flow_control = self.choice(&raw.flow_control, FlowControl::None);
+        if let Some(f) = &raw.flow_control {
+            if flow_control == FlowControl::Software && format == Format::Frame {
                 self.at(
-                    span,
-                    format!("unknown flow_control `{other}`"),
-                    Some("use \"none\", \"hardware\" (RTS/CTS) or \"software\" (XON/XOFF)".into()),
+                    f.span(),
+                    "software flow control (XON/XOFF) cannot carry binary frames",
+                    Some(format!(
+                        "use {}",
+                        one_of(&[FlowControl::Hardware, FlowControl::None])
+                    )),
                 );
-                FlowControl::None
             }
-        };
+        }
         let max_frame_bytes = match &raw.max_line_bytes {
             None => 512,
             Some(m) if format == Format::Frame => {
@@ -196,35 +201,8 @@ impl Cx<'_> {
             }
             Some(m) => *m.get_ref(),
         };
-        let time = match raw
-            .node_time
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None | Some(("uptime_ms", _)) => NodeTime::Uptime,
-            Some(("unix_ms", _)) => NodeTime::UnixMs,
-            Some(("ignore", _)) => NodeTime::Ignore,
-            Some((other, span)) => {
-                self.at(span, format!("unknown node_time `{other}`"), Some("use \"uptime_ms\" (ms since the node booted), \"unix_ms\" (the node has a real-time clock) or \"ignore\"".into()));
-                NodeTime::Uptime
-            }
-        };
-        let unmapped = match raw
-            .unmapped
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span()))
-        {
-            None | Some(("accept", _)) => Unmapped::Accept,
-            Some(("drop", _)) => Unmapped::Drop,
-            Some((other, span)) => {
-                self.at(
-                    span,
-                    format!("unknown unmapped policy `{other}`"),
-                    Some("use \"accept\" or \"drop\"".into()),
-                );
-                Unmapped::Accept
-            }
-        };
+        let time = self.choice(&raw.node_time, NodeTime::Uptime);
+        let unmapped = self.choice(&raw.unmapped, Unmapped::Accept);
         let max_nodes = raw.max_nodes.as_ref().map(|m| *m.get_ref()).unwrap_or(256);
         let mut channels: Vec<ChannelMap> = Vec::new();
         for c in raw.channel.unwrap_or_default() {
@@ -317,60 +295,52 @@ impl Cx<'_> {
     }
 }
 
-/// The serial part of `Config::render_effective`.
-pub(super) fn render(s: &mut String, c: &SerialSourceConfig) {
-    use std::fmt::Write;
-    let p = &c.port;
-    let _ = writeln!(
-        s,
-        "[[source]]\nkind = \"serial\"\nname = {:?}\ndevice = {:?}\nbaud = {}\ndata_bits = {}\nparity = {:?}\nstop_bits = {}\nflow_control = {:?}\nformat = {:?}",
-        c.name,
-        c.device,
-        c.baud,
-        c.data_bits,
-        match c.parity { Parity::None => "none", Parity::Odd => "odd", Parity::Even => "even" },
-        c.stop_bits,
-        match c.flow_control { FlowControl::None => "none", FlowControl::Software => "software", FlowControl::Hardware => "hardware" },
-        p.format.name(),
-    );
-    if let Format::Line { require_checksum } = p.format {
+impl SerialSourceConfig {
+    /// The source as `check` prints it.
+    pub(super) fn render(&self, s: &mut String) {
+        let p = &self.port;
         let _ = writeln!(
             s,
-            "checksum = {:?}",
-            if require_checksum {
-                "required"
-            } else {
-                "optional"
-            }
+            "{}\nname = {:?}\ndevice = {:?}\nbaud = {}\ndata_bits = {}\nparity = {:?}\nstop_bits = {}\nflow_control = {:?}\nformat = {:?}",
+            SourceKind::Serial.header(),
+            self.name,
+            self.device,
+            self.baud,
+            self.data_bits,
+            self.parity.name(),
+            self.stop_bits,
+            self.flow_control.name(),
+            p.format.name(),
         );
-    }
-    if p.format != Format::Frame {
-        let _ = writeln!(s, "max_line_bytes = {}", p.max_frame_bytes);
-    }
-    let _ = writeln!(
-        s,
-        "node_time = {:?}\nunmapped = {:?}\nmax_nodes = {}\nreopen_backoff_max = {:?}",
-        match p.time {
-            NodeTime::Uptime => "uptime_ms",
-            NodeTime::UnixMs => "unix_ms",
-            NodeTime::Ignore => "ignore",
-        },
-        match p.unmapped {
-            Unmapped::Accept => "accept",
-            Unmapped::Drop => "drop",
-        },
-        p.max_nodes,
-        humantime::format_duration(c.reopen_backoff_max).to_string(),
-    );
-    for m in &p.channels {
-        let _ = writeln!(s, "\n[[source.channel]]");
-        if let Some(n) = &m.node {
-            let _ = writeln!(s, "node = {n:?}");
+        if let Format::Line { require_checksum } = p.format {
+            let checksum = if require_checksum {
+                Checksum::Required
+            } else {
+                Checksum::Optional
+            };
+            let _ = writeln!(s, "checksum = {:?}", checksum.name());
         }
-        let _ = writeln!(s, "channel = {:?}\nsensor = {:?}", m.channel, m.sensor);
-        if let Some(u) = &m.unit {
-            let _ = writeln!(s, "unit = {u:?}");
+        if p.format != Format::Frame {
+            let _ = writeln!(s, "max_line_bytes = {}", p.max_frame_bytes);
         }
+        let _ = writeln!(
+            s,
+            "node_time = {:?}\nunmapped = {:?}\nmax_nodes = {}\nreopen_backoff_max = {:?}",
+            p.time.name(),
+            p.unmapped.name(),
+            p.max_nodes,
+            duration_text(self.reopen_backoff_max),
+        );
+        for m in &p.channels {
+            let _ = writeln!(s, "\n[[source.channel]]");
+            if let Some(n) = &m.node {
+                let _ = writeln!(s, "node = {n:?}");
+            }
+            let _ = writeln!(s, "channel = {:?}\nsensor = {:?}", m.channel, m.sensor);
+            if let Some(u) = &m.unit {
+                let _ = writeln!(s, "unit = {u:?}");
+            }
+        }
+        s.push('\n');
     }
-    s.push('\n');
 }

@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::decode::PayloadFormat;
 
 fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
     match Config::parse(text, Path::new("test.toml")) {
@@ -144,12 +147,6 @@ fn missing_sections_are_reported() {
 }
 
 #[test]
-fn line_col_counts_from_one() {
-    assert_eq!(line_col("ab\ncd", 0), (1, 1));
-    assert_eq!(line_col("ab\ncd", 4), (2, 2));
-}
-
-#[test]
 fn default_source_client_ids_name_the_gateway() {
     let c = parse(MINIMAL).unwrap();
     let SourceConfig::Mqtt(m) = &c.sources[0] else {
@@ -184,4 +181,124 @@ fn duplicate_client_ids_are_reported_with_both_lines() {
             .contains(&format!("already used on line {first_line}")),
         "{diags:?}"
     );
+}
+
+/// The messages of the mistakes in `text`.
+fn messages(text: &str) -> Vec<String> {
+    parse(text)
+        .unwrap_err()
+        .into_iter()
+        .map(|d| d.message)
+        .collect()
+}
+
+#[test]
+fn a_failed_output_template_hides_no_other_upstream_mistake() {
+    let text = MINIMAL.replace(
+        "broker = \"127.0.0.1:1884\"",
+        "broker = \"127.0.0.1:1884\"\nsummary_topic = \"x/{nope}/{sensor}\"\ninflight = 0",
+    );
+    let msgs = messages(&text);
+    let found = |start: &str| msgs.iter().any(|m| m.starts_with(start));
+    assert!(
+        found("bad summary_topic") && found("`inflight` must be"),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn a_bad_topic_template_defines_no_labels() {
+    let text = MINIMAL
+        .replace("plant/{line}/{machine}/{sensor}", "plant/{bad")
+        .replace(
+            "broker = \"127.0.0.1:1884\"",
+            "broker = \"127.0.0.1:1884\"\nsummary_topic = \"x/{line}/{sensor}\"",
+        );
+    let msgs = messages(&text);
+    assert!(
+        msgs.iter().any(|m| m.starts_with("bad summary_topic")
+            && m.ends_with("known placeholders: {gateway}, {sensor}")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn every_named_value_renders_and_reads_back() {
+    let text = format!(
+        r#"{MINIMAL}
+[[source]]
+kind = "mqtt"
+name = "us"
+broker = "h:1"
+topic_template = "p/{{sensor}}"
+payload = {{ format = "json", timestamp_unit = "us" }}
+
+[[source]]
+kind = "mqtt"
+name = "n"
+broker = "h:2"
+topic_template = "q/{{sensor}}"
+payload = {{ format = "number" }}
+
+[[source]]
+kind = "serial"
+device = "/dev/ttyS0"
+parity = "even"
+flow_control = "hardware"
+format = "line"
+checksum = "required"
+node_time = "unix_ms"
+unmapped = "drop"
+
+[[source]]
+kind = "serial"
+device = "/dev/ttyS1"
+parity = "odd"
+format = "frame"
+node_time = "ignore"
+
+[[sensor]]
+match = "*"
+stats = ["p90", "first", "crest", "count"]
+delivery = "on_change"
+deadband = 0.5
+
+[[sensor]]
+match = "a/*"
+delivery = "raw"
+[sensor.alarm]
+high = 5.0
+rate_of_change = 1.0
+rate_direction = "both"
+severity = {{ high = "info", rate_of_change = "critical" }}
+
+[buffer]
+durability = "always"
+when_full = "block"
+"#
+    );
+    let c = parse(&text).unwrap();
+    let out = c.render_effective();
+    for line in [
+        "timestamp_unit = \"us\"",
+        "format = \"number\"",
+        "parity = \"even\"",
+        "flow_control = \"hardware\"",
+        "checksum = \"required\"",
+        "node_time = \"unix_ms\"",
+        "unmapped = \"drop\"",
+        "format = \"frame\"",
+        "node_time = \"ignore\"",
+        "stats = [\"count\", \"crest\", \"p90\", \"first_last\"]",
+        "delivery = \"on_change\"",
+        "delivery = \"raw\"",
+        "rate_direction = \"both\"",
+        "severity = { high = \"info\", rate_of_change = \"critical\" }",
+        "durability = \"always\"",
+        "when_full = \"block\"",
+    ] {
+        assert!(out.contains(line), "{line} missing from\n{out}");
+    }
+    let again = parse(&out).unwrap();
+    assert_eq!(again.render_effective(), out);
 }

@@ -1,0 +1,133 @@
+//! What every MQTT connection's settings share, sources and upstream
+//! alike: the broker address, QoS, credentials and client ids (unique
+//! across the file).
+
+use std::fmt;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::diag::Cx;
+
+/// A broker address, `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A user name with its password (empty when not given).
+pub(super) fn credentials(
+    user: Option<String>,
+    password: Option<String>,
+) -> Option<(String, String)> {
+    user.map(|u| (u, password.unwrap_or_default()))
+}
+
+/// The number `check` prints for a QoS.
+pub(super) fn qos_number(q: rumqttc::QoS) -> u8 {
+    q as u8
+}
+
+impl Cx<'_> {
+    pub(super) fn qos(&mut self, v: &Option<Spanned<u8>>, default: rumqttc::QoS) -> rumqttc::QoS {
+        match v.as_ref().map(|q| (*q.get_ref(), q.span())) {
+            None => default,
+            Some((0, _)) => rumqttc::QoS::AtMostOnce,
+            Some((1, _)) => rumqttc::QoS::AtLeastOnce,
+            Some((2, _)) => rumqttc::QoS::ExactlyOnce,
+            Some((n, span)) => {
+                self.at(
+                    span,
+                    format!("QoS {n} does not exist"),
+                    Some("use 0, 1 or 2".into()),
+                );
+                default
+            }
+        }
+    }
+
+    /// The address in `v`; `None` (reported) when it is not one.
+    pub(super) fn broker(&mut self, v: &Spanned<String>, tls: bool) -> Option<BrokerAddr> {
+        let text = v.get_ref().trim();
+        let stripped = text
+            .strip_prefix("mqtts://")
+            .or_else(|| text.strip_prefix("mqtt://"))
+            .or_else(|| text.strip_prefix("tcp://"))
+            .unwrap_or(text);
+        let default_port = if tls { 8883 } else { 1883 };
+        let parsed = match stripped.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .map(|p| (host, p)),
+            Some(_) => None,
+            None if !stripped.is_empty() && !stripped.contains('/') => {
+                Some((stripped, default_port))
+            }
+            None => None,
+        };
+        let addr = parsed.map(|(host, port)| BrokerAddr {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        });
+        if addr.is_none() {
+            self.at(
+                v.span(),
+                format!("`{text}` is not a broker address"),
+                Some(
+                    "write host:port, such as \"127.0.0.1:1883\" or \"broker.plant.local:8883\""
+                        .into(),
+                ),
+            );
+        }
+        addr
+    }
+
+    /// The client id set in `v`, or `default`. A set id is remembered for
+    /// [`Cx::check_client_ids`], a default one only with the span
+    /// `default_at` to point at.
+    pub(super) fn client_id(
+        &mut self,
+        v: Option<Spanned<String>>,
+        default: String,
+        default_at: Option<Range<usize>>,
+    ) -> String {
+        let (id, span) = match v {
+            Some(c) => {
+                let span = c.span();
+                (c.into_inner(), Some(span))
+            }
+            None => (default, default_at),
+        };
+        if let Some(span) = span {
+            self.client_ids.push((id.clone(), span));
+        }
+        id
+    }
+
+    /// Reports client ids used by more than one connection.
+    pub(super) fn check_client_ids(&mut self) {
+        let ids = std::mem::take(&mut self.client_ids);
+        for (i, (id, span)) in ids.iter().enumerate() {
+            if let Some((_, first)) = ids[..i].iter().find(|(other, _)| other == id) {
+                let line = self.line_of(first.start);
+                self.at(
+                    span.clone(),
+                    format!("the MQTT client id `{id}` is already used on line {line}"),
+                    Some("give each source and the upstream its own `client_id`: a broker disconnects the older of two connections with one id, so they would take over each other's session".into()),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The `[upstream]` section: the broker records go to, the output topics,
+//! delivery settings and TLS.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::diag::{duration_text, Cx};
+use super::mqtt::{credentials, qos_number, BrokerAddr};
+use super::raw::{RawTls, RawUpstream};
+use crate::topic::OutputTemplate;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub broker: BrokerAddr,
+    pub client_id: String,
+    pub summary_topic: OutputTemplate,
+    /// Where alarm and anomaly events go.
+    pub alarm_topic: OutputTemplate,
+    /// Where `on_change` and `raw` values go.
+    pub value_topic: OutputTemplate,
+    /// Subscribed for commands (alarm acknowledgements).
+    pub command_topic: String,
+    pub qos: rumqttc::QoS,
+    pub keep_alive: Duration,
+    pub reconnect_backoff_max: Duration,
+    /// QoS 1 publishes awaiting PUBACK at once.
+    pub inflight: u16,
+    pub shutdown_grace: Duration,
+    pub credentials: Option<(String, String)>,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM CA bundle; the system roots are not used, so it is required.
+    pub ca_file: PathBuf,
+    pub client_auth: Option<(PathBuf, PathBuf)>,
+}
+
+impl UpstreamConfig {
+    /// The section as `check` prints it.
+    pub(super) fn render(&self, s: &mut String) {
+        let d = duration_text;
+        let _ = writeln!(
+            s,
+            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
+            self.broker, self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
+        );
+        if let Some(t) = &self.tls {
+            let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
+        }
+    }
+}
+
+impl Cx<'_> {
+    /// Validates `[upstream]`; `labels` are the label names the sources
+    /// define, which output templates may use.
+    pub(super) fn upstream(
+        &mut self,
+        raw: RawUpstream,
+        gateway_id: &str,
+        labels: &[String],
+    ) -> Option<UpstreamConfig> {
+        let tls = match &raw.tls {
+            None => Some(None),
+            Some(t) => self.tls(t).map(Some),
+        };
+        let mut topic = |v: &Option<Spanned<String>>, name: &str, default: &str| {
+            let (text, span) = v
+                .as_ref()
+                .map(|t| (t.get_ref().clone(), t.span()))
+                .unwrap_or_else(|| (default.to_owned(), raw.broker.span()));
+            match OutputTemplate::parse(&text, labels) {
+                Ok(t) if t.max_len(gateway_id) > crate::topic::MAX_TOPIC_BYTES => {
+                    self.at(
+                        span,
+                        format!(
+                            "bad {name}: a rendered topic could be {} bytes, more than MQTT's {}",
+                            t.max_len(gateway_id),
+                            crate::topic::MAX_TOPIC_BYTES
+                        ),
+                        Some("shorten the template's fixed text".into()),
+                    );
+                    None
+                }
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.at(span, format!("bad {name}: {e}"), None);
+                    None
+                }
+            }
+        };
+        let summary_topic = topic(
+            &raw.summary_topic,
+            "summary_topic",
+            "gateways/{gateway}/summary/{sensor}",
+        );
+        let alarm_topic = topic(
+            &raw.alarm_topic,
+            "alarm_topic",
+            "gateways/{gateway}/alarm/{sensor}",
+        );
+        let value_topic = topic(
+            &raw.value_topic,
+            "value_topic",
+            "gateways/{gateway}/value/{sensor}",
+        );
+        let command_topic = match &raw.command_topic {
+            None => format!("gateways/{gateway_id}/command"),
+            Some(t) => {
+                let text = t.get_ref().replace("{gateway}", gateway_id);
+                if text.is_empty() || text.contains(['+', '#', '{']) {
+                    self.at(t.span(), "`command_topic` must be a plain topic (`{gateway}` is the only placeholder)", Some("for example \"gateways/{gateway}/command\"".into()));
+                }
+                text
+            }
+        };
+        let qos = self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce);
+        if let Some(q) = &raw.qos {
+            if qos != rumqttc::QoS::AtLeastOnce {
+                self.at(q.span(), "upstream QoS must be 1", Some("summaries are delivered at least once: the gateway counts a summary delivered only on the broker's PUBACK".into()));
+            }
+        }
+        let broker = self.broker(&raw.broker, raw.tls.is_some());
+        let client_id = self.client_id(raw.client_id, format!("sensor-gateway-{gateway_id}"), None);
+        let keep_alive = self.duration(&raw.keep_alive, Duration::from_secs(30));
+        let reconnect_backoff_max =
+            self.duration(&raw.reconnect_backoff_max, Duration::from_secs(30));
+        let inflight = self.positive(&raw.inflight, "inflight", 32);
+        let shutdown_grace = self.duration(&raw.shutdown_grace, Duration::from_secs(5));
+        Some(UpstreamConfig {
+            broker: broker?,
+            client_id,
+            summary_topic: summary_topic?,
+            alarm_topic: alarm_topic?,
+            value_topic: value_topic?,
+            command_topic,
+            qos,
+            keep_alive,
+            reconnect_backoff_max,
+            inflight,
+            shutdown_grace,
+            credentials: credentials(raw.username, raw.password),
+            tls: tls?,
+        })
+    }
+
+    /// Validates `[upstream.tls]`; `None` (reported) when it is unusable.
+    fn tls(&mut self, t: &RawTls) -> Option<TlsConfig> {
+        if t.ca_file.is_none() {
+            self.at(
+                0..0,
+                "`[upstream.tls]` needs `ca_file`",
+                Some(
+                    "point it at the PEM file of the CA that signed the broker's certificate"
+                        .into(),
+                ),
+            );
+        }
+        let client_auth = match (&t.client_cert_file, &t.client_key_file) {
+            (Some(c), Some(k)) => Some(Some((
+                PathBuf::from(c.get_ref()),
+                PathBuf::from(k.get_ref()),
+            ))),
+            (None, None) => Some(None),
+            (Some(c), None) => {
+                self.at(
+                    c.span(),
+                    "`client_cert_file` is set without `client_key_file`",
+                    Some("set both or neither".into()),
+                );
+                None
+            }
+            (None, Some(k)) => {
+                self.at(
+                    k.span(),
+                    "`client_key_file` is set without `client_cert_file`",
+                    Some("set both or neither".into()),
+                );
+                None
+            }
+        };
+        Some(TlsConfig {
+            ca_file: PathBuf::from(t.ca_file.as_ref()?.get_ref()),
+            client_auth: client_auth?,
+        })
+    }
+}
