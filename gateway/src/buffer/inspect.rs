@@ -4,8 +4,8 @@
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use super::recover;
-use super::segment::{self, Parsed};
+use super::cursor;
+use super::segment;
 
 /// One lane's contents.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -49,7 +49,7 @@ pub fn root(state_dir: &Path) -> PathBuf {
 
 pub fn status(state_dir: &Path) -> Vec<LaneStatus> {
     let root = root(state_dir);
-    let cursor = recover::read_cursor(&root);
+    let cursor = cursor::read_cursor(&root);
     lanes(&root)
         .into_iter()
         .map(|(name, dir)| {
@@ -64,29 +64,20 @@ pub fn status(state_dir: &Path) -> Vec<LaneStatus> {
                 ..LaneStatus::default()
             };
             for path in segment_files(&dir) {
-                let Ok(buf) = std::fs::read(&path) else {
+                let Ok(meta) = std::fs::metadata(&path) else {
                     continue;
                 };
                 st.segments += 1;
-                st.bytes += buf.len() as u64;
-                let scan = segment::scan(&buf);
-                for (off, len) in &scan.records {
-                    if let Parsed::Record { body, .. } =
-                        segment::parse_record(&buf[*off..*off + *len])
-                    {
-                        if body.seq > acked {
-                            st.records += 1;
-                            st.oldest_ts_ms = Some(
-                                st.oldest_ts_ms
-                                    .map_or(body.ts_ms, |t: i64| t.min(body.ts_ms)),
-                            );
-                            st.newest_ts_ms = Some(
-                                st.newest_ts_ms
-                                    .map_or(body.ts_ms, |t: i64| t.max(body.ts_ms)),
-                            );
-                        }
+                st.bytes += meta.len();
+                let _ = segment::for_each_record(&path, |r| {
+                    if r.seq > acked {
+                        st.records += 1;
+                        st.oldest_ts_ms =
+                            Some(st.oldest_ts_ms.map_or(r.ts_ms, |t: i64| t.min(r.ts_ms)));
+                        st.newest_ts_ms =
+                            Some(st.newest_ts_ms.map_or(r.ts_ms, |t: i64| t.max(r.ts_ms)));
                     }
-                }
+                });
             }
             st
         })

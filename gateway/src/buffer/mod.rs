@@ -7,18 +7,17 @@
 //! summaries/{base_seq:020}.seg   lane 0, oldest first
 //! alarms/{base_seq:020}.seg      lane 1, delivered before summaries
 //! quarantine/                    damaged files moved aside at start-up
-//! cursor.a, cursor.b             acknowledged cursor, two slots (see below)
+//! cursor.a, cursor.b             acknowledged cursor, two slots
 //! ../seq.reserved                the reservation again, outside the buffer
-//!                                directory: magic b"SGWSEQ1\n" | u64 | CRC-32
+//!                                directory
 //! ```
 //!
-//! The segment format is documented in [`segment`]. The cursor slots are
-//! written alternately, so a torn write leaves the other one intact:
-//!
-//! ```text
-//! 0..8 magic b"SGWCUR\r\n" | 8..16 generation u64 | 16..24 acked summaries u64
-//! 24..32 acked alarms u64 | 32..40 reserved seq u64 | 40..44 CRC-32 of 0..40   (all LE)
-//! ```
+//! The segment format is documented in [`segment`], the cursor slots and
+//! the reservation file in [`cursor`]. [`lane`] owns each lane's files and
+//! I/O; this module holds the policy: durability modes and group commit,
+//! the disk bound, the memory budget, the delivery cursor and the sequence
+//! reservation. The buffer knows nothing of the processor: it takes
+//! [`Record`]s of the model.
 //!
 //! Delivery: each lane hands out records in sequence order: first records
 //! to resend after a reconnect, then records read from disk, then records
@@ -26,8 +25,8 @@
 //! below which every record of the lane is acknowledged; whole segments at or
 //! below it are deleted once a durable cursor records that mark (never
 //! before: a power cut must not leave a cursor older than the segments on
-//! disk, or acknowledged alarm events would look lost). The sequence numbers handed to upstream never repeat
-//! across restarts: before a record with `seq >= reserved` is published, the
+//! disk, or acknowledged alarm events would look lost). The sequence
+//! numbers handed to upstream never repeat across restarts: before a record with `seq >= reserved` is published, the
 //! reservation is extended by [`RESERVE_BLOCK`] and made durable (the seq
 //! file, then the cursor); while that fails, nothing at or above the old
 //! reservation is handed out. Start-up continues from the reservation.
@@ -42,15 +41,20 @@
 //! while upstream acknowledges it promptly, and is written when upstream is
 //! down, when it waits longer than `spill_after`, when the memory budget is
 //! exceeded, and at shutdown. Alarms are always written and fsynced before
-//! they are published.
+//! they are published: alarms pushed within [`GROUP_COMMIT_MS`] of the
+//! first one not yet fsynced share one commit (one fsync per lane with
+//! unsynced data, and the cursor if it moved), made when it is due
+//! ([`Buffer::maintain`]) or when one of them is asked for
+//! ([`Buffer::next_unsent`]), whichever comes first.
 
+mod cursor;
 pub mod inspect;
+mod lane;
 mod recover;
 pub mod segment;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,7 +62,8 @@ use std::sync::Arc;
 use crate::config::{BufferConfig, Durability, WhenFull};
 use crate::metrics::{Metrics, Throttle};
 use crate::model::{Lane, Record};
-use segment::{Body, Parsed, HEADER_LEN, RECORD_HEADER_LEN};
+use lane::{cost, encoded_len, LaneLog, Lanes, MemRecord, Persist, PersistError, ReadRetry, LANES};
+use segment::{ReadError, HEADER_LEN};
 
 /// How far a durable sequence reservation reaches ahead.
 pub const RESERVE_BLOCK: u64 = 65_536;
@@ -80,8 +85,9 @@ pub const SET_ASIDE_FILE_MAX: u64 = 16 * 1024 * 1024;
 const SET_ASIDE_TEXT_MAX: usize = 4096;
 /// Outsider text in log lines is cut to this many characters.
 const LOG_TEXT_MAX: usize = 200;
-/// Bytes read at a time while looking for the next valid record.
-const RESYNC_CHUNK: usize = 64 * 1024;
+/// Alarms pushed within this many milliseconds of the first one not yet
+/// fsynced share its commit; none of them is handed out before it.
+pub const GROUP_COMMIT_MS: i64 = 2;
 
 /// Errors that stop the buffer from opening at all (a state directory that
 /// cannot be created or written). Damaged contents are never an error.
@@ -115,39 +121,6 @@ enum Appended {
     Failed,
 }
 
-/// A record held in memory, and whether a copy is in the log already.
-#[derive(Debug, Clone)]
-struct MemRecord {
-    rec: Record,
-    on_disk: bool,
-    pushed_ms: i64,
-}
-
-#[derive(Debug)]
-struct SegInfo {
-    base: u64,
-    last: u64,
-    records: u64,
-    bytes: u64,
-    first_ts_ms: i64,
-    path: PathBuf,
-}
-
-#[derive(Debug)]
-struct Writer {
-    file: File,
-    /// Encoded records not yet written to the file.
-    pending: Vec<u8>,
-    /// How many records `pending` holds, and the first one's seq.
-    pending_records: u64,
-    pending_first_seq: u64,
-    /// The file's length and last seq before `pending`.
-    flushed_len: u64,
-    flushed_last_seq: u64,
-    /// Written to the file but not yet fsynced.
-    unsynced: bool,
-}
-
 /// What the disk holds next for a lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DiskNext {
@@ -157,80 +130,12 @@ enum DiskNext {
     Waiting,
 }
 
-/// What reading the record at the reader's position gave.
-#[derive(Debug)]
-enum ReadOutcome {
-    Record(Record),
-    /// The clean end of the file.
-    End,
-    /// The file ends inside a record.
-    Incomplete,
-    /// The bytes there are not a valid record.
-    Damaged(&'static str),
-    /// The read itself failed (EIO, ...): worth trying again.
-    Io(std::io::Error),
-}
-
-/// A segment whose open or read failed: where to resume and when.
-#[derive(Debug, Clone, Copy)]
-struct ReadRetry {
-    base: u64,
-    pos: u64,
-    at_ms: i64,
-    failures: u32,
-}
-
-/// A damaged region skipped in a segment.
-#[derive(Debug, Clone, Copy)]
-struct Damage {
-    base: u64,
-    offset: u64,
-    bytes: u64,
-    what: &'static str,
-}
-
-#[derive(Debug)]
-struct Reader {
-    base: u64,
-    file: BufReader<File>,
-    pos: u64,
-    peeked: Option<Record>,
-}
-
-#[derive(Debug)]
-struct LaneLog {
-    lane: Lane,
-    dir: PathBuf,
-    segments: VecDeque<SegInfo>,
-    writer: Option<Writer>,
-    reader: Option<Reader>,
-    mem: VecDeque<MemRecord>,
-    mem_bytes: u64,
-    resend: VecDeque<MemRecord>,
-    /// (pushed at, seq) of records pushed without a disk copy, oldest first;
-    /// entries already written or acknowledged are skipped lazily.
-    unspilled: VecDeque<(i64, u64)>,
-    /// Records exist in memory that should be on disk but are not (a
-    /// write failed or the disk was full); newer records wait behind them
-    /// so that the log stays in sequence order.
-    unwritten: bool,
-    /// Highest seq handed out for publishing (resends aside).
-    sent_hwm: u64,
-    acked: u64,
-    /// Set while a segment of this lane cannot be opened or read; the lane
-    /// hands out nothing newer until it can.
-    read_retry: Option<ReadRetry>,
-    /// A damaged region was skipped; whether it cost a record is known once
-    /// the next valid record (or the segment's end) is read.
-    damage: Option<Damage>,
-}
-
 /// The durable outbox of the upstream sink.
 pub struct Buffer {
     cfg: BufferConfig,
     state_dir: PathBuf,
     root: PathBuf,
-    lanes: [LaneLog; 2],
+    lanes: Lanes<LaneLog>,
     /// Published, awaiting PUBACK: seq -> (lane, record, on disk).
     inflight: BTreeMap<u64, (Lane, MemRecord)>,
     disk_bytes: u64,
@@ -246,8 +151,11 @@ pub struct Buffer {
     /// segments are deleted only up to it, so that a power cut can never
     /// leave a cursor older than the segments still on disk (an alarm event
     /// in a deleted segment would otherwise look lost and be sent again).
-    durable_acked: [u64; 2],
+    durable_acked: Lanes<u64>,
     last_sync_ms: i64,
+    /// Alarms were written but not fsynced: the group commit is due at this
+    /// time, and until it is made none of them is handed out.
+    commit_due_ms: Option<i64>,
     last_synced_seq: u64,
     highest_written_seq: u64,
     /// Set when the filesystem filled up before `max_disk_bytes`.
@@ -263,14 +171,6 @@ pub struct Buffer {
     log_set_aside: Throttle,
     /// Write and fsync failures: a failing disk fails every record.
     log_write: Throttle,
-}
-
-fn cost(r: &Record) -> u64 {
-    (r.payload.len() + r.topic.len()) as u64 + 64
-}
-
-fn encoded_len(r: &Record) -> u64 {
-    (RECORD_HEADER_LEN + r.payload.len() + r.topic.len() + 24) as u64
 }
 
 impl Buffer {
@@ -300,31 +200,13 @@ impl Buffer {
             recover::sync_dir(d);
         }
         let mut report = RecoveryReport::default();
-        let cursor = recover::read_cursor(&root);
-        let mut lanes = [Lane::Summary, Lane::Alarm].map(|lane| {
+        let cursor = cursor::read_cursor(&root);
+        let acked = cursor.acked();
+        let lanes = Lanes::from_fn(|lane| {
             let dir = root.join(lane.dir_name());
-            let acked = match lane {
-                Lane::Summary => cursor.acked_summaries,
-                Lane::Alarm => cursor.acked_alarms,
-            };
             let segments =
                 recover::recover_lane(&dir, &root.join("quarantine"), lane, &mut report, &metrics);
-            LaneLog {
-                lane,
-                dir,
-                segments: segments.into(),
-                writer: None,
-                reader: None,
-                mem: VecDeque::new(),
-                mem_bytes: 0,
-                resend: VecDeque::new(),
-                unspilled: VecDeque::new(),
-                unwritten: false,
-                sent_hwm: acked,
-                acked,
-                read_retry: None,
-                damage: None,
-            }
+            LaneLog::new(lane, dir, segments, acked[lane])
         });
         let max_seen = lanes
             .iter()
@@ -334,14 +216,14 @@ impl Buffer {
         // The reservation also lives outside the buffer directory, so that
         // numbering continues above everything handed out even when the
         // buffer was deleted.
-        let seq_file = recover::read_seq_file(state_dir).unwrap_or(0);
+        let seq_file = cursor::read_seq_file(state_dir).unwrap_or(0);
         let next_seq = cursor.reserved.max(seq_file).max(max_seen + 1).max(1);
         report.next_seq = next_seq;
         let mut buffer = Buffer {
             cfg: cfg.clone(),
             state_dir: state_dir.to_owned(),
             root,
-            lanes: [LaneLog::placeholder(), LaneLog::placeholder()],
+            lanes,
             inflight: BTreeMap::new(),
             disk_bytes: 0,
             reserved: next_seq,
@@ -349,8 +231,9 @@ impl Buffer {
             next_seq,
             cursor_gen: cursor.generation,
             cursor_dirty: true,
-            durable_acked: [cursor.acked_summaries, cursor.acked_alarms],
+            durable_acked: acked,
             last_sync_ms: 0,
+            commit_due_ms: None,
             last_synced_seq: max_seen,
             highest_written_seq: max_seen,
             physical_limit: None,
@@ -364,7 +247,6 @@ impl Buffer {
             log_set_aside: Throttle::default(),
             log_write: Throttle::default(),
         };
-        std::mem::swap(&mut buffer.lanes, &mut lanes);
         buffer.disk_bytes = buffer
             .lanes
             .iter()
@@ -372,8 +254,8 @@ impl Buffer {
             .map(|s| s.bytes)
             .sum();
         // Segments wholly acknowledged before the restart are done with.
-        for i in 0..2 {
-            buffer.delete_acked_segments(i);
+        for lane in LANES {
+            buffer.delete_acked_segments(lane);
         }
         // Make the first reservation durable before anything is published;
         // if it fails, nothing at or above `next_seq` is published until a
@@ -394,10 +276,6 @@ impl Buffer {
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    fn lane_index(lane: Lane) -> usize {
-        lane as usize
     }
 
     /// Whether a record can be accepted without dropping anything; the sink
@@ -441,15 +319,17 @@ impl Buffer {
         self.disk_bytes
     }
 
-    /// Accepts a record from the core.
+    /// Accepts a record from the core. An alarm is written at once and
+    /// made durable by the group commit ([`Self::commit_due`]) before it can
+    /// be handed out.
     pub fn push(&mut self, rec: Record, now_ms: i64) {
-        let lane = Self::lane_index(rec.lane);
+        let lane = rec.lane;
         self.next_seq = self.next_seq.max(rec.seq + 1);
         let write_now = rec.lane == Lane::Alarm
             || self.cfg.durability == Durability::Always
             || !self.upstream_up;
         let mut m = MemRecord {
-            rec,
+            rec: Arc::new(rec),
             on_disk: false,
             pushed_ms: now_ms,
         };
@@ -475,8 +355,10 @@ impl Buffer {
                 Appended::Failed => self.lanes[lane].unwritten = true,
             }
             if m.rec.lane == Lane::Alarm {
-                // Alarms are durable before anyone can publish them.
-                self.flush_and_sync(now_ms);
+                // Alarms are durable before anyone can publish them: the
+                // commit is made once for every alarm pushed until it is due.
+                self.commit_due_ms
+                    .get_or_insert(now_ms.saturating_add(GROUP_COMMIT_MS));
             }
         }
         self.cache(lane, m);
@@ -494,7 +376,7 @@ impl Buffer {
         }
     }
 
-    fn cache(&mut self, lane: usize, m: MemRecord) {
+    fn cache(&mut self, lane: Lane, m: MemRecord) {
         let l = &mut self.lanes[lane];
         l.mem_bytes += cost(&m.rec);
         if !m.on_disk {
@@ -504,104 +386,31 @@ impl Buffer {
     }
 
     /// Appends one record to a lane's log, applying the disk bound.
-    fn append(&mut self, lane: usize, rec: &Record) -> Appended {
+    fn append(&mut self, lane: Lane, rec: &Record) -> Appended {
         let need = encoded_len(rec);
         if self.disk_bytes + need > self.bound() && !self.make_room(need, lane) {
             return Appended::Full;
         }
-        if self.lanes[lane].writer.is_none() || self.segment_full(lane) {
+        if self.lanes[lane].needs_segment(self.cfg.segment_bytes) {
             if let Err(e) = self.open_segment(lane, rec.seq) {
                 self.write_failed(rec.seq, &e);
                 return Appended::Failed;
             }
         }
-        let body = Body {
-            seq: rec.seq,
-            ts_ms: rec.ts_ms,
-            topic: &rec.topic,
-            payload: &rec.payload,
-        };
-        let l = &mut self.lanes[lane];
-        let (Some(w), Some(seg)) = (l.writer.as_mut(), l.segments.back_mut()) else {
+        let Some(n) = self.lanes[lane].append(rec) else {
             return Appended::Failed;
         };
-        let before = w.pending.len();
-        if segment::encode_record(&mut w.pending, &body).is_err() {
-            w.pending.truncate(before);
-            return Appended::Failed;
-        }
-        let n = (w.pending.len() - before) as u64;
-        if seg.records == 0 {
-            seg.first_ts_ms = rec.ts_ms;
-        }
-        if w.pending_records == 0 {
-            w.pending_first_seq = rec.seq;
-        }
-        w.pending_records += 1;
-        seg.bytes += n;
-        seg.records += 1;
-        seg.last = rec.seq;
         self.disk_bytes += n;
         self.highest_written_seq = self.highest_written_seq.max(rec.seq);
         Appended::Written
     }
 
-    fn segment_full(&self, lane: usize) -> bool {
-        self.lanes[lane]
-            .segments
-            .back()
-            .is_none_or(|s| s.bytes >= self.cfg.segment_bytes)
-    }
-
-    fn open_segment(&mut self, lane: usize, base: u64) -> std::io::Result<()> {
-        self.flush_lane(lane)?;
-        if let Some(w) = self.lanes[lane].writer.take() {
-            if w.unsynced {
-                w.file.sync_data()?;
-                self.metrics.buffer_fsyncs.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let l = &mut self.lanes[lane];
-        let path = l.dir.join(format!("{base:020}.seg"));
-        let header = segment::encode_header(l.lane as u8, base);
-        let created = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(&header).map(|()| f));
-        let file = match created {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-        };
-        self.metrics
-            .buffer_bytes_written
-            .fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
-        // The new name must survive a power cut too.
-        if let Ok(d) = File::open(&l.dir) {
-            let _ = d.sync_all();
-        }
-        l.segments.push_back(SegInfo {
-            base,
-            last: base,
-            records: 0,
-            bytes: HEADER_LEN as u64,
-            first_ts_ms: 0,
-            path,
-        });
-        l.writer = Some(Writer {
-            file,
-            pending: Vec::with_capacity(64 * 1024),
-            pending_records: 0,
-            pending_first_seq: 0,
-            flushed_len: HEADER_LEN as u64,
-            flushed_last_seq: base.saturating_sub(1),
-            unsynced: true,
-        });
-        self.disk_bytes += HEADER_LEN as u64;
+    /// Seals the segment being written (if any) and starts one at `base`.
+    fn open_segment(&mut self, lane: Lane, base: u64) -> std::io::Result<()> {
+        self.persist(lane, Persist::Seal, crate::now_ms())
+            .map_err(PersistError::into_io)?;
+        let n = self.lanes[lane].create_segment(base, &self.metrics)?;
+        self.disk_bytes += n;
         Ok(())
     }
 
@@ -615,7 +424,7 @@ impl Buffer {
     }
 
     /// Frees space for `need` bytes according to `when_full`.
-    fn make_room(&mut self, need: u64, for_lane: usize) -> bool {
+    fn make_room(&mut self, need: u64, for_lane: Lane) -> bool {
         match self.cfg.when_full {
             WhenFull::DropNewest | WhenFull::Block => false,
             WhenFull::DropOldest => {
@@ -623,12 +432,12 @@ impl Buffer {
                     // Summaries go first, the segment being written included;
                     // alarms only for an alarm, and only when no summary is
                     // left. A summary never evicts an alarm.
-                    let summaries = Self::lane_index(Lane::Summary);
-                    let alarms = Self::lane_index(Lane::Alarm);
-                    let victim = if !self.lanes[summaries].segments.is_empty() {
-                        summaries
-                    } else if for_lane == alarms && !self.lanes[alarms].segments.is_empty() {
-                        alarms
+                    let victim = if !self.lanes[Lane::Summary].segments.is_empty() {
+                        Lane::Summary
+                    } else if for_lane == Lane::Alarm
+                        && !self.lanes[Lane::Alarm].segments.is_empty()
+                    {
+                        Lane::Alarm
                     } else {
                         return false;
                     };
@@ -639,7 +448,7 @@ impl Buffer {
         }
     }
 
-    fn drop_oldest_segment(&mut self, lane: usize) {
+    fn drop_oldest_segment(&mut self, lane: Lane) {
         let l = &mut self.lanes[lane];
         let Some(seg) = l.segments.pop_front() else {
             return;
@@ -650,9 +459,9 @@ impl Buffer {
         // Records of the segment being written that are not in the file yet
         // are dropped too; count them with the rest.
         let pending = if l.segments.is_empty() {
-            l.writer.take().map_or(0, |w| {
-                segment_pending_after(&w.pending, l.acked.max(l.sent_hwm))
-            })
+            let n = l.pending_after(l.acked.max(l.sent_hwm));
+            l.writer = None;
+            n
         } else {
             0
         };
@@ -663,8 +472,7 @@ impl Buffer {
         l.sent_hwm = l.sent_hwm.max(seg.last);
         l.acked = l.acked.max(seg.last);
         while l.mem.front().is_some_and(|m| m.rec.seq <= seg.last) {
-            let m = l.mem.pop_front().expect("front exists");
-            l.mem_bytes -= cost(&m.rec);
+            l.pop_mem_front();
         }
         let resends_before = l.resend.len();
         l.resend.retain(|m| m.rec.seq > seg.last);
@@ -688,24 +496,19 @@ impl Buffer {
         }
         self.spill_all();
         let target = self.cfg.memory_budget_bytes / 2;
-        for lane in 0..2 {
-            if self.flush_lane(lane).is_err() {
+        for lane in LANES {
+            if self.persist(lane, Persist::Write, crate::now_ms()).is_err() {
                 continue;
             }
             let l = &mut self.lanes[lane];
-            while l.mem_bytes > target {
-                match l.mem.front() {
-                    Some(m) if m.on_disk => {
-                        if let Some(m) = l.mem.pop_front() {
-                            l.mem_bytes -= cost(&m.rec);
-                        }
-                    }
-                    _ => break,
-                }
+            while l.mem_bytes > target && l.mem.front().is_some_and(|m| m.on_disk) {
+                l.pop_mem_front();
             }
         }
         while total(self) > self.cfg.memory_budget_bytes {
-            let Some(lane) = (0..2).find(|&i| self.lanes[i].mem.back().is_some_and(|m| !m.on_disk))
+            let Some(lane) = LANES
+                .into_iter()
+                .find(|&lane| self.lanes[lane].mem.back().is_some_and(|m| !m.on_disk))
             else {
                 break;
             };
@@ -722,16 +525,16 @@ impl Buffer {
     /// window and resends) are copied first; the rest of the memory cache is
     /// written in place, without a copy, so a spill never doubles memory.
     fn spill_all(&mut self) {
-        for lane in 0..2 {
+        for lane in LANES {
             let hwm = self.lanes[lane].sent_hwm;
             let l = &self.lanes[lane];
-            let mut handed_out: Vec<Record> = l
+            let mut handed_out: Vec<Arc<Record>> = l
                 .resend
                 .iter()
                 .chain(
                     self.inflight
                         .values()
-                        .filter(|(ln, _)| *ln as usize == lane)
+                        .filter(|(ln, _)| *ln == lane)
                         .map(|(_, m)| m),
                 )
                 .chain(l.mem.iter().take_while(|m| m.rec.seq <= hwm))
@@ -773,12 +576,8 @@ impl Buffer {
     }
 
     /// Marks every in-memory copy of records up to `upto` as written.
-    fn mark_on_disk(&mut self, lane: usize, upto: u64) {
-        for (_, m) in self
-            .inflight
-            .values_mut()
-            .filter(|(ln, _)| *ln as usize == lane)
-        {
+    fn mark_on_disk(&mut self, lane: Lane, upto: u64) {
+        for (_, m) in self.inflight.values_mut().filter(|(ln, _)| *ln == lane) {
             if m.rec.seq <= upto {
                 m.on_disk = true;
             }
@@ -792,9 +591,15 @@ impl Buffer {
     }
 
     /// The next record to publish, alarms first. `None` when nothing waits
-    /// or the in-flight window is full (the caller limits that).
-    pub fn next_unsent(&mut self, now_ms: i64) -> Option<Record> {
-        for lane in [1usize, 0] {
+    /// or the in-flight window is full (the caller limits that). The record
+    /// is shared with the buffer, which keeps it until it is acknowledged:
+    /// handing it out copies a pointer. A group commit still pending is made
+    /// first, so every alarm handed out is durable.
+    pub fn next_unsent(&mut self, now_ms: i64) -> Option<Arc<Record>> {
+        if self.commit_due_ms.is_some() {
+            self.flush_and_sync(now_ms);
+        }
+        for lane in [Lane::Alarm, Lane::Summary] {
             while let Some(m) = self.take_next(lane, now_ms) {
                 if self.cfg.max_age_ms > 0
                     && now_ms.saturating_sub(m.rec.ts_ms) > self.cfg.max_age_ms
@@ -814,7 +619,7 @@ impl Buffer {
                     self.lanes[lane].resend.push_front(m);
                     return None;
                 }
-                let rec = m.rec.clone();
+                let rec = Arc::clone(&m.rec);
                 self.inflight.insert(rec.seq, (rec.lane, m));
                 return Some(rec);
             }
@@ -822,7 +627,7 @@ impl Buffer {
         None
     }
 
-    fn take_next(&mut self, lane: usize, now_ms: i64) -> Option<MemRecord> {
+    fn take_next(&mut self, lane: Lane, now_ms: i64) -> Option<MemRecord> {
         if let Some(m) = self.lanes[lane].resend.pop_front() {
             return Some(m);
         }
@@ -856,7 +661,7 @@ impl Buffer {
     }
 
     /// The seq of the next record on disk past `sent_hwm`, reading ahead.
-    fn peek_disk(&mut self, lane: usize, now_ms: i64) -> DiskNext {
+    fn peek_disk(&mut self, lane: Lane, now_ms: i64) -> DiskNext {
         loop {
             let sent = self.lanes[lane].sent_hwm;
             if let Some(p) = self.lanes[lane]
@@ -889,36 +694,21 @@ impl Buffer {
                     Some(_) => l.read_retry = None,
                     None => {}
                 }
-                if self.is_live(lane, base) {
-                    let _ = self.flush_lane(lane);
+                if self.lanes[lane].is_live(base) {
+                    let _ = self.persist(lane, Persist::Write, now_ms);
                 }
-                let opened = File::open(&path).and_then(|mut f| {
-                    f.seek(SeekFrom::Start(start))?;
-                    Ok(f)
-                });
-                match opened {
-                    Ok(file) => {
-                        self.lanes[lane].reader = Some(Reader {
-                            base,
-                            file: BufReader::with_capacity(64 * 1024, file),
-                            pos: start,
-                            peeked: None,
-                        });
+                if let Err(e) = self.lanes[lane].open_reader(base, &path, start) {
+                    if self.read_io_failed(lane, base, start, &e, now_ms) {
+                        continue;
                     }
-                    Err(e) => {
-                        if self.read_io_failed(lane, base, start, &e, now_ms) {
-                            continue;
-                        }
-                        return DiskNext::Waiting;
-                    }
+                    return DiskNext::Waiting;
                 }
             }
             let Some(base) = self.lanes[lane].reader.as_ref().map(|r| r.base) else {
                 return DiskNext::Nothing;
             };
-            let outcome = self.read_record(lane);
-            match outcome {
-                ReadOutcome::Record(rec) => {
+            match self.lanes[lane].read_next() {
+                Ok(Some(rec)) => {
                     self.settle_damage(lane, Some(rec.seq), now_ms);
                     let l = &mut self.lanes[lane];
                     if l.read_retry.is_some_and(|rt| rt.base == base) {
@@ -930,7 +720,7 @@ impl Buffer {
                         }
                     }
                 }
-                ReadOutcome::End => {
+                Ok(None) => {
                     // End of this segment: move on if a later one exists.
                     self.settle_damage(lane, None, now_ms);
                     let l = &mut self.lanes[lane];
@@ -946,21 +736,21 @@ impl Buffer {
                     }
                 }
                 // The segment being written ends in a record still to come.
-                ReadOutcome::Incomplete if self.is_live(lane, base) => return DiskNext::Nothing,
-                ReadOutcome::Incomplete | ReadOutcome::Damaged(_) => {
-                    let what = match outcome {
-                        ReadOutcome::Damaged(what) => what,
+                Err(ReadError::Torn) if self.lanes[lane].is_live(base) => return DiskNext::Nothing,
+                Err(e @ (ReadError::Torn | ReadError::Corrupt(_))) => {
+                    let what = match e {
+                        ReadError::Corrupt(what) => what,
                         _ => "a record is cut short before the end of the segment",
                     };
                     if let Err(e) = self.skip_damage(lane, what) {
-                        let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos);
+                        let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos());
                         if !self.read_io_failed(lane, base, pos, &e, now_ms) {
                             return DiskNext::Waiting;
                         }
                     }
                 }
-                ReadOutcome::Io(e) => {
-                    let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos);
+                Err(ReadError::Io(e)) => {
+                    let pos = self.lanes[lane].reader.take().map_or(0, |r| r.pos());
                     if !self.read_io_failed(lane, base, pos, &e, now_ms) {
                         return DiskNext::Waiting;
                     }
@@ -969,76 +759,12 @@ impl Buffer {
         }
     }
 
-    /// Whether `base` is the segment the lane is writing.
-    fn is_live(&self, lane: usize, base: u64) -> bool {
-        let l = &self.lanes[lane];
-        l.writer.is_some() && l.segments.back().is_some_and(|s| s.base == base)
-    }
-
-    /// Reads the record at the reader's position.
-    fn read_record(&mut self, lane: usize) -> ReadOutcome {
-        let l = &mut self.lanes[lane];
-        let Some(r) = l.reader.as_mut() else {
-            return ReadOutcome::End;
-        };
-        let mut head = [0u8; RECORD_HEADER_LEN];
-        match read_full(&mut r.file, &mut head) {
-            Ok(0) => return ReadOutcome::End,
-            Ok(n) if n < RECORD_HEADER_LEN => {
-                let _ = r.file.seek(SeekFrom::Start(r.pos));
-                return ReadOutcome::Incomplete;
-            }
-            Ok(_) => {}
-            Err(e) => return ReadOutcome::Io(e),
-        }
-        let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
-        if head[0..2] != segment::MARKER || len > segment::MAX_BODY {
-            return ReadOutcome::Damaged("a record header is damaged");
-        }
-        let mut buf = vec![0u8; RECORD_HEADER_LEN + len];
-        buf[..RECORD_HEADER_LEN].copy_from_slice(&head);
-        match read_full(&mut r.file, &mut buf[RECORD_HEADER_LEN..]) {
-            Ok(n) if n == len => {}
-            Ok(_) => {
-                let _ = r.file.seek(SeekFrom::Start(r.pos));
-                return ReadOutcome::Incomplete;
-            }
-            Err(e) => return ReadOutcome::Io(e),
-        }
-        match segment::parse_record(&buf) {
-            Parsed::Record { body, len } => {
-                r.pos += len as u64;
-                ReadOutcome::Record(Record {
-                    seq: body.seq,
-                    lane: l.lane,
-                    ts_ms: body.ts_ms,
-                    topic: body.topic.to_owned(),
-                    payload: body.payload.to_vec(),
-                })
-            }
-            _ => ReadOutcome::Damaged("a record failed its CRC check"),
-        }
-    }
-
     /// The record at the reader's position is damaged: moves the reader to
     /// the next valid record of the segment (or its end), and counts the
     /// damaged region and its bytes. Records before and after it are
     /// delivered; only the region is lost.
-    fn skip_damage(&mut self, lane: usize, what: &'static str) -> std::io::Result<()> {
-        let l = &mut self.lanes[lane];
-        let Some(r) = l.reader.as_mut() else {
-            return Ok(());
-        };
-        let from = r.pos;
-        let (next, end) = resync_reader(&mut r.file, from)?;
-        r.pos = next.unwrap_or(end);
-        let skipped = r.pos - from;
-        l.damage = Some(Damage {
-            base: r.base,
-            offset: from,
-            bytes: skipped,
-            what,
-        });
+    fn skip_damage(&mut self, lane: Lane, what: &'static str) -> std::io::Result<()> {
+        let skipped = self.lanes[lane].skip_damage(what)?;
         self.metrics
             .buffer_read_errors
             .fetch_add(1, Ordering::Relaxed);
@@ -1053,7 +779,7 @@ impl Buffer {
     /// record unless everything in it was handed out already (the next
     /// valid record was) or the lane's memory holds every record not yet
     /// handed out. Counts and logs it.
-    fn settle_damage(&mut self, lane: usize, next: Option<u64>, now_ms: i64) {
+    fn settle_damage(&mut self, lane: Lane, next: Option<u64>, now_ms: i64) {
         let l = &mut self.lanes[lane];
         let Some(d) = l.damage.take() else {
             return;
@@ -1099,7 +825,7 @@ impl Buffer {
     /// the lane waits for the retry.
     fn read_io_failed(
         &mut self,
-        lane: usize,
+        lane: Lane,
         base: u64,
         pos: u64,
         e: &std::io::Error,
@@ -1148,7 +874,7 @@ impl Buffer {
     /// The broker acknowledged `seq`.
     pub fn ack(&mut self, seq: u64) {
         if let Some((lane, _)) = self.inflight.remove(&seq) {
-            self.settle(lane as usize);
+            self.settle(lane);
         }
     }
 
@@ -1179,7 +905,7 @@ impl Buffer {
                 }
             }
         }
-        self.settle(lane as usize);
+        self.settle(lane);
         true
     }
 
@@ -1227,12 +953,12 @@ impl Buffer {
     }
 
     /// Recomputes a lane's acked mark and frees what it covers.
-    fn settle(&mut self, lane: usize) {
+    fn settle(&mut self, lane: Lane) {
         let l = &self.lanes[lane];
         let lowest_open = self
             .inflight
             .iter()
-            .filter(|(_, (ln, _))| *ln as usize == lane)
+            .filter(|(_, (ln, _))| *ln == lane)
             .map(|(s, _)| *s)
             .chain(l.resend.iter().map(|m| m.rec.seq))
             .min();
@@ -1244,15 +970,14 @@ impl Buffer {
             let l = &mut self.lanes[lane];
             l.acked = acked;
             while l.mem.front().is_some_and(|m| m.rec.seq <= acked) {
-                let m = l.mem.pop_front().expect("front exists");
-                l.mem_bytes -= cost(&m.rec);
+                l.pop_mem_front();
             }
             self.cursor_dirty = true;
             self.delete_acked_segments(lane);
         }
     }
 
-    fn delete_acked_segments(&mut self, lane: usize) {
+    fn delete_acked_segments(&mut self, lane: Lane) {
         let mark = self.lanes[lane].acked.min(self.durable_acked[lane]);
         let l = &mut self.lanes[lane];
         while l.segments.front().is_some_and(|s| {
@@ -1278,12 +1003,19 @@ impl Buffer {
         let n = self.inflight.len();
         let inflight = std::mem::take(&mut self.inflight);
         for (_, (lane, m)) in inflight.into_iter().rev() {
-            self.lanes[lane as usize].resend.push_front(m);
+            self.lanes[lane].resend.push_front(m);
         }
-        for l in &mut self.lanes {
+        for l in self.lanes.iter_mut() {
             l.resend.make_contiguous().sort_by_key(|m| m.rec.seq);
         }
         n
+    }
+
+    /// When the pending group commit of alarms is due (`now_ms` as given to
+    /// [`Self::push`]); `None` when no alarm waits for one. The sink calls
+    /// [`Self::maintain`] at that time, and hands nothing out before it.
+    pub fn commit_due(&self) -> Option<i64> {
+        self.commit_due_ms
     }
 
     /// Periodic work: spilling, writing, group commit, cursor.
@@ -1293,13 +1025,16 @@ impl Buffer {
         if self.cfg.durability == Durability::Outage && (went_down || self.spill_overdue(now_ms)) {
             self.spill_all();
         }
-        let due = now_ms.saturating_sub(self.last_sync_ms) >= self.cfg.commit_interval_ms;
+        let due = now_ms.saturating_sub(self.last_sync_ms) >= self.cfg.commit_interval_ms
+            || self.commit_due_ms.is_some_and(|at| now_ms >= at);
         if due {
             self.flush_and_sync(now_ms);
         } else {
-            for lane in 0..2 {
-                if let Err(e) = self.flush_lane(lane) {
-                    self.write_failed(0, &e);
+            for lane in LANES {
+                if let Err(PersistError::Write { error, .. }) =
+                    self.persist(lane, Persist::Write, now_ms)
+                {
+                    self.write_failed(0, &error);
                 }
             }
         }
@@ -1314,7 +1049,7 @@ impl Buffer {
     /// front as they are met.
     fn spill_overdue(&mut self, now_ms: i64) -> bool {
         let spill_after = self.cfg.spill_after_ms;
-        for lane in 0..2 {
+        for lane in LANES {
             loop {
                 let l = &self.lanes[lane];
                 let Some(&(pushed, seq)) = l.unspilled.front() else {
@@ -1334,7 +1069,7 @@ impl Buffer {
     }
 
     /// The in-memory copy of an unacknowledged record, if any.
-    fn find_copy(&self, lane: usize, seq: u64) -> Option<&MemRecord> {
+    fn find_copy(&self, lane: Lane, seq: u64) -> Option<&MemRecord> {
         if let Some((_, m)) = self.inflight.get(&seq) {
             return Some(m);
         }
@@ -1346,77 +1081,37 @@ impl Buffer {
             .or_else(|| l.resend.iter().find(|m| m.rec.seq == seq))
     }
 
-    /// Writes pending bytes to the files (no fsync).
-    fn flush_lane(&mut self, lane: usize) -> std::io::Result<()> {
-        let Some(w) = self.lanes[lane].writer.as_mut() else {
-            return Ok(());
-        };
-        if w.pending.is_empty() {
-            return Ok(());
-        }
-        let n = w.pending.len() as u64;
-        match w.file.write_all(&w.pending) {
-            Ok(()) => {
-                w.pending.clear();
-                w.flushed_len += n;
-                w.flushed_last_seq = self.lanes[lane]
-                    .segments
-                    .back()
-                    .map_or(w.flushed_last_seq, |s| s.last);
-                w.pending_records = 0;
-                w.unsynced = true;
+    /// Makes a lane's records as durable as `mode` says
+    /// ([`LaneLog::persist`]). A failed write is unwound (the records stay
+    /// in memory; when the disk is full, the bound shrinks to what fits so
+    /// that `when_full` applies from now on); failures are counted and
+    /// logged.
+    fn persist(&mut self, lane: Lane, mode: Persist, now_ms: i64) -> Result<(), PersistError> {
+        let result = self.lanes[lane].persist(mode, &self.metrics);
+        match &result {
+            Ok(()) => {}
+            Err(PersistError::Write { error, unwound }) => self.unwound(lane, *unwound, error),
+            Err(PersistError::Sync(e)) => {
                 self.metrics
-                    .buffer_bytes_written
-                    .fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                self.unwind_failed_write(lane, &e);
-                Err(e)
+                    .buffer_write_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.log_write.allow(LOG_EVERY_MS, now_ms) {
+                    tracing::error!(error = %e, similar_suppressed = suppressed, "fsync of the buffer failed; records written since the last fsync may be lost to a power cut. Check the state directory's disk.");
+                }
             }
         }
+        result
     }
 
-    /// A write failed (typically ENOSPC): cut the file back to its last
-    /// complete record, forget the unwritten records' disk copies (they are
-    /// still in memory), and, when the disk is full, shrink the bound to what
-    /// fits so that `when_full` applies from now on.
-    fn unwind_failed_write(&mut self, lane: usize, e: &std::io::Error) {
-        let l = &mut self.lanes[lane];
-        let Some(mut w) = l.writer.take() else {
-            return;
-        };
-        let _ = w.file.set_len(w.flushed_len);
-        let _ = w.file.seek(SeekFrom::Start(w.flushed_len));
-        let lost_bytes = w.pending.len() as u64;
-        let first_unwritten = w.pending_first_seq;
-        if let Some(seg) = l.segments.back_mut() {
-            seg.bytes = seg.bytes.saturating_sub(lost_bytes);
-            seg.records = seg.records.saturating_sub(w.pending_records);
-            seg.last = w.flushed_last_seq;
-            if seg.records == 0 {
-                let _ = std::fs::remove_file(&seg.path);
-                self.disk_bytes = self.disk_bytes.saturating_sub(seg.bytes);
-                l.segments.pop_back();
-            }
-        }
-        self.disk_bytes = self.disk_bytes.saturating_sub(lost_bytes);
-        for m in l.mem.iter_mut().chain(l.resend.iter_mut()) {
-            if m.rec.seq >= first_unwritten {
+    /// Accounts for a write the lane cut back: the in-flight copies of the
+    /// unwritten records lose their disk copy too.
+    fn unwound(&mut self, lane: Lane, u: lane::Unwound, e: &std::io::Error) {
+        self.disk_bytes = self.disk_bytes.saturating_sub(u.freed_bytes);
+        for (_, m) in self.inflight.values_mut().filter(|(ln, _)| *ln == lane) {
+            if m.rec.seq >= u.first_unwritten {
                 m.on_disk = false;
             }
         }
-        for (_, m) in self
-            .inflight
-            .values_mut()
-            .filter(|(ln, _)| *ln as usize == lane)
-        {
-            if m.rec.seq >= first_unwritten {
-                m.on_disk = false;
-            }
-        }
-        w.pending.clear();
-        l.unwritten = true;
         self.metrics
             .buffer_write_errors
             .fetch_add(1, Ordering::Relaxed);
@@ -1444,29 +1139,14 @@ impl Buffer {
 
     /// Writes and fsyncs everything, and persists the cursor if it moved.
     pub fn flush_and_sync(&mut self, now_ms: i64) {
-        for lane in 0..2 {
-            if let Err(e) = self.flush_lane(lane) {
-                self.write_failed(0, &e);
-            }
-            if let Some(w) = self.lanes[lane].writer.as_mut() {
-                if w.unsynced {
-                    match w.file.sync_data() {
-                        Ok(()) => {
-                            w.unsynced = false;
-                            self.metrics.buffer_fsyncs.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            self.metrics
-                                .buffer_write_errors
-                                .fetch_add(1, Ordering::Relaxed);
-                            if let Some(suppressed) = self.log_write.allow(LOG_EVERY_MS, now_ms) {
-                                tracing::error!(error = %e, similar_suppressed = suppressed, "fsync of the buffer failed; records written since the last fsync may be lost to a power cut. Check the state directory's disk.");
-                            }
-                        }
-                    }
-                }
+        for lane in LANES {
+            if let Err(PersistError::Write { error, .. }) =
+                self.persist(lane, Persist::Sync, now_ms)
+            {
+                self.write_failed(0, &error);
             }
         }
+        self.commit_due_ms = None;
         // Everything at or below the mark is durable, acknowledged or
         // counted as dropped: a record still only in memory (a summary held
         // in `outage` mode while upstream acknowledges promptly, or one whose
@@ -1515,7 +1195,7 @@ impl Buffer {
         }
         let old = self.reserved;
         let want = at_least.saturating_add(RESERVE_BLOCK);
-        let result = recover::write_seq_file(&self.state_dir, want)
+        let result = cursor::write_seq_file(&self.state_dir, want)
             .map(|n| {
                 self.metrics
                     .buffer_bytes_written
@@ -1543,20 +1223,20 @@ impl Buffer {
     /// Writes the cursor (acknowledged marks and the reservation).
     fn write_cursor(&mut self, now_ms: i64) -> std::io::Result<()> {
         self.cursor_gen += 1;
-        let c = recover::Cursor {
+        let c = cursor::Cursor {
             generation: self.cursor_gen,
-            acked_summaries: self.lanes[0].acked,
-            acked_alarms: self.lanes[1].acked,
+            acked_summaries: self.lanes[Lane::Summary].acked,
+            acked_alarms: self.lanes[Lane::Alarm].acked,
             reserved: self.reserved,
         };
-        match recover::write_cursor(&self.root, &c) {
+        match cursor::write_cursor(&self.root, &c) {
             Ok(n) => {
                 self.metrics
                     .buffer_bytes_written
                     .fetch_add(n, Ordering::Relaxed);
                 self.cursor_dirty = false;
-                self.durable_acked = [c.acked_summaries, c.acked_alarms];
-                for lane in 0..2 {
+                self.durable_acked = c.acked();
+                for lane in LANES {
                     self.delete_acked_segments(lane);
                 }
                 Ok(())
@@ -1609,11 +1289,11 @@ impl Buffer {
     /// counted), in flight, in memory, or in one of the lane's segments.
     /// Reads the segment whose range covers `seq`; meant for start-up.
     pub fn holds(&mut self, lane: Lane, seq: u64) -> bool {
-        let i = Self::lane_index(lane);
-        if seq <= self.lanes[i].acked || self.inflight.get(&seq).is_some_and(|(l, _)| *l == lane) {
+        if seq <= self.lanes[lane].acked || self.inflight.get(&seq).is_some_and(|(l, _)| *l == lane)
+        {
             return true;
         }
-        let l = &self.lanes[i];
+        let l = &self.lanes[lane];
         if l.mem
             .iter()
             .chain(l.resend.iter())
@@ -1623,44 +1303,16 @@ impl Buffer {
         }
         // Written records may still wait in the writer; what cannot be
         // written stays in memory, checked above.
-        let _ = self.flush_lane(i);
-        let in_file = |path: &Path| {
-            let Ok(buf) = std::fs::read(path) else {
-                return false;
-            };
-            segment::scan(&buf).records.iter().any(|(off, len)| {
-                matches!(
-                    segment::parse_record(&buf[*off..*off + *len]),
-                    Parsed::Record { body, .. } if body.seq == seq
-                )
-            })
-        };
-        self.lanes[i]
+        let _ = self.persist(lane, Persist::Write, crate::now_ms());
+        self.lanes[lane]
             .segments
             .iter()
             .filter(|s| s.base <= seq && seq <= s.last)
-            .any(|s| in_file(&s.path))
-    }
-}
-
-impl LaneLog {
-    fn placeholder() -> Self {
-        LaneLog {
-            lane: Lane::Summary,
-            dir: PathBuf::new(),
-            segments: VecDeque::new(),
-            writer: None,
-            reader: None,
-            mem: VecDeque::new(),
-            mem_bytes: 0,
-            resend: VecDeque::new(),
-            unspilled: VecDeque::new(),
-            unwritten: false,
-            sent_hwm: 0,
-            acked: 0,
-            read_retry: None,
-            damage: None,
-        }
+            .any(|s| {
+                let mut found = false;
+                let _ = segment::for_each_record(&s.path, |r| found |= r.seq == seq);
+                found
+            })
     }
 }
 
@@ -1671,68 +1323,6 @@ fn truncate_str(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// Counts the encoded records in `pending` (not yet written) with a seq
-/// above `after`.
-fn segment_pending_after(pending: &[u8], after: u64) -> u64 {
-    let mut pos = 0;
-    let mut n = 0;
-    while let Parsed::Record { body, len } = segment::parse_record(&pending[pos..]) {
-        n += u64::from(body.seq > after);
-        pos += len;
-    }
-    n
-}
-
-/// Looks for the next valid record after the damaged one at `from`,
-/// reading a bounded window at a time (at most a record's size plus a
-/// chunk). Returns where it starts, with the reader positioned there, or
-/// `None` and the end of the file when no valid record follows.
-fn resync_reader(file: &mut BufReader<File>, from: u64) -> std::io::Result<(Option<u64>, u64)> {
-    let mut start = from + 1;
-    file.seek(SeekFrom::Start(start))?;
-    let mut window: Vec<u8> = Vec::new();
-    let mut eof = false;
-    loop {
-        if !eof {
-            let old = window.len();
-            window.resize(old + RESYNC_CHUNK, 0);
-            let n = read_full(file, &mut window[old..])?;
-            window.truncate(old + n);
-            eof = n < RESYNC_CHUNK;
-        }
-        match segment::find_record(&window, 0, eof) {
-            segment::Resync::Found(p) => {
-                let at = start + p as u64;
-                file.seek(SeekFrom::Start(at))?;
-                return Ok((Some(at), at));
-            }
-            segment::Resync::NeedMore(p) => {
-                window.drain(..p);
-                start += p as u64;
-            }
-            segment::Resync::NotFound if eof => return Ok((None, start + window.len() as u64)),
-            segment::Resync::NotFound => {
-                start += window.len() as u64;
-                window.clear();
-            }
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

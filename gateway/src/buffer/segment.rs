@@ -1,5 +1,8 @@
-//! Segment files: the on-disk format, encoding, and the scan that recovery
-//! and `buffer verify` share.
+//! Segment files: the on-disk format, encoding, the scan of a whole file that
+//! recovery and `buffer verify` share, and [`RecordReader`], the streaming
+//! reader that delivery, `buffer status` and the record counts use. Both
+//! check a record in one place ([`parse_record`]) and resynchronise after
+//! damage with one search ([`find_record`]).
 //!
 //! ```text
 //! segment file  {base_seq:020}.seg   (base_seq = seq of its first record)
@@ -23,6 +26,10 @@
 //! A record is valid when its marker, length and CRC are right and its body
 //! decodes. The marker lets a scan find the next record after damage without
 //! trusting the damaged length. CRC-32 is the IEEE polynomial (crc32fast).
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +108,17 @@ pub enum Parsed<'a> {
     Invalid,
 }
 
+/// The body length announced by the record header at `head[0]` (at least
+/// [`RECORD_HEADER_LEN`] bytes), or `None` when no record can start there
+/// (wrong marker, length above [`MAX_BODY`]).
+fn body_len(head: &[u8]) -> Option<usize> {
+    if head[0..2] != MARKER {
+        return None;
+    }
+    let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as usize;
+    (len <= MAX_BODY).then_some(len)
+}
+
 /// Parses the record that starts at `buf[0]`.
 pub fn parse_record(buf: &[u8]) -> Parsed<'_> {
     if buf.len() < RECORD_HEADER_LEN {
@@ -110,13 +128,9 @@ pub fn parse_record(buf: &[u8]) -> Parsed<'_> {
             Parsed::Invalid
         };
     }
-    if buf[0..2] != MARKER {
+    let Some(len) = body_len(buf) else {
         return Parsed::Invalid;
-    }
-    let len = u32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
-    if len > MAX_BODY {
-        return Parsed::Invalid;
-    }
+    };
     let total = RECORD_HEADER_LEN + len;
     if buf.len() < total {
         return Parsed::Incomplete;
@@ -237,6 +251,205 @@ fn resync(buf: &[u8], from: usize) -> Option<usize> {
     }
 }
 
+/// A record read back from a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Why the record at a reader's position could not be read. Callers branch
+/// on it: a torn record may still be completed (the segment being written),
+/// a corrupt one is skipped with [`RecordReader::resync`], an I/O error is
+/// worth trying again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream ends inside a record.
+    #[error("a record is cut short by the end of the segment")]
+    Torn,
+    /// The bytes at the position are not a valid record.
+    #[error("{0}")]
+    Corrupt(&'static str),
+    /// The read itself failed (EIO, ...).
+    #[error("cannot read the segment: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Bytes read at a time while looking for the next valid record.
+const RESYNC_CHUNK: usize = 64 * 1024;
+
+/// Reads records one at a time from a stream positioned at a record
+/// boundary, holding at most one record (and, while resynchronising, one
+/// chunk) in memory.
+#[derive(Debug)]
+pub struct RecordReader<R> {
+    inner: R,
+    /// Offset of the next record in the stream.
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+impl RecordReader<BufReader<File>> {
+    /// Opens a segment file for reading from `pos`.
+    pub fn open(path: &Path, pos: u64) -> std::io::Result<Self> {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(pos))?;
+        Ok(RecordReader::new(
+            BufReader::with_capacity(64 * 1024, file),
+            pos,
+        ))
+    }
+}
+
+impl<R: Read + Seek> RecordReader<R> {
+    /// A reader of `inner`, which is positioned at offset `pos`.
+    pub fn new(inner: R, pos: u64) -> Self {
+        RecordReader {
+            inner,
+            pos,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Offset of the next record.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Reads the record at the position and moves past it; `Ok(None)` at
+    /// the clean end of the stream. After [`ReadError::Torn`] or
+    /// [`ReadError::Corrupt`] the position is unchanged (the same read can
+    /// be tried again once more bytes exist, or [`Self::resync`] skips
+    /// the damage).
+    pub fn next_record(&mut self) -> Result<Option<Stored>, ReadError> {
+        let mut head = [0u8; RECORD_HEADER_LEN];
+        match read_full(&mut self.inner, &mut head)? {
+            0 => return Ok(None),
+            n if n < RECORD_HEADER_LEN => return self.back(ReadError::Torn),
+            _ => {}
+        }
+        let Some(len) = body_len(&head) else {
+            return self.back(ReadError::Corrupt("a record header is damaged"));
+        };
+        self.buf.clear();
+        self.buf.extend_from_slice(&head);
+        self.buf.resize(RECORD_HEADER_LEN + len, 0);
+        if read_full(&mut self.inner, &mut self.buf[RECORD_HEADER_LEN..])? < len {
+            return self.back(ReadError::Torn);
+        }
+        match parse_record(&self.buf) {
+            Parsed::Record { body, len } => {
+                self.pos += len as u64;
+                Ok(Some(Stored {
+                    seq: body.seq,
+                    ts_ms: body.ts_ms,
+                    topic: body.topic.to_owned(),
+                    payload: body.payload.to_vec(),
+                }))
+            }
+            Parsed::Incomplete | Parsed::Invalid => {
+                self.back(ReadError::Corrupt("a record failed its CRC check"))
+            }
+        }
+    }
+
+    /// Returns the stream to the position after a failed read.
+    fn back(&mut self, e: ReadError) -> Result<Option<Stored>, ReadError> {
+        self.inner.seek(SeekFrom::Start(self.pos))?;
+        Err(e)
+    }
+
+    /// The record at the position is damaged: moves to the next position
+    /// after it where a whole record parses with a good CRC, reading a
+    /// bounded window at a time (at most a record's size plus a chunk).
+    /// Returns whether one was found; if not, the position is the end of
+    /// the stream.
+    pub fn resync(&mut self) -> std::io::Result<bool> {
+        let mut start = self.pos + 1;
+        self.inner.seek(SeekFrom::Start(start))?;
+        let window = &mut self.buf;
+        window.clear();
+        let mut eof = false;
+        loop {
+            if !eof {
+                let old = window.len();
+                window.resize(old + RESYNC_CHUNK, 0);
+                let n = read_full(&mut self.inner, &mut window[old..])?;
+                window.truncate(old + n);
+                eof = n < RESYNC_CHUNK;
+            }
+            match find_record(window, 0, eof) {
+                Resync::Found(p) => {
+                    self.pos = start + p as u64;
+                    self.inner.seek(SeekFrom::Start(self.pos))?;
+                    return Ok(true);
+                }
+                Resync::NeedMore(p) => {
+                    window.drain(..p);
+                    start += p as u64;
+                }
+                Resync::NotFound if eof => {
+                    self.pos = start + window.len() as u64;
+                    return Ok(false);
+                }
+                Resync::NotFound => {
+                    start += window.len() as u64;
+                    window.clear();
+                }
+            }
+        }
+    }
+
+    /// Hands every valid record from the position on to `f`, skipping
+    /// damage as [`scan`] does for a file in memory.
+    pub fn for_each_valid(&mut self, mut f: impl FnMut(Stored)) -> std::io::Result<()> {
+        loop {
+            match self.next_record() {
+                Ok(Some(r)) => f(r),
+                Ok(None) => return Ok(()),
+                Err(ReadError::Io(e)) => return Err(e),
+                Err(ReadError::Torn | ReadError::Corrupt(_)) => {
+                    if !self.resync()? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands every valid record of the segment file at `path` to `f`, damage
+/// skipped; with a damaged header, records are looked for from the start of
+/// the file (as [`scan`] does).
+pub fn for_each_record(path: &Path, f: impl FnMut(Stored)) -> std::io::Result<()> {
+    let mut head = [0u8; HEADER_LEN];
+    let mut file = File::open(path)?;
+    let n = read_full(&mut file, &mut head)?;
+    let start = if decode_header(&head[..n]).is_ok() {
+        HEADER_LEN as u64
+    } else {
+        0
+    };
+    file.seek(SeekFrom::Start(start))?;
+    RecordReader::new(BufReader::with_capacity(64 * 1024, file), start).for_each_valid(f)
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +470,16 @@ mod tests {
             .unwrap();
         }
         buf
+    }
+
+    /// Five records, the second with a damaged body; and the scan of the
+    /// segment before the damage.
+    fn second_record_damaged() -> (Vec<u8>, Scan) {
+        let mut buf = segment(5);
+        let clean = scan(&buf);
+        let (off, _) = clean.records[1];
+        buf[off + RECORD_HEADER_LEN + 1] ^= 0xFF;
+        (buf, clean)
     }
 
     #[test]
@@ -289,10 +512,7 @@ mod tests {
 
     #[test]
     fn middle_damage_is_skipped_and_later_records_salvaged() {
-        let mut buf = segment(5);
-        let s0 = scan(&buf);
-        let (off, _) = s0.records[1];
-        buf[off + RECORD_HEADER_LEN + 1] ^= 0xFF;
+        let (buf, _) = second_record_damaged();
         let s = scan(&buf);
         assert_eq!(s.records.len(), 4);
         assert_eq!(s.middle_damage.len(), 1);
@@ -334,5 +554,28 @@ mod tests {
         // At the end of the file the cut record is not a record.
         assert_eq!(find_record(cut, off, true), Resync::NotFound);
         assert_eq!(find_record(&buf[..off], from, true), Resync::NotFound);
+    }
+
+    #[test]
+    fn the_reader_finds_what_the_scan_finds_and_says_why_it_stops() {
+        let (buf, s0) = second_record_damaged();
+        let off = s0.records[1].0;
+        let at = |bytes: &[u8], pos: usize| {
+            let mut c = std::io::Cursor::new(bytes.to_vec());
+            c.set_position(pos as u64);
+            RecordReader::new(c, pos as u64)
+        };
+        let mut r = at(&buf, HEADER_LEN);
+        assert_eq!(r.next_record().unwrap().map(|s| s.seq), Some(1));
+        assert!(matches!(r.next_record(), Err(ReadError::Corrupt(_))));
+        assert_eq!(r.pos(), off as u64, "a failed read does not move");
+        assert!(r.resync().unwrap());
+        assert_eq!(r.pos(), s0.records[2].0 as u64);
+        let mut seqs = Vec::new();
+        r.for_each_valid(|s| seqs.push(s.seq)).unwrap();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        let cut = &buf[..buf.len() - 3];
+        let mut r = at(cut, s0.records[4].0);
+        assert!(matches!(r.next_record(), Err(ReadError::Torn)));
     }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use proptest::prelude::*;
 
 use super::*;
+use segment::{Parsed, RECORD_HEADER_LEN};
 
 fn cfg(durability: Durability) -> BufferConfig {
     BufferConfig {
@@ -148,7 +149,7 @@ fn outage_mode_writes_when_upstream_is_down_and_when_acks_are_late() {
 }
 
 #[test]
-fn alarms_are_delivered_before_the_summary_backlog_and_are_durable_at_once() {
+fn alarms_are_delivered_before_the_summary_backlog_and_are_durable_by_their_group_commit() {
     let f = Fixture::new();
     let c = cfg(Durability::Outage);
     let mut b = f.open(&c);
@@ -158,7 +159,10 @@ fn alarms_are_delivered_before_the_summary_backlog_and_are_durable_at_once() {
         b.push(rec(s + i, Lane::Summary), 0);
     }
     b.push(rec(s + 5, Lane::Alarm), 0);
-    // Crash without any maintain: the alarm is already fsynced.
+    assert_eq!(b.commit_due(), Some(GROUP_COMMIT_MS));
+    b.maintain(GROUP_COMMIT_MS, true);
+    assert_eq!(b.commit_due(), None);
+    // Crash after the group commit and nothing else: the alarm is fsynced.
     drop(b);
     let mut b = f.open(&c);
     assert_eq!(
@@ -403,7 +407,7 @@ proptest! {
                 }
                 Op::Deliver { n, ack } => for _ in 0..n {
                     let Some(r) = b.next_unsent(1_700_000_000_000) else { break };
-                    prop_assert_eq!(Some(&r), model.get(&r.seq), "a record the model lacks");
+                    prop_assert_eq!(Some(&*r), model.get(&r.seq), "a record the model lacks");
                     prop_assert!(r.seq > last_in_session, "reordered: {} after {}", r.seq, last_in_session);
                     last_in_session = r.seq;
                     if ack {
@@ -436,7 +440,7 @@ proptest! {
         b.rewind();
         let mut seen = BTreeSet::new();
         while let Some(r) = b.next_unsent(1_700_000_000_000) {
-            prop_assert_eq!(Some(&r), model.get(&r.seq));
+            prop_assert_eq!(Some(&*r), model.get(&r.seq));
             seen.insert(r.seq);
             b.ack(r.seq);
         }
@@ -767,7 +771,11 @@ fn a_record_set_aside_is_not_handed_out_again_and_the_lane_moves_past_it() {
     assert!(!b.set_aside(s + 1, "again", now), "no longer in flight");
     b.ack(s);
     b.ack(s + 2);
-    assert_eq!(b.lanes[0].acked, s + 2, "the acked mark moves past it");
+    assert_eq!(
+        b.lanes[Lane::Summary].acked,
+        s + 2,
+        "the acked mark moves past it"
+    );
     assert_eq!(b.rewind(), 0, "it is not resent after a reconnect");
     assert_eq!(deliver(&mut b, 10, true), vec![s + 3, s + 4]);
     b.maintain(5_000, true);
@@ -872,4 +880,47 @@ fn an_acknowledged_alarm_stays_accounted_for_until_a_durable_cursor_covers_it() 
         "at or below the durable acknowledged mark"
     );
     assert_eq!(deliver(&mut b, 10, true), Vec::<u64>::new());
+}
+
+#[test]
+fn a_burst_of_alarms_shares_one_group_commit() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Always);
+    c.segment_bytes = 1 << 20;
+    let mut b = f.open(&c);
+    b.maintain(0, true);
+    let fsyncs = || f.metrics.buffer_fsyncs.load(Ordering::Relaxed);
+    let s = b.next_seq();
+    // Summaries written but not fsynced yet, as between two commits.
+    for i in 0..10 {
+        b.push(rec(s + i, Lane::Summary), 1);
+    }
+    let before = fsyncs();
+    let n = 500;
+    for i in 0..n {
+        b.push(rec(s + 10 + i, Lane::Alarm), 1);
+    }
+    assert_eq!(fsyncs(), before, "nothing is fsynced before the commit");
+    assert_eq!(b.commit_due(), Some(1 + GROUP_COMMIT_MS));
+    b.maintain(1 + GROUP_COMMIT_MS, true);
+    let cost = fsyncs() - before;
+    assert!(
+        cost <= 2,
+        "{n} alarms pushed together cost {cost} fsyncs (at most one per lane)"
+    );
+    assert_eq!(
+        f.metrics.buffer_last_synced_seq.load(Ordering::Relaxed),
+        (s + 10 + n - 1) as i64,
+        "every alarm of the burst is durable"
+    );
+    // An alarm asked for before its commit is due is committed first.
+    b.push(rec(s + 10 + n, Lane::Alarm), 2);
+    let before = fsyncs();
+    let handed: Vec<u64> = deliver(&mut b, 1000, true);
+    assert_eq!(fsyncs(), before + 1, "one commit for the late alarm");
+    assert_eq!(
+        handed[..=n as usize],
+        (s + 10..=s + 10 + n).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(handed.len(), n as usize + 11, "then the summaries");
 }

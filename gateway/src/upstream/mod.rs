@@ -147,7 +147,14 @@ pub async fn run(
             buffer.maintain(now, state.client.is_some());
             maintain = false;
         }
-        state.pump(&mut buffer, window, &cfg, &metrics, now);
+        // Alarms just pushed wait a few ms for their group commit, so that a
+        // burst shares one fsync; nothing is published before it.
+        let commit_at = buffer
+            .commit_due()
+            .map(|at| Instant::now() + Duration::from_millis(u64::try_from(at - now).unwrap_or(0)));
+        if commit_at.is_none() {
+            state.pump(&mut buffer, window, &cfg, &metrics, now);
+        }
         if !input_open && buffer.is_empty() {
             break;
         }
@@ -194,6 +201,7 @@ pub async fn run(
                 None => break,
             },
             _ = tick.tick() => maintain = true,
+            _ = sleep_until(commit_at) => maintain = true,
             _ = shutdown.cancelled(), if !stopping => {
                 stopping = true;
                 deadline = Some(Instant::now() + cfg.shutdown_grace + SHUTDOWN_FLUSH_BOUND);
@@ -262,7 +270,10 @@ impl SinkState {
                 buffer.set_aside(rec.seq, reason, now_ms);
                 continue;
             }
-            match client.try_publish(rec.topic, cfg.qos, false, rec.payload) {
+            // The buffer keeps the record until its PUBACK; the client takes
+            // its own copy of topic and payload (its non-blocking publish
+            // accepts nothing shared).
+            match client.try_publish(rec.topic.as_str(), cfg.qos, false, rec.payload.as_slice()) {
                 Ok(()) => {
                     self.awaiting_pkid.push_back(rec.seq);
                     metrics.upstream_published.fetch_add(1, Ordering::Relaxed);
