@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: sensor-sim -> broker -> sensor-gateway -> upstream broker.
 #
-# Measures, in one run and on the same broker:
+# For each rate, in one run and on the same broker:
 #   1. the floor: a bare rumqttc subscriber that only counts messages
 #      (`sensor-sim count`): CPU microseconds per message and peak RSS;
-#   2. the gateway with the same stream: readings/s, CPU microseconds per
-#      reading, peak RSS, summaries delivered upstream.
+#   2. the gateway with the same stream: CPU microseconds per reading, peak
+#      RSS, records delivered upstream;
+# and reports the gateway/floor CPU ratio side by side.
+#
+# Loads (LOAD=...):
+#   w1    (default) 1,000 sensors, JSON {"value", "ts" in ms}, 1 s windows,
+#         count/min/max/mean, one threshold alarm (on vibration);
+#   wide  10,200 sensors, 10 s windows, default statistics.
 # Brokers: Mosquitto when installed, else the embedded rumqttd.
 #
-# Usage: benches/e2e.sh            (RATE=20000 DURATION=20 by default)
-#        RATE=50000 DURATION=30 benches/e2e.sh
+# Usage: benches/e2e.sh                         (RATES="20000 50000", DURATION=20)
+#        LOAD=wide RATES=20000 DURATION=15 benches/e2e.sh
 # Needs GNU time (/usr/bin/time, Debian package `time`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RATE=${RATE:-20000}
+LOAD=${LOAD:-w1}
+RATES=${RATES:-${RATE:-20000 50000}}
 DURATION=${DURATION:-20}
-N=$((RATE * DURATION))
 cargo build --release -q -p sensor-gateway -p sensor-sim
 BIN=target/release
 TMP=$(mktemp -d)
@@ -40,12 +46,18 @@ BROKER=$(command -v mosquitto >/dev/null && echo "mosquitto $(mosquitto -h | hea
 P1=$(free_port); P2=$(free_port)
 start_broker "$P1"; start_broker "$P2"
 
-# 100 lines x 34 machines x 3 sensors = 10,200 distinct sensors.
-cat > "$TMP/scenario.toml" <<TOML
+if [ "$LOAD" = wide ]; then
+    LINES=100; MACHINES=34; SENSORS="10,200"
+else
+    LINES=10; MACHINES=50; SENSORS="1,000"
+fi
+scenario() {
+    # LINES x MACHINES x (2 or 3) sensors.
+    cat > "$TMP/scenario.toml" <<TOML
 topic_prefix = "plant"
-lines = 100
-machines_per_line = 34
-rate = $RATE
+lines = $LINES
+machines_per_line = $MACHINES
+rate = $1
 seed = 1
 [[sensor]]
 name = "temperature"
@@ -57,6 +69,9 @@ name = "vibration"
 kind = "vibration"
 base = 2.0
 noise = 0.2
+TOML
+    if [ "$LOAD" = wide ]; then
+        cat >> "$TMP/scenario.toml" <<TOML
 [[sensor]]
 name = "current"
 kind = "motor_current"
@@ -65,12 +80,18 @@ noise = 0.5
 load_period = "60s"
 load_amplitude = 3.0
 TOML
+    fi
+}
 
 publish() {
-    "$BIN/sensor-sim" run --scenario "$TMP/scenario.toml" --broker "127.0.0.1:$P1" --count "$N" --qos 0 --client-id "bench-pub-$1" 2>/dev/null
+    "$BIN/sensor-sim" run --scenario "$TMP/scenario.toml" --broker "127.0.0.1:$P1" --count "$N" --qos 0 --client-id "bench-pub-$1-$RATE" 2>/dev/null
 }
 cpu_us_per() { awk -v t="$1" -v n="$2" 'BEGIN { split(t, a, " "); printf "%.2f", (a[1] + a[2]) * 1e6 / n }'; }
 
+measure() {
+RATE=$1
+N=$((RATE * DURATION))
+scenario "$RATE"
 echo "== floor: bare rumqttc subscriber, $N messages at $RATE/s"
 /usr/bin/time -f "%U %S %M" -o "$TMP/floor.time" \
     "$BIN/sensor-sim" count --broker "127.0.0.1:$P1" --topic 'plant/#' --idle 3s > "$TMP/floor.out" 2> "$TMP/floor.err" &
@@ -83,27 +104,41 @@ FLOOR_T=$(cat "$TMP/floor.time")
 FLOOR_CPU=$(cpu_us_per "$FLOOR_T" "$FLOOR_N")
 FLOOR_RSS=$(echo "$FLOOR_T" | awk '{printf "%.1f", $3/1024}')
 
-echo "== gateway: same stream, 10 s windows, upstream QoS 1"
-cat > "$TMP/gw.toml" <<TOML
+echo "== gateway: same stream ($LOAD), upstream QoS 1"
+cat > "$TMP/gw-$RATE.toml" <<TOML
 [gateway]
 id = "bench"
-state_dir = "$TMP/state"
+state_dir = "$TMP/state-$RATE"
 metrics_interval = "500ms"
 [[source]]
 kind = "mqtt"
 broker = "127.0.0.1:$P1"
 topic_template = "plant/{line}/{machine}/{sensor}"
 qos = 0
-[pipeline]
-default_window = "10s"
-max_sensors = 20000
 [upstream]
 broker = "127.0.0.1:$P2"
 TOML
+if [ "$LOAD" = wide ]; then
+    printf '[pipeline]\ndefault_window = "10s"\nmax_sensors = 20000\n' >> "$TMP/gw-$RATE.toml"
+else
+    cat >> "$TMP/gw-$RATE.toml" <<TOML
+[[sensor]]
+match = "*"
+window = "1s"
+stats = ["count", "min", "max", "mean"]
+[[sensor]]
+match = "*/vibration"
+window = "1s"
+stats = ["count", "min", "max", "mean"]
+[sensor.alarm]
+high = 3.5
+hysteresis = 0.2
+TOML
+fi
 RUST_LOG=warn /usr/bin/time -f "%U %S %M" -o "$TMP/gw.time" \
-    "$BIN/sensor-gateway" run --config "$TMP/gw.toml" --metrics-file "$TMP/gw.prom" 2> "$TMP/gw.log" &
+    "$BIN/sensor-gateway" run --config "$TMP/gw-$RATE.toml" --metrics-file "$TMP/gw-$RATE.prom" 2> "$TMP/gw.log" &
 GWTIME=$!
-metric() { awk -v m="$1" '$1 == m { print $2 }' "$TMP/gw.prom" 2>/dev/null || true; }
+metric() { awk -v m="$1" '$1 == m { print $2 }' "$TMP/gw-$RATE.prom" 2>/dev/null || true; }
 for _ in $(seq 200); do [ "$(metric gateway_source_subscriptions_total)" = "1" ] && break; sleep 0.05; done
 START=$(date +%s.%N)
 publish gateway
@@ -123,16 +158,20 @@ GW_CPU=$(cpu_us_per "$GW_T" "$GW_N")
 GW_RSS=$(echo "$GW_T" | awk '{printf "%.1f", $3/1024}')
 SUMMARIES=$(metric gateway_upstream_acked_total)
 
+RATIO=$(awk -v a="$GW_CPU" -v b="$FLOOR_CPU" 'BEGIN { printf "%.2f", a / b }')
+ROWS+=("$(printf '%-8s %-9s %-7s %-8s %-9s %-7s %-8s %-9s %s' "$RATE" "$FLOOR_N" "$FLOOR_CPU" "$FLOOR_RSS" "$GW_N" "$GW_CPU" "$GW_RSS" "$SUMMARIES" "$RATIO")")
+}
+
+ROWS=()
+for r in $RATES; do measure "$r"; done
+
 cat <<REPORT
 
-machine:        $(nproc) cores, $(awk '/model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo)
-broker:         $BROKER
-stream:         $N readings from 10,200 sensors offered at $RATE/s (QoS 0)
+machine:  $(nproc) cores, $(awk '/model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo)
+broker:   $BROKER
+load:     $LOAD, $SENSORS sensors, $DURATION s per rate (QoS 0 in, QoS 1 upstream)
 
-                        received   CPU us/msg   peak RSS MB
-floor (bare rumqttc)    $FLOOR_N   $FLOOR_CPU   $FLOOR_RSS
-sensor-gateway          $GW_N   $GW_CPU   $GW_RSS
-
-gateway/floor CPU ratio: $(awk -v a="$GW_CPU" -v b="$FLOOR_CPU" 'BEGIN { printf "%.2f", a / b }')
-gateway summaries delivered upstream (QoS 1, PUBACKed): $SUMMARIES
+         floor (bare rumqttc)       sensor-gateway
+rate/s   received  CPU us  RSS MB   received  CPU us  RSS MB   upstream  CPU ratio
 REPORT
+printf '%s\n' "${ROWS[@]}"
