@@ -131,6 +131,8 @@ pub struct Processor {
     /// Scratch space for events, reused.
     alarm_events: Vec<crate::alarm::AlarmEvent>,
     anomaly_events: Vec<crate::anomaly::AnomalyEvent>,
+    /// Scratch space for encoding a record's payload, reused.
+    scratch: Vec<u8>,
 }
 
 impl Processor {
@@ -151,6 +153,7 @@ impl Processor {
             baselines_dirty: false,
             alarm_events: Vec::new(),
             anomaly_events: Vec::new(),
+            scratch: Vec::with_capacity(1024),
         }
     }
 
@@ -623,8 +626,13 @@ impl Processor {
             },
             body: body(seq),
         };
-        // Serializing plain numbers and strings into a Vec cannot fail.
-        let payload = serde_json::to_vec(&envelope).unwrap_or_default();
+        // Encoded into reused scratch space and copied out at its exact
+        // length: no growth reallocations per record, and no spare capacity
+        // held while the record waits for its acknowledgement. Serializing
+        // plain numbers and strings into a Vec cannot fail.
+        self.scratch.clear();
+        let _ = serde_json::to_writer(&mut self.scratch, &envelope);
+        let payload = self.scratch.clone();
         let template = match kind {
             RecordKind::Summary => &self.settings.summary_topic,
             RecordKind::Alarm | RecordKind::Anomaly => &self.settings.alarm_topic,
