@@ -8,7 +8,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -91,7 +90,7 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).expect("a temporary directory");
     let metrics = Arc::new(Metrics::new());
     let (mut b, _) = Buffer::open(&config(), dir.path(), metrics.clone()).expect("open");
-    let written_before = metrics.buffer_bytes_written.load(Ordering::Relaxed);
+    let written_before = metrics.buffer_bytes_written.get();
 
     // 1. Append throughput: batches of 256 as the sink takes them, real
     //    time, group commit every second.
@@ -122,12 +121,12 @@ fn main() {
     }
     b.close(now_ms());
     let secs = start.elapsed().as_secs_f64();
-    let written = metrics.buffer_bytes_written.load(Ordering::Relaxed) - written_before;
+    let written = metrics.buffer_bytes_written.get() - written_before;
     println!(
         "append: {n} records ({:.1} MB) in {secs:.3} s = {:.0} records/s, {} fsyncs",
         encoded as f64 / 1e6,
         n as f64 / secs,
-        metrics.buffer_fsyncs.load(Ordering::Relaxed)
+        metrics.buffer_fsyncs.get()
     );
     println!(
         "write amplification: {written} bytes written / {encoded} encoded record bytes = {:.3}",

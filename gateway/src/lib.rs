@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod model;
 pub mod processor;
+pub mod reject;
 pub mod runtime;
 pub mod sketch;
 pub mod source;

@@ -20,9 +20,10 @@ use serde::Serialize;
 
 use crate::config::{SensorRule, StatSet};
 use crate::decode::{self, DecodeError, PayloadFormat};
-use crate::metrics::{LogLimiter, Metrics, Reject};
+use crate::metrics::Metrics;
 use crate::model::payload::{Envelope, Header, Labels, RecordKind, SummaryBody, SCHEMA};
 use crate::model::{Reading, Record, RegistryError, SensorKey, SensorRegistry};
+use crate::reject::{LogLimiter, Reject};
 use crate::topic::{OutputTemplate, ResolveError, TopicTemplate};
 use crate::window::WindowStats;
 use crate::wire::SerialReading;
@@ -167,9 +168,7 @@ impl Processor {
 
     /// Takes one raw message; closed windows are appended to `out`.
     pub fn ingest(&mut self, msg: &RawMessage, now_ms: i64, out: &mut Vec<Record>) {
-        self.metrics
-            .messages_received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.messages_received.inc();
         match self.decode_message(msg) {
             Ok(reading) => self.record(reading, now_ms, out),
             Err(reason) => self.rejected(reason, &msg.topic, None, now_ms),
@@ -229,9 +228,7 @@ impl Processor {
     pub fn ingest_serial(&mut self, r: &SerialReading, now_ms: i64, out: &mut Vec<Record>) {
         // Each reading counts as one message, so that received = accepted +
         // rejected holds for serial sources too.
-        self.metrics
-            .messages_received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.messages_received.inc();
         let sensor = match self.registry.lookup(&r.sensor) {
             Some(k) => k,
             None if crate::topic::check_sensor_id(&r.sensor).is_err() => {
@@ -342,10 +339,7 @@ impl Processor {
             Some(slot) => *slot = state,
             None => self.sensors.push(state),
         }
-        self.metrics.sensors_live.store(
-            self.registry.len() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics.sensors_live.set(self.registry.len() as i64);
         let needs_extra = rule.is_some_and(|r| {
             let r = &self.settings.rules[r as usize];
             r.alarm.is_some()
@@ -386,9 +380,7 @@ impl Processor {
         }
         state.max_event_ms = state.max_event_ms.max(r.ts_ms);
         state.last_arrival_ms = now_ms;
-        self.metrics
-            .readings_accepted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.readings_accepted.inc();
         if state.extra.is_some() {
             // Alarms bypass the windows; non-summary delivery skips them.
             if !self.analyse_reading(r, now_ms, out) {
@@ -500,13 +492,8 @@ impl Processor {
         // Its baseline leaves the saved state at the next save.
         self.baselines_dirty |= had_extra;
         self.registry.retire(key);
-        self.metrics
-            .sensors_retired
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.sensors_live.store(
-            self.registry.len() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics.sensors_retired.inc();
+        self.metrics.sensors_live.set(self.registry.len() as i64);
     }
 
     /// Emits every open window, complete or not; used at shutdown.
@@ -587,9 +574,7 @@ impl Processor {
                 |_| body,
                 out,
             );
-            self.metrics
-                .summaries_produced
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.summaries_produced.inc();
             if self.sensors[key.index()].extra.is_some() {
                 self.analyse_window(key, start, start + window_ms, &w, out);
             }

@@ -10,7 +10,6 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +19,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::buffer::Buffer;
 use crate::config::{Config, SourceConfig};
-use crate::metrics::{CommandLogLimiter, Metrics, Throttle};
+use crate::metrics::Metrics;
 use crate::model::{Lane, Record};
 use crate::processor::{escaped, Command, CoreSettings, Input, Processor};
+use crate::reject::{CommandLogLimiter, Throttle};
 use crate::upstream;
 
 /// How often the core checks for windows to close.
@@ -105,18 +105,14 @@ pub async fn run(
                 .reemit_lost_alarm_events(|seq| buffer.holds(Lane::Alarm, seq), &mut reemitted);
             tracing::info!(
                 sensors = n,
-                active_alarms = metrics
-                    .alarms_active
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                active_alarms = metrics.alarms_active.get(),
                 alarm_events_sent_again = again,
                 "Alarm and baseline state restored."
             );
         }
         Ok(None) => {}
         Err(e) => {
-            metrics
-                .state_load_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics.state_load_errors.inc();
             tracing::error!(error = %e, "Alarm and baseline state not restored; starting without it.");
         }
     }
@@ -223,25 +219,18 @@ impl StateSaver {
                 self.alarms_pending = false;
                 self.baselines_pending = false;
                 self.failed_at = None;
-                self.metrics
-                    .state_saves
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.state_saves.inc();
                 return;
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the state-saving task failed: {e}"),
         };
-        self.metrics
-            .state_save_errors
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.state_save_errors.inc();
         // Logged once per failure streak and then at most every minute of
         // retries, not on every retry.
         let first = self.failed_at.is_none();
         self.failed_at = Some(tokio::time::Instant::now());
-        let saves_failed = self
-            .metrics
-            .state_save_errors
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let saves_failed = self.metrics.state_save_errors.get();
         if first || saves_failed % 60 == 0 {
             tracing::error!(dir = %self.dir.display(), error = %error, failed_saves = saves_failed, "Cannot save the alarm and baseline state; retrying every second. A restart now would forget the changes since the last save. Check that the state directory is writable and its disk healthy.");
         }
@@ -330,9 +319,7 @@ async fn pass_on(
     let sent = forward(out, tx, metrics).await;
     if !sent && !hold.held.is_empty() {
         // The sink is gone: what is kept back cannot go either.
-        metrics
-            .records_lost_at_shutdown
-            .fetch_add(hold.held.len() as u64, Ordering::Relaxed);
+        metrics.records_lost_at_shutdown.add(hold.held.len() as u64);
         hold.held.clear();
     }
     sent
@@ -350,13 +337,13 @@ fn confirm_durable(
     log: &mut Throttle,
     now_ms: i64,
 ) {
-    let synced = metrics.buffer_last_synced_seq.load(Ordering::Relaxed);
+    let synced = metrics.buffer_last_synced_seq.get();
     let limit = hold.durable_limit(u64::try_from(synced).unwrap_or(0));
     if limit > seen.0 {
         seen.0 = limit;
         processor.confirm_durable(limit);
     }
-    let overflow = metrics.alarm_ledger_overflow.load(Ordering::Relaxed);
+    let overflow = metrics.alarm_ledger_overflow.get();
     if overflow > seen.1 {
         if let Some(suppressed) = log.allow(HOLD_LOG_INTERVAL_MS, now_ms) {
             tracing::warn!(
@@ -496,9 +483,7 @@ async fn forward(out: &mut Vec<Record>, tx: &mpsc::Sender<Record>, metrics: &Met
     while let Some(rec) = records.next() {
         if tx.send(rec).await.is_err() {
             let lost = 1 + records.len() as u64;
-            metrics
-                .records_lost_at_shutdown
-                .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+            metrics.records_lost_at_shutdown.add(lost);
             tracing::error!(
                 lost,
                 "The upstream sink stopped before the core finished flushing (upstream.shutdown_grace and the flush bound passed); these records are lost."
@@ -622,7 +607,6 @@ fn duration_ms(d: std::time::Duration) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::processor::RawMessage;
@@ -668,21 +652,17 @@ broker = "127.0.0.1:1884"
         let mut out = Vec::new();
         p.ingest(&msg, t0, &mut out);
         saver.save_if_needed(&mut p, false).await;
-        assert_eq!(metrics.state_save_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.state_save_errors.get(), 1);
         assert!(!crate::state::path(dir.path()).exists());
         std::fs::remove_dir(&tmp).unwrap();
         // Nothing changed since: the pending alarm change is still saved,
         // once the retry delay has passed.
         saver.save_if_needed(&mut p, false).await;
-        assert_eq!(
-            metrics.state_saves.load(Ordering::Relaxed),
-            0,
-            "not at once"
-        );
+        assert_eq!(metrics.state_saves.get(), 0, "not at once");
         let failed_at = saver.failed_at.unwrap();
         saver.failed_at = failed_at.checked_sub(SAVE_RETRY_AFTER);
         saver.save_if_needed(&mut p, false).await;
-        assert_eq!(metrics.state_saves.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.state_saves.get(), 1);
         let saved = crate::state::load(dir.path(), t0).unwrap().unwrap();
         assert_eq!(saved, p.export_state());
     }
@@ -747,7 +727,7 @@ broker = "127.0.0.1:1884"
         let (tx, mut rx) = mpsc::channel(16);
         let mut hold = AlarmHold::default();
         saver.save_if_needed(&mut p, false).await;
-        assert_eq!(metrics.state_save_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.state_save_errors.get(), 1);
         assert!(pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await);
         assert_eq!(rx.try_recv().unwrap().seq, 100, "summaries go on");
         assert!(rx.try_recv().is_err(), "the unsaved alarm event waits");
@@ -759,7 +739,7 @@ broker = "127.0.0.1:1884"
         std::fs::remove_dir(&tmp).unwrap();
         saver.failed_at = saver.failed_at.unwrap().checked_sub(SAVE_RETRY_AFTER);
         saver.save_if_needed(&mut p, false).await;
-        assert_eq!(metrics.state_saves.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.state_saves.get(), 1);
         assert!(pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await);
         assert_eq!(rx.try_recv().unwrap().seq, raised[0], "sent once saved");
     }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sensor_gateway::config::{BrokerAddr, Config, SourceConfig};
-use sensor_gateway::metrics::{Metrics, Reject};
+use sensor_gateway::metrics::Metrics;
+use sensor_gateway::reject::Reject;
 use sensor_gateway::runtime::RunOptions;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -229,16 +230,16 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
             uplink.restore();
             println!("\n>> {:>3}s  RESTORED: upstream broker restarted, uplink back; the backlog drains, oldest first\n", t.as_secs());
         }
-        peak_backlog = peak_backlog.max(metrics.upstream_queue_records.load(Ordering::Relaxed));
+        peak_backlog = peak_backlog.max(metrics.upstream_queue_records.get());
         println!(
             "   [{:>3}s] readings published {:>6} | gateway: accepted {:>6} rejected {:>4} summaries {:>4} delivered {:>4} queued {:>3} | upstream {}",
             t.as_secs(),
             stats.published.load(Ordering::Relaxed),
-            metrics.readings_accepted.load(Ordering::Relaxed),
+            metrics.readings_accepted.get(),
             metrics.rejected_total(),
-            metrics.summaries_produced.load(Ordering::Relaxed),
-            metrics.upstream_acked.load(Ordering::Relaxed),
-            metrics.upstream_queue_records.load(Ordering::Relaxed),
+            metrics.summaries_produced.get(),
+            metrics.upstream_acked.get(),
+            metrics.upstream_queue_records.get(),
             if uplink.is_up() { "up" } else { "DOWN" },
         );
         if t >= timeline.stop {
@@ -263,9 +264,9 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
 
     let published = stats.published.load(Ordering::Relaxed);
     let faults = stats.faults.load(Ordering::Relaxed);
-    let accepted = metrics.readings_accepted.load(Ordering::Relaxed);
-    let received = metrics.messages_received.load(Ordering::Relaxed);
-    let produced = metrics.records_produced.load(Ordering::Relaxed);
+    let accepted = metrics.readings_accepted.get();
+    let received = metrics.messages_received.get();
+    let produced = metrics.records_produced.get();
     let seen = seen
         .lock()
         .map_err(|_| anyhow::anyhow!("watcher state poisoned"))?;
@@ -288,16 +289,16 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
     }
     println!(
         "   summaries produced by the gateway       {}",
-        metrics.summaries_produced.load(Ordering::Relaxed)
+        metrics.summaries_produced.get()
     );
     println!(
         "   alarms raised / cleared                 {} / {}",
-        metrics.alarms_raised.load(Ordering::Relaxed),
-        metrics.alarms_cleared.load(Ordering::Relaxed)
+        metrics.alarms_raised.get(),
+        metrics.alarms_cleared.get()
     );
     println!(
         "   anomalies raised (drift, z-score)       {}",
-        metrics.anomalies_raised.load(Ordering::Relaxed)
+        metrics.anomalies_raised.get()
     );
     println!("   records produced (summaries + events)   {produced}");
     println!("   largest backlog during the outage       {peak_backlog}");

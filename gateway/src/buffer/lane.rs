@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom, Write};
 use std::ops::{Index, IndexMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::segment::{self, Body, ReadError, RecordReader, HEADER_LEN};
@@ -251,9 +250,7 @@ impl LaneLog {
                 return Err(e);
             }
         };
-        metrics
-            .buffer_bytes_written
-            .fetch_add(HEADER_LEN as u64, Ordering::Relaxed);
+        metrics.buffer_bytes_written.add(HEADER_LEN as u64);
         // The new name must survive a power cut too.
         super::recover::sync_dir(&self.dir);
         self.segments.push_back(SegInfo {
@@ -325,7 +322,7 @@ impl LaneLog {
                 if let Some(w) = self.writer.as_mut() {
                     w.unsynced = false;
                 }
-                metrics.buffer_fsyncs.fetch_add(1, Ordering::Relaxed);
+                metrics.buffer_fsyncs.inc();
             }
         }
         if mode == Persist::Seal {
@@ -350,7 +347,7 @@ impl LaneLog {
                 w.flushed_last_seq = self.segments.back().map_or(w.flushed_last_seq, |s| s.last);
                 w.pending_records = 0;
                 w.unsynced = true;
-                metrics.buffer_bytes_written.fetch_add(n, Ordering::Relaxed);
+                metrics.buffer_bytes_written.add(n);
                 Ok(())
             }
             Err(error) => {

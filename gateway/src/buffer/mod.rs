@@ -56,12 +56,12 @@ pub mod segment;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::{BufferConfig, Durability, WhenFull};
-use crate::metrics::{Metrics, Throttle};
+use crate::metrics::Metrics;
 use crate::model::{Lane, Record};
+use crate::reject::Throttle;
 use lane::{cost, encoded_len, LaneLog, Lanes, MemRecord, Persist, PersistError, ReadRetry, LANES};
 use segment::{ReadError, HEADER_LEN};
 
@@ -265,7 +265,7 @@ impl Buffer {
         buffer
             .metrics
             .buffer_first_seq_this_run
-            .store(next_seq as i64, Ordering::Relaxed);
+            .set(next_seq as i64);
         Ok((buffer, report))
     }
 
@@ -367,10 +367,9 @@ impl Buffer {
 
     /// Counts and logs a record refused because the buffer is full.
     fn refuse(&mut self, rec: &Record) {
-        let n = self
-            .metrics
-            .buffer_dropped_disk_full
-            .fetch_add(1, Ordering::Relaxed);
+        let dropped = &self.metrics.buffer_dropped_disk_full;
+        let n = dropped.get();
+        dropped.inc();
         if n.is_power_of_two() {
             tracing::warn!(seq = rec.seq, dropped_so_far = n + 1, "The buffer is full (buffer.max_disk_bytes) and buffer.when_full keeps the oldest: dropped a new record.");
         }
@@ -415,9 +414,7 @@ impl Buffer {
     }
 
     fn write_failed(&mut self, seq: u64, e: &std::io::Error) {
-        self.metrics
-            .buffer_write_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.buffer_write_errors.inc();
         if let Some(suppressed) = self.log_write.allow(LOG_EVERY_MS, crate::now_ms()) {
             tracing::error!(seq, error = %e, similar_suppressed = suppressed, "Cannot write to the buffer; keeping the record in memory. Check the state directory's disk.");
         }
@@ -479,9 +476,7 @@ impl Buffer {
         // Rewound records of the segment were handed out before, so the file
         // count above skipped them; they are dropped too.
         let unacked = unacked + (resends_before - l.resend.len()) as u64;
-        self.metrics
-            .buffer_dropped_oldest
-            .fetch_add(unacked, Ordering::Relaxed);
+        self.metrics.buffer_dropped_oldest.add(unacked);
         self.cursor_dirty = true;
         tracing::warn!(lane = l.lane.dir_name(), dropped = unacked, first_seq = seg.base, last_seq = seg.last, "The buffer is full; dropped its oldest segment (raise buffer.max_disk_bytes for longer outages).");
     }
@@ -566,7 +561,7 @@ impl Buffer {
             self.lanes[lane].unwritten = refused;
             if let Some(upto) = written_upto {
                 self.mark_on_disk(lane, upto);
-                self.metrics.buffer_spills.fetch_add(1, Ordering::Relaxed);
+                self.metrics.buffer_spills.inc();
                 let l = &mut self.lanes[lane];
                 while l.unspilled.front().is_some_and(|(_, s)| *s <= upto) {
                     l.unspilled.pop_front();
@@ -604,7 +599,7 @@ impl Buffer {
                 if self.cfg.max_age_ms > 0
                     && now_ms.saturating_sub(m.rec.ts_ms) > self.cfg.max_age_ms
                 {
-                    self.metrics.buffer_expired.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.buffer_expired.inc();
                     tracing::warn!(
                         seq = m.rec.seq,
                         age_ms = now_ms - m.rec.ts_ms,
@@ -765,12 +760,8 @@ impl Buffer {
     /// delivered; only the region is lost.
     fn skip_damage(&mut self, lane: Lane, what: &'static str) -> std::io::Result<()> {
         let skipped = self.lanes[lane].skip_damage(what)?;
-        self.metrics
-            .buffer_read_errors
-            .fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .buffer_corrupt_bytes
-            .fetch_add(skipped, Ordering::Relaxed);
+        self.metrics.buffer_read_errors.inc();
+        self.metrics.buffer_corrupt_bytes.add(skipped);
         Ok(())
     }
 
@@ -799,9 +790,7 @@ impl Buffer {
             .is_some_and(|m| m.rec.seq <= sent.saturating_add(1));
         let lost = !handed_out && !in_memory;
         if lost {
-            self.metrics
-                .buffer_corrupt_regions
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.buffer_corrupt_regions.inc();
         }
         if let Some(suppressed) = self.log_damage.allow(LOG_EVERY_MS, now_ms) {
             tracing::error!(
@@ -831,9 +820,7 @@ impl Buffer {
         e: &std::io::Error,
         now_ms: i64,
     ) -> bool {
-        self.metrics
-            .buffer_read_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.buffer_read_errors.inc();
         let l = &mut self.lanes[lane];
         l.reader = None;
         let failures = match l.read_retry {
@@ -861,12 +848,10 @@ impl Buffer {
             .find(|s| s.base == base)
             .map_or((0, 0), |s| (s.last, s.bytes));
         l.sent_hwm = l.sent_hwm.max(last);
-        self.metrics
-            .buffer_unreadable_segments
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.buffer_unreadable_segments.inc();
         self.metrics
             .buffer_corrupt_bytes
-            .fetch_add(bytes.saturating_sub(pos), Ordering::Relaxed);
+            .add(bytes.saturating_sub(pos));
         tracing::error!(lane = lane_name, segment = base, offset = pos, last_seq = last, error = %e, attempts = failures, "A buffer segment stayed unreadable; gave up the rest of it (records up to last_seq). Check the state directory's disk.");
         true
     }
@@ -890,9 +875,7 @@ impl Buffer {
             return false;
         };
         let recorded = self.record_set_aside(&m.rec, reason, now_ms);
-        self.metrics
-            .buffer_set_aside
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.buffer_set_aside.inc();
         if let Some(suppressed) = self.log_set_aside.allow(LOG_EVERY_MS, now_ms) {
             let topic: String = m.rec.topic.chars().take(LOG_TEXT_MAX).collect();
             let reason: String = reason.chars().take(LOG_TEXT_MAX).collect();
@@ -946,9 +929,7 @@ impl Buffer {
             .open(&path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .map_err(|e| format!("cannot append to {}: {e}", path.display()))?;
-        self.metrics
-            .buffer_bytes_written
-            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        self.metrics.buffer_bytes_written.add(text.len() as u64);
         Ok(path)
     }
 
@@ -1092,9 +1073,7 @@ impl Buffer {
             Ok(()) => {}
             Err(PersistError::Write { error, unwound }) => self.unwound(lane, *unwound, error),
             Err(PersistError::Sync(e)) => {
-                self.metrics
-                    .buffer_write_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.buffer_write_errors.inc();
                 if let Some(suppressed) = self.log_write.allow(LOG_EVERY_MS, now_ms) {
                     tracing::error!(error = %e, similar_suppressed = suppressed, "fsync of the buffer failed; records written since the last fsync may be lost to a power cut. Check the state directory's disk.");
                 }
@@ -1112,9 +1091,7 @@ impl Buffer {
                 m.on_disk = false;
             }
         }
-        self.metrics
-            .buffer_write_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.buffer_write_errors.inc();
         let full = e.raw_os_error() == Some(28);
         if full {
             self.physical_limit = Some(self.disk_bytes);
@@ -1167,7 +1144,7 @@ impl Buffer {
         };
         self.metrics
             .buffer_last_synced_seq
-            .store(self.last_synced_seq as i64, Ordering::Relaxed);
+            .set(self.last_synced_seq as i64);
         self.last_sync_ms = now_ms;
         let has_disk = self.lanes.iter().any(|l| !l.segments.is_empty());
         if self.cursor_dirty && has_disk {
@@ -1197,9 +1174,7 @@ impl Buffer {
         let want = at_least.saturating_add(RESERVE_BLOCK);
         let result = cursor::write_seq_file(&self.state_dir, want)
             .map(|n| {
-                self.metrics
-                    .buffer_bytes_written
-                    .fetch_add(n, Ordering::Relaxed);
+                self.metrics.buffer_bytes_written.add(n);
             })
             .and_then(|()| {
                 self.reserved = want;
@@ -1211,9 +1186,7 @@ impl Buffer {
         };
         self.reserved = old;
         self.reserve_retry_at_ms = Some(now_ms.saturating_add(1000));
-        self.metrics
-            .buffer_reservation_failures
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.buffer_reservation_failures.inc();
         if let Some(suppressed) = self.log_reserve.allow(LOG_EVERY_MS, now_ms) {
             tracing::error!(state_dir = %self.state_dir.display(), error = %e, reserved = old, suppressed, "Cannot make the sequence reservation durable; records numbered from `reserved` on wait until it can (retried every second). Check that the state directory is writable and its disk healthy.");
         }
@@ -1231,9 +1204,7 @@ impl Buffer {
         };
         match cursor::write_cursor(&self.root, &c) {
             Ok(n) => {
-                self.metrics
-                    .buffer_bytes_written
-                    .fetch_add(n, Ordering::Relaxed);
+                self.metrics.buffer_bytes_written.add(n);
                 self.cursor_dirty = false;
                 self.durable_acked = c.acked();
                 for lane in LANES {
@@ -1242,9 +1213,7 @@ impl Buffer {
                 Ok(())
             }
             Err(e) => {
-                self.metrics
-                    .buffer_write_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.buffer_write_errors.inc();
                 if let Some(suppressed) = self.log_cursor.allow(LOG_EVERY_MS, now_ms) {
                     tracing::error!(error = %e, suppressed, "Cannot write the buffer cursor; records may be sent again after a restart. Check that the state directory is writable and its disk healthy.");
                 }
@@ -1254,19 +1223,13 @@ impl Buffer {
     }
 
     fn update_gauges(&self) {
-        self.metrics
-            .buffer_disk_bytes
-            .store(self.disk_bytes as i64, Ordering::Relaxed);
+        self.metrics.buffer_disk_bytes.set(self.disk_bytes as i64);
         let mem: u64 = self.lanes.iter().map(|l| l.mem_bytes).sum();
-        self.metrics
-            .buffer_memory_bytes
-            .store(mem as i64, Ordering::Relaxed);
-        self.metrics
-            .upstream_queue_records
-            .store(self.len() as i64, Ordering::Relaxed);
+        self.metrics.buffer_memory_bytes.set(mem as i64);
+        self.metrics.upstream_queue_records.set(self.len() as i64);
         self.metrics
             .upstream_queue_bytes
-            .store((self.disk_bytes + mem) as i64, Ordering::Relaxed);
+            .set((self.disk_bytes + mem) as i64);
         let oldest = self
             .lanes
             .iter()
@@ -1279,9 +1242,7 @@ impl Buffer {
             .filter(|t| *t > 0)
             .min()
             .unwrap_or(0);
-        self.metrics
-            .buffer_oldest_ts_ms
-            .store(oldest, Ordering::Relaxed);
+        self.metrics.buffer_oldest_ts_ms.set(oldest);
     }
 
     /// Whether record `seq` of `lane` is accounted for: settled (at or

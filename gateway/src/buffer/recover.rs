@@ -7,7 +7,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use super::lane::SegInfo;
 use super::segment;
@@ -88,7 +87,7 @@ pub(super) fn recover_lane(
             match cut {
                 Ok(()) => {
                     report.torn_tails += 1;
-                    metrics.buffer_torn_tails.fetch_add(1, Ordering::Relaxed);
+                    metrics.buffer_torn_tails.inc();
                     tracing::warn!(segment = %path.display(), cut_bytes = buf.len() - keep, "Cut a torn tail off a buffer segment (an interrupted write).");
                     if scan.records.is_empty() {
                         let _ = std::fs::remove_file(&path);
@@ -190,7 +189,7 @@ fn quarantine_file(
     let target = quarantine.join(format!("{stamp}-{name}"));
     match std::fs::rename(path, &target) {
         Ok(()) => {
-            metrics.buffer_quarantined.fetch_add(1, Ordering::Relaxed);
+            metrics.buffer_quarantined.inc();
             tracing::error!(file = %path.display(), moved_to = %target.display(), reason = why, "Quarantined a damaged buffer file; its valid records were salvaged.");
             report.quarantined.push(target);
         }

@@ -2,7 +2,6 @@
 //! property test against a trivial in-memory model.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 
 use proptest::prelude::*;
 
@@ -111,7 +110,7 @@ fn outage_mode_does_not_touch_disk_while_upstream_acknowledges() {
     let f = Fixture::new();
     let mut b = f.open(&cfg(Durability::Outage));
     b.maintain(0, true);
-    let written_at_start = f.metrics.buffer_bytes_written.load(Ordering::Relaxed);
+    let written_at_start = f.metrics.buffer_bytes_written.get();
     let s0 = b.next_seq();
     for i in 0..1000u64 {
         b.push(rec(s0 + i, Lane::Summary), i as i64);
@@ -121,7 +120,7 @@ fn outage_mode_does_not_touch_disk_while_upstream_acknowledges() {
     assert!(b.is_empty());
     assert_eq!(f.segments(), 0);
     assert_eq!(
-        f.metrics.buffer_bytes_written.load(Ordering::Relaxed),
+        f.metrics.buffer_bytes_written.get(),
         written_at_start,
         "no byte written"
     );
@@ -225,7 +224,7 @@ fn drop_oldest_keeps_the_newest_and_counts_what_it_dropped() {
     }
     b.maintain(0, false);
     assert!(b.disk_bytes() <= c.max_disk_bytes, "{}", b.disk_bytes());
-    let dropped = f.metrics.buffer_dropped_oldest.load(Ordering::Relaxed);
+    let dropped = f.metrics.buffer_dropped_oldest.get();
     assert!(dropped > 0);
     let delivered = deliver(&mut b, n as usize, true);
     assert_eq!(
@@ -255,7 +254,7 @@ fn drop_newest_refuses_new_records_and_counts_them() {
     }
     b.maintain(0, false);
     assert!(b.disk_bytes() <= c.max_disk_bytes);
-    assert!(f.metrics.buffer_dropped_disk_full.load(Ordering::Relaxed) > 0);
+    assert!(f.metrics.buffer_dropped_disk_full.get() > 0);
     assert_eq!(
         deliver(&mut b, 1, true),
         vec![s],
@@ -275,7 +274,7 @@ fn records_older_than_max_age_are_dropped_at_delivery_and_counted() {
     b.push(old, 0);
     b.push(rec(s + 1, Lane::Summary), 0);
     assert_eq!(deliver(&mut b, 10, true), vec![s + 1]);
-    assert_eq!(f.metrics.buffer_expired.load(Ordering::Relaxed), 1);
+    assert_eq!(f.metrics.buffer_expired.get(), 1);
 }
 
 #[test]
@@ -465,11 +464,8 @@ fn block_policy_reports_no_room_instead_of_dropping() {
         pushed += 1;
         assert!(pushed < 100_000, "the bound is never reached");
     }
-    assert_eq!(f.metrics.buffer_dropped_oldest.load(Ordering::Relaxed), 0);
-    assert_eq!(
-        f.metrics.buffer_dropped_disk_full.load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(f.metrics.buffer_dropped_oldest.get(), 0);
+    assert_eq!(f.metrics.buffer_dropped_disk_full.get(), 0);
     // Delivering frees room again.
     let delivered = deliver(&mut b, pushed as usize, true);
     assert_eq!(
@@ -555,9 +551,9 @@ fn corrupt_record_mid_segment_skips_only_itself() {
         "every record before and after a damaged one is delivered"
     );
     let m = &f.metrics;
-    assert_eq!(m.buffer_corrupt_regions.load(Ordering::Relaxed), 3);
+    assert_eq!(m.buffer_corrupt_regions.get(), 3);
     assert_eq!(
-        m.buffer_corrupt_bytes.load(Ordering::Relaxed),
+        m.buffer_corrupt_bytes.get(),
         lost_bytes,
         "exactly the damaged records' bytes are skipped"
     );
@@ -600,7 +596,7 @@ fn an_unreadable_segment_delays_delivery_but_loses_nothing() {
     }
     assert_eq!(got, all, "nothing skipped, in order");
     assert_eq!(f.metrics.upstream_dropped_total(), 0);
-    assert_eq!(f.metrics.buffer_read_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(f.metrics.buffer_read_errors.get(), 1);
 }
 
 #[test]
@@ -634,8 +630,7 @@ fn drop_oldest_never_evicts_alarms_for_summaries() {
         alarms[..],
         "every alarm survives the flood"
     );
-    let dropped = f.metrics.buffer_dropped_oldest.load(Ordering::Relaxed)
-        + f.metrics.buffer_dropped_disk_full.load(Ordering::Relaxed);
+    let dropped = f.metrics.buffer_dropped_oldest.get() + f.metrics.buffer_dropped_disk_full.get();
     assert!(dropped > 0);
     assert_eq!(
         delivered.len() as u64 - 100 + dropped,
@@ -696,12 +691,7 @@ fn a_failed_reservation_stops_publication_beyond_the_durable_reservation() {
         "nothing at or above the durable reservation is handed out"
     );
     assert_eq!(b.reserved, reserved, "the reservation did not move");
-    assert!(
-        f.metrics
-            .buffer_reservation_failures
-            .load(Ordering::Relaxed)
-            >= 1
-    );
+    assert!(f.metrics.buffer_reservation_failures.get() >= 1);
     assert_eq!(
         b.next_unsent(now + 1_500),
         None,
@@ -780,7 +770,7 @@ fn a_record_set_aside_is_not_handed_out_again_and_the_lane_moves_past_it() {
     assert_eq!(deliver(&mut b, 10, true), vec![s + 3, s + 4]);
     b.maintain(5_000, true);
     assert!(b.is_empty());
-    assert_eq!(f.metrics.buffer_set_aside.load(Ordering::Relaxed), 1);
+    assert_eq!(f.metrics.buffer_set_aside.get(), 1);
     assert_eq!(f.metrics.upstream_dropped_total(), 1);
 
     let file = f.dir.path().join("buffer/quarantine").join(SET_ASIDE_FILE);
@@ -823,7 +813,7 @@ fn the_set_aside_file_stops_growing_at_its_bound() {
     assert_eq!(deliver(&mut b, 1, false), vec![s]);
     assert!(b.set_aside(s, "topic too long", 0));
     assert_eq!(std::fs::metadata(&file).unwrap().len(), SET_ASIDE_FILE_MAX);
-    assert_eq!(f.metrics.buffer_set_aside.load(Ordering::Relaxed), 1);
+    assert_eq!(f.metrics.buffer_set_aside.get(), 1);
     assert!(b.is_empty());
 }
 
@@ -848,7 +838,7 @@ fn damage_to_records_still_held_in_memory_is_not_counted_as_lost() {
         (s..s + 40).collect::<Vec<_>>(),
         "the damaged record is delivered from memory"
     );
-    assert!(f.metrics.buffer_corrupt_bytes.load(Ordering::Relaxed) > 0);
+    assert!(f.metrics.buffer_corrupt_bytes.get() > 0);
     assert_eq!(f.metrics.upstream_dropped_total(), 0, "nothing was lost");
 }
 
@@ -889,7 +879,7 @@ fn a_burst_of_alarms_shares_one_group_commit() {
     c.segment_bytes = 1 << 20;
     let mut b = f.open(&c);
     b.maintain(0, true);
-    let fsyncs = || f.metrics.buffer_fsyncs.load(Ordering::Relaxed);
+    let fsyncs = || f.metrics.buffer_fsyncs.get();
     let s = b.next_seq();
     // Summaries written but not fsynced yet, as between two commits.
     for i in 0..10 {
@@ -909,7 +899,7 @@ fn a_burst_of_alarms_shares_one_group_commit() {
         "{n} alarms pushed together cost {cost} fsyncs (at most one per lane)"
     );
     assert_eq!(
-        f.metrics.buffer_last_synced_seq.load(Ordering::Relaxed),
+        f.metrics.buffer_last_synced_seq.get(),
         (s + 10 + n - 1) as i64,
         "every alarm of the burst is durable"
     );

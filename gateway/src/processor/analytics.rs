@@ -2,7 +2,6 @@
 //! exception (`on_change`) and `raw` delivery, anomaly detection on closed
 //! windows, alarm acknowledgements, and the state that survives restarts.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -11,10 +10,10 @@ use super::{Processor, Record};
 use crate::alarm::{AlarmEvent, AlarmKind, SensorAlarms, Transition};
 use crate::anomaly::{AnomalyEvent, Baseline};
 use crate::config::Delivery;
-use crate::metrics::CommandReject;
 use crate::model::payload::{AlarmBody, AnomalyBody, RecordKind, ValueBody};
 use crate::model::Lane;
 use crate::model::{Reading, SensorInfo, SensorKey};
+use crate::reject::CommandReject;
 use crate::window::WindowStats;
 
 /// Per-sensor analytics state.
@@ -251,9 +250,7 @@ impl Processor {
     pub(super) fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.metrics
-            .records_produced
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.records_produced.inc();
         seq
     }
 
@@ -442,15 +439,15 @@ impl Processor {
             let m = &self.metrics;
             match e.transition {
                 Transition::Raised => {
-                    m.alarms_raised.fetch_add(1, Ordering::Relaxed);
-                    m.alarms_active.fetch_add(1, Ordering::Relaxed);
+                    m.alarms_raised.inc();
+                    m.alarms_active.inc();
                 }
                 Transition::Cleared => {
-                    m.alarms_cleared.fetch_add(1, Ordering::Relaxed);
-                    m.alarms_active.fetch_sub(1, Ordering::Relaxed);
+                    m.alarms_cleared.inc();
+                    m.alarms_active.sub(1);
                 }
                 Transition::Acknowledged => {
-                    m.alarms_acknowledged.fetch_add(1, Ordering::Relaxed);
+                    m.alarms_acknowledged.inc();
                 }
             }
             // A raise starts an occurrence named by its own seq.
@@ -491,9 +488,7 @@ impl Processor {
                 }
                 entry.events.push(emitted);
                 if forget_oldest_beyond_cap(&mut extra.ledger) {
-                    self.metrics
-                        .alarm_ledger_overflow
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.alarm_ledger_overflow.inc();
                 }
             }
         }
@@ -606,9 +601,7 @@ impl Processor {
             };
             let transition = e.transition;
             self.alarms_dirty = true;
-            self.metrics
-                .alarm_events_reemitted
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.alarm_events_reemitted.inc();
             tracing::warn!(
                 alarm = %format!("{}:{}", self.registry.info(key).id, kind.name()),
                 event = transition.name(),
@@ -663,9 +656,7 @@ impl Processor {
     ) {
         self.alarms_dirty = true;
         if e.raised {
-            self.metrics
-                .anomalies_raised
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.anomalies_raised.inc();
         }
         let anomaly_id = format!(
             "{}:{}:{}",
@@ -699,7 +690,7 @@ impl Processor {
         reason: &'static str,
         out: &mut Vec<Record>,
     ) {
-        self.metrics.values_sent.fetch_add(1, Ordering::Relaxed);
+        self.metrics.values_sent.inc();
         let body = ValueBody {
             ts_ms,
             value,
@@ -763,9 +754,7 @@ impl Processor {
             s.last_arrival_ms = now_ms;
             if let Some(extra) = s.extra.as_mut() {
                 let active = p.alarms.states.iter().filter(|a| a.active).count();
-                self.metrics
-                    .alarms_active
-                    .fetch_add(active as i64, Ordering::Relaxed);
+                self.metrics.alarms_active.add(active as i64);
                 extra.alarms = p.alarms;
                 extra.baseline = p.baseline;
                 // A seq the state remembers may never have reached the

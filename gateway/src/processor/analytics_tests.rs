@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::*;
 use crate::config::Config;
-use crate::metrics::CommandReject;
 use crate::model::Lane;
+use crate::reject::CommandReject;
 
 const T0: i64 = 1_700_000_000_000;
 const S: i64 = 1000;
@@ -140,12 +140,7 @@ fn alarms_bypass_windows_on_the_alarm_lane_with_full_payloads() {
         "an occurrence is named by its raised event"
     );
     assert_eq!(v["labels"]["machine"], "m1");
-    assert_eq!(
-        c.metrics
-            .alarms_active
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(c.metrics.alarms_active.get(), 1);
     let (alarms, _) = c.p.take_dirty();
     assert!(alarms, "alarm state must be saved before delivery");
 }
@@ -278,12 +273,7 @@ fn restart_with_an_active_alarm_raises_nothing_twice_and_clears_later() {
             "alarm:cleared:high"
         ]
     );
-    assert_eq!(
-        d.metrics
-            .alarms_active
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(d.metrics.alarms_active.get(), 0);
 }
 
 #[test]
@@ -338,12 +328,7 @@ fn raw_forwards_every_reading() {
     let recs = c.take();
     assert_eq!(recs.len(), 5);
     assert!(recs.iter().all(|(_, v)| v["reason"] == "raw"));
-    assert_eq!(
-        c.metrics
-            .values_sent
-            .load(std::sync::atomic::Ordering::Relaxed),
-        5
-    );
+    assert_eq!(c.metrics.values_sent.get(), 5);
 }
 
 #[test]
@@ -524,12 +509,7 @@ fn a_raised_event_lost_before_the_buffer_is_emitted_again_after_restart() {
     expected["seq"] = v["seq"].clone();
     assert_eq!(v, &expected, "same content");
     assert_eq!(v["occurrence"], lost_seq, "the occurrence keeps its id");
-    assert_eq!(
-        d.metrics
-            .alarm_events_reemitted
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(d.metrics.alarm_events_reemitted.get(), 1);
     assert!(d.p.take_dirty().0, "the new seq is saved before delivery");
 
     // Lost again before the buffer took it: emitted once more. Once held,
@@ -865,9 +845,7 @@ fn the_ledger_of_a_flapping_alarm_is_capped_and_counts_what_it_forgets() {
     }
     assert_eq!(alarm_events(&mut c).len(), 80);
     assert_eq!(
-        c.metrics
-            .alarm_ledger_overflow
-            .load(std::sync::atomic::Ordering::Relaxed),
+        c.metrics.alarm_ledger_overflow.get(),
         80 - analytics::MAX_LEDGER_EVENTS as u64
     );
     // The newest are kept, and a restart sends those again in order.

@@ -158,12 +158,8 @@ fn invalid_readings_are_counted_by_reason_and_never_summarised() {
     assert_eq!(m.rejected(Reject::MissingValue), 1);
     assert_eq!(m.rejected(Reject::Oversize), 1);
     assert_eq!(m.rejected(Reject::UnknownTopic), 2);
-    let received = m
-        .messages_received
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let accepted = m
-        .readings_accepted
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let received = m.messages_received.get();
+    let accepted = m.readings_accepted.get();
     assert_eq!(received, 8);
     assert_eq!(
         accepted + m.rejected_total(),
@@ -333,12 +329,7 @@ fn a_flood_of_sensors_ages_out_and_a_later_sensor_is_summarised() {
     assert_eq!(c.summaries().len(), 3);
     c.p.flush_due(T0 + MIN_RETIRE_AFTER_MS + 1_000, &mut c.out);
     assert_eq!(c.p.registry().len(), 0);
-    assert_eq!(
-        c.metrics
-            .sensors_retired
-            .load(std::sync::atomic::Ordering::Relaxed),
-        3
-    );
+    assert_eq!(c.metrics.sensors_retired.get(), 3);
     // A sensor that appears after the flood is summarised.
     let t = T0 + 120_000;
     c.reading("plant/l2/m1/temp", 20.0, t);
@@ -441,10 +432,7 @@ fn a_reading_stamped_in_2100_is_rejected_as_future_and_the_next_are_not_late() {
         s.iter().all(|s| s["max"].as_f64() != Some(99.0)),
         "the 2100 value is in no summary"
     );
-    let accepted = c
-        .metrics
-        .readings_accepted
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let accepted = c.metrics.readings_accepted.get();
     assert_eq!(accepted, 7);
 }
 
@@ -575,12 +563,8 @@ fn serial_readings_add_up_to_accepted_plus_rejected() {
         c.p.ingest_serial(&r, T0, &mut c.out);
     }
     let m = &c.metrics;
-    let received = m
-        .messages_received
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let accepted = m
-        .readings_accepted
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let received = m.messages_received.get();
+    let accepted = m.readings_accepted.get();
     assert_eq!(received, 4);
     assert_eq!(
         received,

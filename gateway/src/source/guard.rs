@@ -18,7 +18,6 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +27,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerAddr;
-use crate::metrics::{Metrics, Reject, Throttle};
+use crate::metrics::Metrics;
+use crate::reject::{Reject, Throttle};
 
 /// Bytes of topic allowed in a passed PUBLISH beyond the payload limit.
 pub const TOPIC_ALLOWANCE: usize = 1024;
@@ -528,9 +528,7 @@ impl Guard {
     }
 
     fn count_discarded(&self, d: &Discarded, log: &mut Throttle) {
-        self.metrics
-            .messages_received
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.messages_received.inc();
         self.metrics.reject(Reject::Oversize);
         if let Some(suppressed) = log.allow(10_000, crate::now_ms()) {
             tracing::warn!(

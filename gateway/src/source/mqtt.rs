@@ -18,7 +18,6 @@
 //!
 //! [`guard`]: crate::source::guard
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,7 +119,7 @@ async fn run_client(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.connected(Instant::now());
-                metrics.source_connections.fetch_add(1, Ordering::Relaxed);
+                metrics.source_connections.inc();
                 tracing::info!(source = %cfg.name, broker = %cfg.broker, "Connected to the source broker.");
                 for topic in &cfg.topics {
                     if let Err(e) = client.try_subscribe(topic.clone(), cfg.qos) {
@@ -155,12 +154,12 @@ async fn run_client(
                 {
                     tracing::error!(source = %cfg.name, "The source broker refused a subscription; check its ACLs for the configured topics.");
                 } else {
-                    metrics.source_subscriptions.fetch_add(1, Ordering::Relaxed);
+                    metrics.source_subscriptions.inc();
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                metrics.source_disconnects.fetch_add(1, Ordering::Relaxed);
+                metrics.source_disconnects.inc();
                 // Acknowledgements belong to the connection that is gone;
                 // the broker sends those messages again.
                 acks.clear();

@@ -17,7 +17,6 @@
 //! `flow_control = "hardware"`, deasserts RTS and the sender pauses). Bytes
 //! lost that way show up as sequence gaps, counted per node.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,8 +63,8 @@ pub async fn run(
         match open(&cfg) {
             Ok(mut port) => {
                 last_error = None;
-                port_metrics.opens.fetch_add(1, Ordering::Relaxed);
-                port_metrics.connected.store(1, Ordering::Relaxed);
+                port_metrics.opens.inc();
+                port_metrics.connected.set(1);
                 if reopen.opened(crate::now_ms()) {
                     tracing::info!(port = %cfg.name, device = %cfg.device.display(), "Serial port open.");
                 }
@@ -93,8 +92,8 @@ pub async fn run(
                 };
                 decoder.disconnected();
                 port_metrics.update(&decoder);
-                port_metrics.connected.store(0, Ordering::Relaxed);
-                port_metrics.disconnects.fetch_add(1, Ordering::Relaxed);
+                port_metrics.connected.set(0);
+                port_metrics.disconnects.inc();
                 let (delay, log) = reopen.closed(crate::now_ms());
                 match log {
                     Some(Loss::Healthy) => {
@@ -112,7 +111,7 @@ pub async fn run(
                 continue;
             }
             Err(e) => {
-                port_metrics.open_failures.fetch_add(1, Ordering::Relaxed);
+                port_metrics.open_failures.inc();
                 let (message, hint) = explain(&cfg, &e);
                 if last_error.as_deref() != Some(message.as_str()) {
                     if hint.is_some() {
@@ -130,7 +129,7 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    port_metrics.connected.store(0, Ordering::Relaxed);
+    port_metrics.connected.set(0);
     port_metrics.update(&decoder);
     tracing::info!(port = %cfg.name, "Serial source stopped.");
 }

@@ -21,7 +21,6 @@
 mod tls;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
-use crate::metrics::{CommandLogLimiter, Metrics};
+use crate::metrics::Metrics;
 use crate::model::Record;
 use crate::processor::Command;
+use crate::reject::CommandLogLimiter;
 
 /// What the link task reports to the sink.
 #[derive(Debug)]
@@ -220,9 +220,7 @@ pub async fn run(
     buffer.close(crate::now_ms());
     let left = buffer.len();
     if left > 0 {
-        metrics
-            .upstream_undelivered_at_shutdown
-            .fetch_add(left, Ordering::Relaxed);
+        metrics.upstream_undelivered_at_shutdown.add(left);
         tracing::info!(undelivered = left, "Stopping with records not yet acknowledged by upstream; they are in the buffer and will be delivered after restart.");
     }
     if let Some(client) = state.client.take() {
@@ -230,7 +228,7 @@ pub async fn run(
     }
     link_cancel.cancel();
     let _ = link.await;
-    metrics.upstream_connected.store(0, Ordering::Relaxed);
+    metrics.upstream_connected.set(0);
     tracing::info!("Upstream sink stopped.");
 }
 
@@ -276,7 +274,7 @@ impl SinkState {
             match client.try_publish(rec.topic.as_str(), cfg.qos, false, rec.payload.as_slice()) {
                 Ok(()) => {
                     self.awaiting_pkid.push_back(rec.seq);
-                    metrics.upstream_published.fetch_add(1, Ordering::Relaxed);
+                    metrics.upstream_published.inc();
                 }
                 Err(e) => {
                     // The link is going down: take the records back and wait
@@ -300,10 +298,8 @@ impl SinkState {
                 self.awaiting_pkid.clear();
                 self.pkid_to_seq.clear();
                 let resent = buffer.rewind();
-                metrics
-                    .upstream_retransmitted
-                    .fetch_add(resent as u64, Ordering::Relaxed);
-                metrics.upstream_connected.store(1, Ordering::Relaxed);
+                metrics.upstream_retransmitted.add(resent as u64);
+                metrics.upstream_connected.set(1);
                 if !buffer.is_empty() {
                     tracing::info!(
                         backlog = buffer.len(),
@@ -319,7 +315,7 @@ impl SinkState {
             LinkEvent::Acked { epoch, pkid } if epoch == self.epoch => {
                 if let Some(seq) = self.pkid_to_seq.remove(&pkid) {
                     buffer.ack(seq);
-                    metrics.upstream_acked.fetch_add(1, Ordering::Relaxed);
+                    metrics.upstream_acked.inc();
                 }
             }
             LinkEvent::Down { epoch } if epoch == self.epoch => {
@@ -327,7 +323,7 @@ impl SinkState {
                 self.awaiting_pkid.clear();
                 self.pkid_to_seq.clear();
                 buffer.rewind();
-                metrics.upstream_connected.store(0, Ordering::Relaxed);
+                metrics.upstream_connected.set(0);
             }
             _ => {}
         }
@@ -366,7 +362,7 @@ async fn drive_link(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.connected(std::time::Instant::now());
                     was_up = true;
-                    metrics.upstream_connections.fetch_add(1, Ordering::Relaxed);
+                    metrics.upstream_connections.inc();
                     tracing::info!(%broker, "Connected to upstream.");
                     if let Err(e) =
                         client.try_subscribe(command_topic.clone(), rumqttc::QoS::AtLeastOnce)
@@ -384,7 +380,7 @@ async fn drive_link(
                     // what arrives here: every outcome is counted, logged
                     // at most once per reason per interval, and bounded
                     // (the channel to the core is; a full one drops).
-                    metrics.commands_received.fetch_add(1, Ordering::Relaxed);
+                    metrics.commands_received.inc();
                     let result =
                         crate::processor::parse_command(&p.payload, p.retain).and_then(|cmd| {
                             commands
@@ -405,7 +401,7 @@ async fn drive_link(
                 },
                 Ok(_) => continue,
                 Err(e) => {
-                    metrics.upstream_disconnects.fetch_add(1, Ordering::Relaxed);
+                    metrics.upstream_disconnects.inc();
                     let delay = backoff.failed(std::time::Instant::now());
                     if was_up {
                         tracing::warn!(%broker, error = %e, retry_in = ?delay, "Lost the upstream connection; buffering and retrying.");
