@@ -16,6 +16,7 @@ pub mod decode;
 pub mod fuzzing;
 pub mod metrics;
 pub mod model;
+pub mod mqtt;
 pub mod processor;
 pub mod reject;
 pub mod runtime;

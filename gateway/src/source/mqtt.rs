@@ -25,13 +25,14 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::MqttSourceConfig;
 use crate::metrics::Metrics;
+use crate::mqtt::{self, ClientSettings, Endpoint, Session};
 use crate::processor::{Input, RawMessage};
 use crate::source::guard::{self, Guard};
 
@@ -59,20 +60,15 @@ pub async fn run(
             return;
         }
     };
-    let mut opts = MqttOptions::new(
-        cfg.client_id.clone(),
-        guard.path().to_string_lossy().into_owned(),
-        0,
-    );
-    opts.set_transport(Transport::Unix);
-    opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
-    opts.set_clean_session(false);
-    opts.set_manual_acks(true);
-    // The guard passes nothing larger, so this limit is never what fails.
-    opts.set_max_packet_size(limit.saturating_add(16), 64 * 1024);
-    if let Some((u, p)) = &cfg.credentials {
-        opts.set_credentials(u.clone(), p.clone());
-    }
+    let opts = mqtt::options(ClientSettings {
+        client_id: &cfg.client_id,
+        endpoint: Endpoint::Unix(guard.path()),
+        keep_alive: cfg.keep_alive,
+        credentials: cfg.credentials.as_ref(),
+        session: Session::Persistent,
+        // The guard passes nothing larger, so this limit is never what fails.
+        max_packet: (limit.saturating_add(16), 64 * 1024),
+    });
     let last_error = guard.last_error();
     let guard_cancel = CancellationToken::new();
     let relay = guard.serve(guard_cancel.clone());
@@ -178,21 +174,5 @@ async fn run_client(
         p.pkid = pkid;
         let _ = client.try_ack(&p);
     }
-    disconnect(&client, &mut eventloop).await;
-}
-
-/// Sends DISCONNECT and gives the event loop a moment to write it, so the
-/// broker does not wait for a keep-alive timeout.
-pub(crate) async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
-    if client.try_disconnect().is_ok() {
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-    }
+    mqtt::disconnect(&client, &mut eventloop).await;
 }

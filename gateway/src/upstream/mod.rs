@@ -18,13 +18,11 @@
 //! and counted), so that the core can flush its windows; and it stops at
 //! the latest [`SHUTDOWN_FLUSH_BOUND`] after `shutdown_grace`.
 
-mod tls;
-
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +32,7 @@ use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::model::Record;
+use crate::mqtt::{self, ClientSettings, Endpoint, Session};
 use crate::processor::Command;
 use crate::reject::CommandLogLimiter;
 
@@ -72,23 +71,21 @@ pub fn unpublishable(topic: &str, payload_len: usize) -> Option<&'static str> {
 
 /// Builds the rumqttc options for the upstream connection.
 pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
-    let mut opts = MqttOptions::new(
-        cfg.client_id.clone(),
-        cfg.broker.host.clone(),
-        cfg.broker.port,
-    );
-    opts.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
-    opts.set_clean_session(true);
-    // rumqttc's own window is larger than ours, so ours is what limits.
-    opts.set_inflight(cfg.inflight.saturating_add(8));
-    opts.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    if let Some((u, p)) = &cfg.credentials {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    if let Some(tls) = &cfg.tls {
-        opts.set_transport(Transport::tls_with_config(tls::client_config(tls)?));
-    }
-    Ok(opts)
+    let endpoint = match &cfg.tls {
+        None => Endpoint::Tcp(&cfg.broker),
+        Some(tls) => Endpoint::Tls(&cfg.broker, mqtt::tls::client_config(tls)?),
+    };
+    Ok(mqtt::options(ClientSettings {
+        client_id: &cfg.client_id,
+        endpoint,
+        keep_alive: cfg.keep_alive,
+        credentials: cfg.credentials.as_ref(),
+        // rumqttc's own window is larger than ours, so ours is what limits.
+        session: Session::Clean {
+            inflight: cfg.inflight,
+        },
+        max_packet: (MAX_PACKET_BYTES, MAX_PACKET_BYTES),
+    }))
 }
 
 /// At most one log line per rejection reason of commands in this interval.
@@ -353,7 +350,7 @@ async fn drive_link(
             let ev = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    crate::source::mqtt::disconnect(&client, &mut eventloop).await;
+                    mqtt::disconnect(&client, &mut eventloop).await;
                     break 'outer;
                 }
                 ev = eventloop.poll() => ev,
