@@ -180,7 +180,10 @@ declare_metrics! {
     ),
     /// Every record numbered for upstream: summaries, alarm and anomaly
     /// events, values.
-    pub records_produced: Counter = Spec::Internal,
+    pub records_produced: Counter = own(
+        "gateway_records_produced_total",
+        "Records numbered for upstream: summaries, alarm and anomaly events, values (each is delivered or counted as dropped).",
+    ),
     pub alarms_raised: Counter = own(
         "gateway_alarms_raised_total",
         "Alarms raised.",
@@ -805,7 +808,7 @@ pub(crate) mod tests {
     fn one_line_summarises_the_main_counters() {
         assert_eq!(
             filled().one_line(),
-            "received=8 accepted=15 rejected=4440 summaries=22 delivered=127 queued=-12 dropped=2155 upstream_connected=false"
+            "received=8 accepted=15 rejected=4552 summaries=22 delivered=134 queued=-12 dropped=2197 upstream_connected=false"
         );
     }
 
