@@ -111,8 +111,6 @@ enum Spec {
     },
     /// Renders its own metrics (the serial ports).
     Nested,
-    /// Counted for the gateway's own use (the demo's tally), not exported.
-    Internal,
 }
 
 /// The name, help and type shared by the members of a family.
@@ -539,7 +537,7 @@ impl Text {
                     family.name, family.key
                 );
             }
-            Spec::Nested | Spec::Internal => {}
+            Spec::Nested => {}
         }
     }
 }
@@ -787,11 +785,7 @@ pub(crate) mod tests {
         m.serial_port("ttyA");
         m.serial_port("ttyB");
         let mut next = Filler::default();
-        m.visit(&mut |spec, metric| {
-            if !matches!(spec, Spec::Internal) {
-                metric.fill(&mut next)
-            }
-        });
+        m.visit(&mut |_, metric| metric.fill(&mut next));
         m
     }
 
