@@ -170,7 +170,7 @@ declare_metrics! {
     ),
     pub readings_accepted: Counter = own(
         "gateway_readings_accepted_total",
-        "Readings merged into a window.",
+        "Readings accepted: merged into a window, or handed to on_change or raw delivery.",
     ),
     pub summaries_produced: Counter = own(
         "gateway_summaries_produced_total",
