@@ -394,6 +394,17 @@ impl LaneLog {
         }
     }
 
+    /// Bytes encoded but not yet written to the file.
+    pub fn pending_bytes(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.pending.len())
+    }
+
+    /// Memory the encoding space holds (it keeps its capacity once grown).
+    #[cfg(test)]
+    pub fn pending_capacity(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.pending.capacity())
+    }
+
     /// Counts the records not yet written to the file (pending) with a seq
     /// above `after`.
     pub fn pending_after(&self, after: u64) -> u64 {

@@ -81,6 +81,9 @@ const LOG_EVERY_MS: i64 = 10_000;
 /// counted.
 pub const SET_ASIDE_FILE: &str = "rejected-records.jsonl";
 pub const SET_ASIDE_FILE_MAX: u64 = 16 * 1024 * 1024;
+/// Encoded records wait in memory up to this many bytes before they are
+/// written to their segment (without fsync).
+const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 /// Topic, payload and reason are cut to this many bytes in that file.
 const SET_ASIDE_TEXT_MAX: usize = 4096;
 /// Outsider text in log lines is cut to this many characters.
@@ -160,6 +163,9 @@ pub struct Buffer {
     highest_written_seq: u64,
     /// Set when the filesystem filled up before `max_disk_bytes`.
     physical_limit: Option<u64>,
+    /// The first seq of the latest write that was cut back, per lane: a
+    /// spill must not mark records from there on as on disk.
+    unwound_from: Lanes<Option<u64>>,
     /// As last told by `maintain`; while down, records are written at once.
     upstream_up: bool,
     last_gauges_ms: i64,
@@ -237,6 +243,7 @@ impl Buffer {
             last_synced_seq: max_seen,
             highest_written_seq: max_seen,
             physical_limit: None,
+            unwound_from: Lanes::default(),
             upstream_up: false,
             last_gauges_ms: i64::MIN,
             metrics,
@@ -395,6 +402,13 @@ impl Buffer {
                 self.write_failed(rec.seq, &e);
                 return Appended::Failed;
             }
+        } else if self.lanes[lane].pending_bytes() + need as usize > WRITE_CHUNK_BYTES {
+            // A spill appends up to a segment's worth at once: written in
+            // chunks, its encoding never needs more than a chunk of memory.
+            // Only written, not fsynced: durability is unchanged.
+            if self.persist(lane, Persist::Write, crate::now_ms()).is_err() {
+                return Appended::Failed;
+            }
         }
         let Some(n) = self.lanes[lane].append(rec) else {
             return Appended::Failed;
@@ -540,6 +554,7 @@ impl Buffer {
             handed_out.dedup_by_key(|r| r.seq);
             let mut written_upto = None;
             let mut refused = false;
+            self.unwound_from[lane] = None;
             for r in &handed_out {
                 if self.append(lane, r) != Appended::Written {
                     refused = true;
@@ -559,6 +574,13 @@ impl Buffer {
                 self.lanes[lane].mem = mem;
             }
             self.lanes[lane].unwritten = refused;
+            // A write cut back during the spill took the disk copies of the
+            // records from `first` on: they stay in memory, not on disk.
+            // (Records are appended in seq order, so everything below
+            // `first` up to `written_upto` is on disk.)
+            if let Some(first) = self.unwound_from[lane].take() {
+                written_upto = written_upto.map(|u| u.min(first.saturating_sub(1)));
+            }
             if let Some(upto) = written_upto {
                 self.mark_on_disk(lane, upto);
                 self.metrics.buffer_spills.inc();
@@ -1086,6 +1108,8 @@ impl Buffer {
     /// unwritten records lose their disk copy too.
     fn unwound(&mut self, lane: Lane, u: lane::Unwound, e: &std::io::Error) {
         self.disk_bytes = self.disk_bytes.saturating_sub(u.freed_bytes);
+        let from = self.unwound_from[lane].get_or_insert(u.first_unwritten);
+        *from = (*from).min(u.first_unwritten);
         for (_, m) in self.inflight.values_mut().filter(|(ln, _)| *ln == lane) {
             if m.rec.seq >= u.first_unwritten {
                 m.on_disk = false;
