@@ -98,7 +98,15 @@ async fn run_client(
     // full); bounded by the broker's in-flight window for this session.
     let mut acks: VecDeque<(QoS, u16)> = VecDeque::new();
     tracing::info!(source = %cfg.name, broker = %cfg.broker, topics = ?cfg.topics, "Starting MQTT source.");
+    // One wait for cancellation for the source's life: made per message, it
+    // would register and unregister a waiter (two lock round trips) for
+    // every reading.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
+        if cancel.is_cancelled() {
+            break;
+        }
         while let Some(&(qos, pkid)) = acks.front() {
             let mut p = Publish::new("", qos, Vec::new());
             p.pkid = pkid;
@@ -107,10 +115,13 @@ async fn run_client(
             }
             acks.pop_front();
         }
+        // Events first (the cancellation is checked above, so a flood cannot
+        // hold off shutdown); the wait for cancellation is polled only while
+        // no event is ready.
         let event = tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
             ev = eventloop.poll() => ev,
+            _ = &mut cancelled => break,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -134,7 +145,7 @@ async fn run_client(
                 let sent = tokio::select! {
                     biased;
                     r = tx.send(Input::Message(msg)) => r.is_ok(),
-                    _ = cancel.cancelled() => false,
+                    _ = &mut cancelled => false,
                 };
                 if !sent {
                     // Not acknowledged: the broker sends it again.
@@ -163,7 +174,7 @@ async fn run_client(
                 let cause = last_error.lock().ok().and_then(|mut l| l.take());
                 tracing::warn!(source = %cfg.name, broker = %cfg.broker, error = %e, cause, retry_in = ?delay, "Source broker connection failed; retrying.");
                 tokio::select! {
-                    _ = cancel.cancelled() => break,
+                    _ = &mut cancelled => break,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
