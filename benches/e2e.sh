@@ -155,6 +155,9 @@ high = 3.5
 hysteresis = 0.2
 TOML
 fi
+# A fresh state and metrics file per run: a metrics file left by the previous
+# run would satisfy the wait for the subscription before this gateway is up.
+rm -rf "$TMP/state-$RATE" "$TMP/gw-$RATE.prom"
 RUST_LOG=warn /usr/bin/time -f "%U %S %M" -o "$TMP/gw.time" \
     "$BIN/sensor-gateway" run --config "$TMP/gw-$RATE.toml" --metrics-file "$TMP/gw-$RATE.prom" 2> "$TMP/gw.log" &
 GWTIME=$!
