@@ -14,6 +14,7 @@ pub mod config;
 pub mod decode;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use sensor_gateway::config::{Config, ConfigError};
+use sensor_gateway::logging::{Journald, LogFormat};
 use sensor_gateway::metrics::Metrics;
 use sensor_gateway::runtime::RunOptions;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,10 @@ enum Command {
         /// gateway.metrics_interval and at exit.
         #[arg(long, value_name = "FILE")]
         metrics_file: Option<PathBuf>,
+        /// How log lines look on standard error: `auto` is `journald` (no
+        /// timestamps, syslog priority prefixes) under systemd, else `text`.
+        #[arg(long, value_enum, default_value = "auto")]
+        log_format: LogFormat,
     },
     /// Validate a configuration file and print the effective configuration.
     Check {
@@ -141,8 +146,9 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             metrics_file,
+            log_format,
         } => {
-            init_logging();
+            init_logging(log_format);
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e @ ConfigError::Invalid { .. }) | Err(e @ ConfigError::Io { .. }) => {
@@ -163,14 +169,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // `st_dev` and `st_ino` are not `u64` on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let stderr_ids = rustix::fs::fstat(std::io::stderr())
+        .ok()
+        .map(|st| (st.st_dev as u64, st.st_ino as u64));
+    let journal = std::env::var("JOURNAL_STREAM").ok();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format.resolve(journal.as_deref(), stderr_ids) {
+        LogFormat::Journald => builder
+            .with_ansi(false)
+            .event_format(Journald(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_level(false),
+            ))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Auto | LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {

@@ -99,3 +99,64 @@ fn a_missing_file_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot read config file /nonexistent/gateway.toml"));
 }
+
+/// Runs `sensor-gateway run` on a config that does not exist (it logs one
+/// error and exits 2) with standard error in a file; returns the file's text.
+fn run_logging(args: &[&str], journal_stream_is_stderr: bool) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut cmd = gateway();
+    cmd.args(["run", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUST_LOG")
+        .stderr(log);
+    if journal_stream_is_stderr {
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    }
+    let status = cmd.status().unwrap();
+    assert_eq!(status.code(), Some(2), "a missing config exits 2");
+    std::fs::read_to_string(&log_path).unwrap()
+}
+
+#[test]
+fn under_systemd_log_lines_carry_a_syslog_priority_and_no_timestamp() {
+    let text = run_logging(&[], true);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.starts_with("<3>"), "an error is priority 3: {text}");
+    assert!(
+        !first.contains("ERROR")
+            && !first
+                .chars()
+                .take(8)
+                .any(|c| c.is_ascii_digit() && c != '3'),
+        "no timestamp or level word, journald adds its own: {first}"
+    );
+    // The same format when asked for by name; plain text otherwise.
+    assert!(run_logging(&["--log-format", "journald"], false).starts_with("<3>"));
+    let plain = run_logging(&[], false);
+    assert!(
+        plain.contains("ERROR") && !plain.starts_with('<'),
+        "{plain}"
+    );
+}
+
+#[test]
+fn json_log_lines_are_one_object_each() {
+    let text = run_logging(&["--log-format", "json"], false);
+    let first = text.lines().next().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(first).expect("a JSON object per line");
+    assert_eq!(v["level"], "ERROR", "{first}");
+    assert!(v["timestamp"].is_string(), "{first}");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing.toml"),
+        "{first}"
+    );
+}
