@@ -632,25 +632,60 @@ hysteresis = 0.2
 broker = "127.0.0.1:1884"
 "#;
 
+    /// A core that has just raised an alarm (its record in `out`), and a
+    /// state saver that cannot create its temporary file (a directory is in
+    /// its way, at `tmp`) until `tmp` is removed.
+    struct FailingSave {
+        dir: tempfile::TempDir,
+        tmp: std::path::PathBuf,
+        metrics: Arc<Metrics>,
+        p: Processor,
+        saver: StateSaver,
+        out: Vec<Record>,
+        t0: i64,
+    }
+
+    impl FailingSave {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let config = Config::parse(RULES, std::path::Path::new("t.toml")).unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let mut p = Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1);
+            let saver = StateSaver::new(dir.path().to_owned(), metrics.clone());
+            let tmp = crate::state::path(dir.path()).with_extension("state.tmp");
+            std::fs::create_dir(&tmp).unwrap();
+            let t0 = 1_700_000_000_000;
+            let msg = RawMessage {
+                source: 0,
+                topic: "plant/l1/m1/vibration".into(),
+                payload: bytes::Bytes::from(format!(r#"{{"value":5.0,"ts":{t0}}}"#)),
+                received_ms: t0,
+            };
+            let mut out = Vec::new();
+            p.ingest(&msg, t0, &mut out);
+            FailingSave {
+                dir,
+                tmp,
+                metrics,
+                p,
+                saver,
+                out,
+                t0,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_state_save_is_retried_not_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(RULES, std::path::Path::new("t.toml")).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let mut p = Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1);
-        let mut saver = StateSaver::new(dir.path().to_owned(), metrics.clone());
-        // The save cannot create its temporary file.
-        let tmp = crate::state::path(dir.path()).with_extension("state.tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        let t0 = 1_700_000_000_000;
-        let msg = RawMessage {
-            source: 0,
-            topic: "plant/l1/m1/vibration".into(),
-            payload: bytes::Bytes::from(format!(r#"{{"value":5.0,"ts":{t0}}}"#)),
-            received_ms: t0,
-        };
-        let mut out = Vec::new();
-        p.ingest(&msg, t0, &mut out);
+        let FailingSave {
+            dir,
+            tmp,
+            metrics,
+            mut p,
+            mut saver,
+            out: _,
+            t0,
+        } = FailingSave::new();
         saver.save_if_needed(&mut p, false).await;
         assert_eq!(metrics.state_save_errors.get(), 1);
         assert!(!crate::state::path(dir.path()).exists());
@@ -705,22 +740,15 @@ broker = "127.0.0.1:1884"
 
     #[tokio::test]
     async fn alarm_events_are_not_forwarded_until_a_failed_state_save_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(RULES, std::path::Path::new("t.toml")).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let mut p = Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1);
-        let mut saver = StateSaver::new(dir.path().to_owned(), metrics.clone());
-        let tmp = crate::state::path(dir.path()).with_extension("state.tmp");
-        std::fs::create_dir(&tmp).unwrap();
-        let t0 = 1_700_000_000_000;
-        let msg = RawMessage {
-            source: 0,
-            topic: "plant/l1/m1/vibration".into(),
-            payload: bytes::Bytes::from(format!(r#"{{"value":5.0,"ts":{t0}}}"#)),
-            received_ms: t0,
-        };
-        let mut out = Vec::new();
-        p.ingest(&msg, t0, &mut out);
+        let FailingSave {
+            dir: _dir,
+            tmp,
+            metrics,
+            mut p,
+            mut saver,
+            mut out,
+            t0: _,
+        } = FailingSave::new();
         let raised = seqs(&out);
         assert_eq!(raised.len(), 1);
         out.push(rec(100, Lane::Summary));
