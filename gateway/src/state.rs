@@ -172,11 +172,16 @@ fn decode(bytes: &[u8]) -> Result<PersistedState, &'static str> {
 pub fn encode(state: &PersistedState) -> Vec<u8> {
     // Serializing plain structs into a Vec cannot fail.
     let body = postcard::to_allocvec(state).unwrap_or_default();
+    framed(MAGIC, &body)
+}
+
+/// A state file: the version's magic, the body's length and CRC-32, the body.
+fn framed(magic: &[u8], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + body.len());
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
     out
 }
 
@@ -237,10 +242,7 @@ mod tests {
             }],
         };
         let body = postcard::to_allocvec(&v1).unwrap();
-        let mut bytes = MAGIC_V1.to_vec();
-        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
+        let bytes = framed(MAGIC_V1, &body);
         std::fs::write(path(dir.path()), &bytes).unwrap();
         let state = load(dir.path(), 0).unwrap().unwrap();
         assert_eq!(
@@ -283,10 +285,7 @@ mod tests {
             }],
         };
         let body = postcard::to_allocvec(&v2).unwrap();
-        let mut bytes = MAGIC_V2.to_vec();
-        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
+        let bytes = framed(MAGIC_V2, &body);
         std::fs::write(path(dir.path()), &bytes).unwrap();
         let state = load(dir.path(), 0).unwrap().unwrap();
         let ledger = &state.sensors[0].alarm_events[0];
