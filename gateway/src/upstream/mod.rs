@@ -181,8 +181,7 @@ pub async fn run(
                 }
                 None => {
                     input_open = false;
-                    let grace_end = Instant::now() + cfg.shutdown_grace;
-                    deadline = Some(deadline.map_or(grace_end, |d| d.min(grace_end)));
+                    deadline = earliest(deadline, Instant::now() + cfg.shutdown_grace);
                     // Nothing accepted may be lost to a power cut during the
                     // grace period: write and fsync everything first.
                     buffer.close(crate::now_ms());
@@ -201,7 +200,7 @@ pub async fn run(
             _ = sleep_until(commit_at) => maintain = true,
             _ = shutdown.cancelled(), if !stopping => {
                 stopping = true;
-                deadline = Some(Instant::now() + cfg.shutdown_grace + SHUTDOWN_FLUSH_BOUND);
+                deadline = earliest(deadline, Instant::now() + cfg.shutdown_grace + SHUTDOWN_FLUSH_BOUND);
             }
             _ = sleep_until(deadline) => break,
         }
@@ -227,6 +226,13 @@ pub async fn run(
     let _ = link.await;
     metrics.upstream_connected.set(0);
     tracing::info!("Upstream sink stopped.");
+}
+
+/// The earlier of a deadline already set and a new one. The sink learns of
+/// shutdown twice (the token, and its input closing) in either order; the
+/// second must never push back the first.
+fn earliest(deadline: Option<Instant>, at: Instant) -> Option<Instant> {
+    Some(deadline.map_or(at, |d| d.min(at)))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -421,8 +427,25 @@ async fn drive_link(
 }
 
 #[cfg(test)]
-mod unpublishable_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn the_grace_period_is_not_extended_when_the_shutdown_token_is_seen_last() {
+        let t0 = Instant::now();
+        let grace_end = t0 + Duration::from_secs(5);
+        let flush_bound = t0 + Duration::from_secs(15);
+        // Input closed first, then the token: the grace end stands.
+        assert_eq!(
+            earliest(earliest(None, grace_end), flush_bound),
+            Some(grace_end)
+        );
+        // Token first, then the input: the grace end is earlier and wins.
+        assert_eq!(
+            earliest(earliest(None, flush_bound), grace_end),
+            Some(grace_end)
+        );
+    }
 
     #[test]
     fn records_the_client_would_refuse_are_recognised() {
