@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod sketch;
 pub mod source;
 pub mod state;
+pub mod supervisor;
 pub mod topic;
 pub mod upstream;
 pub mod window;

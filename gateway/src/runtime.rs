@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::model::{Lane, Record};
 use crate::processor::{escaped, Command, CoreSettings, Input, Processor};
 use crate::reject::{CommandLogLimiter, Throttle};
+use crate::supervisor::{self, Liveness, Probe};
 use crate::upstream;
 
 /// How often the core checks for windows to close.
@@ -89,6 +90,7 @@ pub async fn run(
     }
     drop(raw_tx);
 
+    let live = Liveness::default();
     let mut processor = Processor::new(
         CoreSettings::from_config(&config),
         metrics.clone(),
@@ -117,23 +119,32 @@ pub async fn run(
         }
     }
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
+    // The core waits for the sink when this channel is full; the watchdog
+    // then asks the sink instead (a weak handle keeps nothing open).
+    let core_output = rec_tx.downgrade();
     tracker.spawn(process(
         processor,
         metrics.clone(),
-        raw_rx,
-        rec_tx,
-        cmd_rx,
+        CoreIo {
+            input: raw_rx,
+            output: rec_tx,
+            commands: cmd_rx,
+        },
         StateSaver::new(state_dir, metrics.clone()),
         reemitted,
+        live.core.clone(),
     ));
     let sink = tracker.spawn(upstream::run(
         config.upstream.clone(),
         opts,
         buffer,
-        rec_rx,
+        upstream::SinkIo {
+            records: rec_rx,
+            commands: cmd_tx,
+        },
         metrics.clone(),
-        cmd_tx,
         shutdown.clone(),
+        live.sink.clone(),
     ));
 
     let reporter_stop = CancellationToken::new();
@@ -143,10 +154,27 @@ pub async fn run(
         options.metrics_file.clone(),
         reporter_stop.clone(),
     ));
+    tracker.spawn(supervisor::supervise(
+        live,
+        metrics.clone(),
+        move || core_output.upgrade().is_some_and(|tx| tx.capacity() == 0),
+        shutdown.clone(),
+    ));
+    let stopped = CancellationToken::new();
+    tracker.spawn({
+        let (metrics, shutdown, stopped) = (metrics.clone(), shutdown.clone(), stopped.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => supervisor::stopping(metrics, stopped).await,
+                _ = stopped.cancelled() => {}
+            }
+        }
+    });
     tracker.close();
     tracing::info!(gateway = %config.gateway.id, sources = config.sources.len(), rules = config.sensors.len(), "Gateway running.");
 
     let _ = sink.await;
+    stopped.cancel();
     reporter_stop.cancel();
     tracker.wait().await;
     tracing::info!(metrics = %metrics.one_line(), "Gateway stopped.");
@@ -356,18 +384,30 @@ fn confirm_durable(
     }
 }
 
+/// The core task's channels: messages from the sources, records to the
+/// sink, commands from upstream.
+struct CoreIo {
+    input: mpsc::Receiver<Input>,
+    output: mpsc::Sender<Record>,
+    commands: mpsc::Receiver<Command>,
+}
+
 /// The core's task: feeds messages to the processor, ticks it, applies
 /// commands, forwards closed windows and events, and flushes everything
 /// when its input closes.
 async fn process(
     mut processor: Processor,
     metrics: Arc<Metrics>,
-    mut rx: mpsc::Receiver<Input>,
-    tx: mpsc::Sender<Record>,
-    mut commands: mpsc::Receiver<Command>,
+    io: CoreIo,
     mut saver: StateSaver,
     reemitted: Vec<Record>,
+    probe: Arc<Probe>,
 ) {
+    let CoreIo {
+        input: mut rx,
+        output: tx,
+        mut commands,
+    } = io;
     // Alarm events lost in a crash and emitted again: their new seqs are
     // saved before they go out, like every alarm change.
     let mut out = reemitted;
@@ -384,7 +424,9 @@ async fn process(
     let mut batch = Vec::with_capacity(BATCH);
     let mut commands_open = true;
     loop {
+        probe.answer();
         tokio::select! {
+            _ = probe.asked() => {}
             // At shutdown (input closed) the input is drained whatever is
             // kept back: its channel bounds what that adds.
             n = rx.recv_many(&mut batch, BATCH), if !hold.is_full() || rx.is_closed() => {

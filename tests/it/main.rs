@@ -5,6 +5,7 @@
 //!   kill -9 with active alarms.
 //! - `outage`: the upstream broker dies and comes back; nothing is lost.
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
+//! - `systemd`: READY, STATUS, WATCHDOG and STOPPING on a notification socket.
 //! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
 //!   is refused.
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
@@ -22,6 +23,7 @@ mod pipeline;
 mod powercut;
 mod serial;
 mod shutdown;
+mod systemd;
 mod tls;
 
 /// A start of event time aligned to a 1 s window boundary, a minute ago.

@@ -169,6 +169,8 @@ impl Drop for Broker {
 pub struct Gateway {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
+    /// Extra environment of the process (set before `restart`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -183,11 +185,21 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with the state directory given.
     pub fn start_in(dir: tempfile::TempDir, config: &str, state: &Path) -> Gateway {
-        let config = config.replace("@STATE_DIR@", &state.display().to_string());
-        std::fs::write(dir.path().join("gateway.toml"), config).expect("write the gateway config");
-        let mut gw = Gateway { child: None, dir };
+        let mut gw = Gateway::prepare(dir, config, state);
         gw.restart();
         gw
+    }
+
+    /// Writes the config into `dir` without starting the process (set
+    /// `env` first, then `restart`).
+    pub fn prepare(dir: tempfile::TempDir, config: &str, state: &Path) -> Gateway {
+        let config = config.replace("@STATE_DIR@", &state.display().to_string());
+        std::fs::write(dir.path().join("gateway.toml"), config).expect("write the gateway config");
+        Gateway {
+            child: None,
+            dir,
+            env: Vec::new(),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -211,6 +223,7 @@ impl Gateway {
             .arg(self.dir.path().join("metrics.prom"))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

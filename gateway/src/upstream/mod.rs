@@ -98,17 +98,27 @@ const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
 /// shutdown, for the core to flush its windows.
 pub const SHUTDOWN_FLUSH_BOUND: Duration = Duration::from_secs(10);
 
+/// The sink's channels: records from the core, commands to it.
+pub struct SinkIo {
+    pub records: mpsc::Receiver<Record>,
+    pub commands: mpsc::Sender<Command>,
+}
+
 /// Runs the sink until the record channel closes and the buffer drains (or
 /// the grace period ends).
 pub async fn run(
     cfg: UpstreamConfig,
     opts: MqttOptions,
     mut buffer: Buffer,
-    mut records: mpsc::Receiver<Record>,
+    io: SinkIo,
     metrics: Arc<Metrics>,
-    commands: mpsc::Sender<Command>,
     shutdown: CancellationToken,
+    probe: Arc<crate::supervisor::Probe>,
 ) {
+    let SinkIo {
+        mut records,
+        commands,
+    } = io;
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let link_cancel = CancellationToken::new();
     let link = tokio::spawn(drive_link(
@@ -137,6 +147,7 @@ pub async fn run(
     let mut maintain = true;
     tracing::info!(broker = %cfg.broker, client_id = %cfg.client_id, "Starting upstream sink.");
     loop {
+        probe.answer();
         let now = crate::now_ms();
         // Timers and writes after new records or a tick; never per PUBACK,
         // so draining a backlog costs O(1) per record.
@@ -167,6 +178,7 @@ pub async fn run(
             }
         }
         tokio::select! {
+            _ = probe.asked() => {}
             r = records.recv(), if input_open && room => match r {
                 Some(rec) => {
                     maintain = true;

@@ -1,0 +1,298 @@
+//! What the service manager is told: `READY=1` once the pipeline runs,
+//! `STATUS=` lines an operator reads in `systemctl status`, `STOPPING=1` at
+//! shutdown, and `WATCHDOG=1` only while the core and the sink answer.
+//!
+//! Liveness is asked, not assumed: every watchdog period the supervisor
+//! asks each task's [`Probe`]; a task answers on the next turn of its loop
+//! (an idle task is woken by the question, so idling costs one wake-up per
+//! question and is not mistaken for a hang). A task stuck in a loop, or
+//! awaiting something that never comes, does not answer, the pings stop and
+//! systemd restarts the gateway. The one wait that is not a hang is the
+//! core held back by a full sink (`buffer.when_full = "block"` during an
+//! outage): while the sink answers and the record channel is full, the core
+//! counts as live.
+//!
+//! Without `NOTIFY_SOCKET` (not under systemd) every notification is a
+//! no-op, and without `WATCHDOG_USEC` nothing is asked.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::reject::Throttle;
+
+/// How often `STATUS=` is refreshed when no watchdog asks more often.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// At most one line about a task that does not answer per this interval.
+const SILENT_LOG_INTERVAL_MS: i64 = 60_000;
+
+/// A question a task answers on every turn of its loop.
+#[derive(Debug, Default)]
+pub struct Probe {
+    asked: AtomicU32,
+    answered: AtomicU32,
+    wake: Notify,
+}
+
+impl Probe {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Called by the task on every turn of its loop: the latest question
+    /// is answered.
+    pub fn answer(&self) {
+        self.answered
+            .store(self.asked.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// Completes when a question is asked; a task selects on it so that an
+    /// idle loop turns (and answers).
+    pub async fn asked(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Asks; returns the question's number.
+    fn ask(&self) -> u32 {
+        let n = self.asked.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        self.wake.notify_one();
+        n
+    }
+
+    /// Whether question `n` (or a later one) was answered.
+    fn answered(&self, n: u32) -> bool {
+        // Wrapping distance: answers never run ahead of questions.
+        self.answered.load(Ordering::Acquire).wrapping_sub(n) < u32::MAX / 2
+    }
+}
+
+/// The probes of the tasks whose progress the watchdog vouches for.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    pub core: Arc<Probe>,
+    pub sink: Arc<Probe>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            core: Probe::new(),
+            sink: Probe::new(),
+        }
+    }
+}
+
+/// Which tasks did not answer the last question; empty when all did.
+fn silent(live: &Liveness, asked: (u32, u32), core_held_by_sink: bool) -> Vec<&'static str> {
+    let sink_ok = live.sink.answered(asked.1);
+    let core_ok = live.core.answered(asked.0) || (sink_ok && core_held_by_sink);
+    let mut out = Vec::new();
+    if !core_ok {
+        out.push("core");
+    }
+    if !sink_ok {
+        out.push("sink");
+    }
+    out
+}
+
+/// Sends `states` to the service manager; a failure is logged, never fatal
+/// (the gateway's job does not depend on systemd hearing it).
+pub fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "Cannot notify the service manager.");
+    }
+}
+
+/// Tells the service manager the gateway is up, then keeps `STATUS=` fresh
+/// and feeds the watchdog (when systemd set one) while every task answers,
+/// until `stop`. `core_held_by_sink` says whether the core waits for room
+/// in the sink's channel.
+pub async fn supervise(
+    live: Liveness,
+    metrics: Arc<Metrics>,
+    core_held_by_sink: impl Fn() -> bool,
+    stop: CancellationToken,
+) {
+    let watchdog = sd_notify::watchdog_enabled();
+    // Three questions per period: one unanswered question still leaves a
+    // ping inside the period, two do not.
+    let every = watchdog.map_or(STATUS_EVERY, |p| {
+        (p / 3).clamp(Duration::from_millis(100), STATUS_EVERY)
+    });
+    let mut status = status_line(&metrics, crate::now_ms());
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    if let Some(p) = watchdog {
+        tracing::info!(period = ?p, "systemd watchdog enabled; pinged while the core and the sink answer.");
+    }
+    let mut asked = (live.core.ask(), live.sink.ask());
+    let mut log = Throttle::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let next = status_line(&metrics, crate::now_ms());
+        if watchdog.is_some() {
+            let quiet = silent(&live, asked, core_held_by_sink());
+            if quiet.is_empty() {
+                notify(&[NotifyState::Watchdog]);
+            } else if let Some(suppressed) = log.allow(SILENT_LOG_INTERVAL_MS, crate::now_ms()) {
+                tracing::error!(tasks = ?quiet, suppressed_since_last = suppressed, "A pipeline task has not answered for a watchdog interval; no longer pinging the systemd watchdog, which will restart the gateway.");
+            }
+            asked = (live.core.ask(), live.sink.ask());
+        }
+        if next != status {
+            status = next;
+            notify(&[NotifyState::Status(&status)]);
+        }
+    }
+}
+
+/// Tells the service manager that the gateway is stopping. It keeps
+/// pinging the watchdog while it stops (tasks stop answering as they end;
+/// `TimeoutStopSec=` bounds the stop), until `done`.
+pub async fn stopping(metrics: Arc<Metrics>, done: CancellationToken) {
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status(&format!(
+            "stopping: flushing windows, {}",
+            backlog_text(&metrics)
+        )),
+    ]);
+    let Some(p) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = tokio::time::sleep(p / 3) => notify(&[NotifyState::Watchdog]),
+        }
+    }
+}
+
+/// The `STATUS=` text: upstream state, backlog, oldest record.
+pub fn status_line(metrics: &Metrics, now_ms: i64) -> String {
+    let upstream = if metrics.upstream_connected.get() == 1 {
+        "upstream connected"
+    } else {
+        "upstream DOWN (buffering)"
+    };
+    let oldest = metrics.buffer_oldest_ts_ms.get();
+    let age = if oldest > 0 && metrics.upstream_queue_records.get() > 0 {
+        format!(
+            ", oldest {}",
+            human_secs(now_ms.saturating_sub(oldest).max(0) / 1000)
+        )
+    } else {
+        String::new()
+    };
+    format!("{upstream}; {}{age}", backlog_text(metrics))
+}
+
+fn backlog_text(metrics: &Metrics) -> String {
+    format!(
+        "backlog {} records ({} KiB)",
+        metrics.upstream_queue_records.get().max(0),
+        metrics.upstream_queue_bytes.get().max(0) / 1024
+    )
+}
+
+/// `90` -> `1m30s`, `7200` -> `2h0m`, `200000` -> `2d7h`.
+fn human_secs(s: i64) -> String {
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_that_does_not_answer_withholds_the_watchdog_ping() {
+        let live = Liveness::default();
+        let asked = (live.core.ask(), live.sink.ask());
+        live.sink.answer();
+        assert_eq!(silent(&live, asked, false), vec!["core"]);
+        live.core.answer();
+        assert!(silent(&live, asked, false).is_empty());
+        // The next question is not answered by the old answer.
+        let asked = (live.core.ask(), live.sink.ask());
+        live.core.answer();
+        assert_eq!(silent(&live, asked, false), vec!["sink"]);
+    }
+
+    #[test]
+    fn a_core_held_back_by_a_full_sink_is_live_only_while_the_sink_answers() {
+        let live = Liveness::default();
+        let asked = (live.core.ask(), live.sink.ask());
+        live.sink.answer();
+        assert!(silent(&live, asked, true).is_empty());
+        let asked = (live.core.ask(), live.sink.ask());
+        assert_eq!(silent(&live, asked, true), vec!["core", "sink"]);
+    }
+
+    #[test]
+    fn answers_are_matched_across_the_counter_wrapping() {
+        let p = Probe::default();
+        p.asked.store(u32::MAX, Ordering::Relaxed);
+        p.answer();
+        let n = p.ask();
+        assert_eq!(n, 0);
+        assert!(!p.answered(n));
+        p.answer();
+        assert!(p.answered(n));
+    }
+
+    #[tokio::test]
+    async fn a_question_wakes_an_idle_task() {
+        let p = Probe::new();
+        let task = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                loop {
+                    p.answer();
+                    p.asked().await;
+                }
+            })
+        };
+        let n = p.ask();
+        for _ in 0..1000 {
+            if p.answered(n) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(p.answered(n));
+        task.abort();
+    }
+
+    #[test]
+    fn status_says_upstream_state_and_backlog() {
+        let m = Metrics::new();
+        m.upstream_queue_records.set(1234);
+        m.upstream_queue_bytes.set(2 * 1024 * 1024);
+        m.buffer_oldest_ts_ms.set(1_000);
+        assert_eq!(
+            status_line(&m, 1_000 + 5_400_000),
+            "upstream DOWN (buffering); backlog 1234 records (2048 KiB), oldest 1h30m"
+        );
+        m.upstream_connected.set(1);
+        m.upstream_queue_records.set(0);
+        m.upstream_queue_bytes.set(0);
+        assert_eq!(
+            status_line(&m, 0),
+            "upstream connected; backlog 0 records (0 KiB)"
+        );
+    }
+}
