@@ -135,8 +135,11 @@ pub async fn run(
         live.core.clone(),
     ));
     let sink = tracker.spawn(upstream::run(
-        config.upstream.clone(),
-        opts,
+        upstream::SinkSettings {
+            cfg: config.upstream.clone(),
+            opts,
+            status: upstream::StatusIdentity::new(&config, crate::now_ms()),
+        },
         buffer,
         upstream::SinkIo {
             records: rec_rx,

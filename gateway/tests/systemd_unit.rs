@@ -44,7 +44,10 @@ fn the_shipped_unit_verifies_without_warnings() {
         return;
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
     assert!(stderr.trim().is_empty(), "warnings:\n{stderr}");
 }
 

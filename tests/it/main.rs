@@ -5,6 +5,7 @@
 //!   kill -9 with active alarms.
 //! - `outage`: the upstream broker dies and comes back; nothing is lost.
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
+//! - `status`: the retained status topic: birth, periodic, last will, clean offline.
 //! - `systemd`: READY, STATUS, WATCHDOG and STOPPING on a notification socket.
 //! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
 //!   is refused.
@@ -23,6 +24,7 @@ mod pipeline;
 mod powercut;
 mod serial;
 mod shutdown;
+mod status;
 mod systemd;
 mod tls;
 

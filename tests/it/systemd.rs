@@ -35,7 +35,12 @@ impl NotifySocket {
     }
 
     fn count(&self, line: &str) -> usize {
-        self.seen.lock().unwrap().iter().filter(|l| *l == line).count()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| *l == line)
+            .count()
     }
 
     fn statuses(&self) -> Vec<String> {
@@ -61,7 +66,10 @@ async fn under_systemd_it_reports_ready_status_watchdog_and_stopping() {
     gw.env.push(("WATCHDOG_USEC".into(), "600000".into()));
     gw.restart();
     gw.wait_ready().await;
-    wait_until("READY=1", Duration::from_secs(10), || notify.count("READY=1") == 1).await;
+    wait_until("READY=1", Duration::from_secs(10), || {
+        notify.count("READY=1") == 1
+    })
+    .await;
     wait_until(
         "watchdog pings while the pipeline answers",
         Duration::from_secs(10),

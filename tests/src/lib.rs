@@ -344,9 +344,12 @@ impl Drop for Gateway {
     }
 }
 
-/// An upstream consumer that records every JSON message it receives.
+/// An upstream consumer that records every JSON message it receives;
+/// the gateway's status messages (topics ending in `/status`) apart.
 pub struct Subscriber {
     pub messages: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Status messages: (payload, retained), in order of arrival.
+    pub statuses: Arc<Mutex<Vec<(serde_json::Value, bool)>>>,
     suback_count: Arc<Mutex<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -356,8 +359,10 @@ impl Subscriber {
     /// resubscribing forever.
     pub async fn start(addr: SocketAddr, filter: &str) -> Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
         let suback_count = Arc::new(Mutex::new(0));
         let (m, s, f) = (messages.clone(), suback_count.clone(), filter.to_owned());
+        let st = statuses.clone();
         let id = format!("e2e-sub-{}", addr.port());
         let task = tokio::spawn(async move {
             loop {
@@ -374,7 +379,11 @@ impl Subscriber {
                         Ok(Event::Incoming(Packet::Publish(p))) => {
                             let v = serde_json::from_slice(&p.payload)
                                 .unwrap_or(serde_json::Value::Null);
-                            m.lock().expect("lock").push(v);
+                            if p.topic.ends_with("/status") {
+                                st.lock().expect("lock").push((v, p.retain));
+                            } else {
+                                m.lock().expect("lock").push(v);
+                            }
                         }
                         Ok(_) => {}
                         Err(_) => break,
@@ -385,6 +394,7 @@ impl Subscriber {
         });
         let sub = Subscriber {
             messages,
+            statuses,
             suback_count,
             task,
         };
@@ -407,6 +417,10 @@ impl Subscriber {
 
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
         self.messages.lock().expect("lock").clone()
+    }
+
+    pub fn status_snapshot(&self) -> Vec<(serde_json::Value, bool)> {
+        self.statuses.lock().expect("lock").clone()
     }
 
     /// Waits until at least `n` distinct sequence numbers arrived.

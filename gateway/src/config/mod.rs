@@ -34,6 +34,7 @@ pub use sources::{MqttSourceConfig, SourceConfig};
 pub use stats::StatSet;
 pub use upstream::{TlsConfig, UpstreamConfig};
 
+use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
@@ -52,6 +53,9 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub upstream: UpstreamConfig,
     pub buffer: BufferConfig,
+    /// SHA-256 of the file's text, in hex, as `sha256sum` prints it: what
+    /// an operator compares to tell which config a gateway runs.
+    pub digest: String,
 }
 
 /// Everything wrong with a configuration file.
@@ -112,6 +116,17 @@ impl Config {
         self.buffer.render(&mut s);
         s
     }
+}
+
+/// SHA-256 of `text` in lowercase hex.
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// The top-level sections of a file.
@@ -246,6 +261,7 @@ impl<'a> Cx<'a> {
             pipeline,
             upstream,
             buffer,
+            digest: digest(self.text),
         })
     }
 

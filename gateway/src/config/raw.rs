@@ -128,6 +128,8 @@ pub struct RawUpstream {
     pub alarm_topic: Option<Spanned<String>>,
     pub value_topic: Option<Spanned<String>>,
     pub command_topic: Option<Spanned<String>>,
+    pub status_topic: Option<Spanned<String>>,
+    pub status_interval: Option<Spanned<String>>,
     pub qos: Option<Spanned<u8>>,
     pub keep_alive: Option<Spanned<String>>,
     pub reconnect_backoff_max: Option<Spanned<String>>,

@@ -76,6 +76,14 @@ named!(TimestampUnit, "timestamp_unit", tail = "; RFC 3339 strings are recognise
 );
 
 impl SourceConfig {
+    /// The source's `name`.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Serial(c) => &c.name,
+            SourceConfig::Mqtt(m) => &m.name,
+        }
+    }
+
     /// The source as `check` prints it.
     pub(super) fn render(&self, s: &mut String) {
         match self {

@@ -302,3 +302,34 @@ when_full = "block"
     let again = parse(&out).unwrap();
     assert_eq!(again.render_effective(), out);
 }
+
+#[test]
+fn the_status_topic_defaults_per_gateway_and_refuses_wildcards() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.upstream.status_topic, "gateways/gw-1/status");
+    assert_eq!(c.upstream.status_interval, Duration::from_secs(60));
+    let bad = MINIMAL.to_owned() + "status_topic = \"gw/+/status\"\nstatus_interval = \"10ms\"\n";
+    let errors = parse(&bad).unwrap_err();
+    let text: Vec<_> = errors.iter().map(|d| (d.line, d.message.clone())).collect();
+    assert!(
+        text.iter()
+            .any(|(l, m)| *l == 12 && m.contains("`status_topic` must be a plain topic")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|(l, m)| *l == 13 && m.contains("at least 1s")),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn the_config_digest_is_what_sha256sum_prints_for_the_file() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.digest.len(), 64);
+    assert_eq!(
+        digest("abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(c.digest, digest(MINIMAL));
+}

@@ -23,6 +23,11 @@ pub struct UpstreamConfig {
     pub value_topic: OutputTemplate,
     /// Subscribed for commands (alarm acknowledgements).
     pub command_topic: String,
+    /// Where the gateway says whether it is alive (retained birth, status
+    /// and last will).
+    pub status_topic: String,
+    /// How often the status is published while connected.
+    pub status_interval: Duration,
     pub qos: rumqttc::QoS,
     pub keep_alive: Duration,
     pub reconnect_backoff_max: Duration,
@@ -46,8 +51,8 @@ impl UpstreamConfig {
         let d = duration_text;
         let _ = writeln!(
             s,
-            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
-            self.broker, self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
+            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nstatus_topic = {:?}\nstatus_interval = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
+            self.broker, self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, self.status_topic, d(self.status_interval), qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
         );
         if let Some(t) = &self.tls {
             let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
@@ -108,16 +113,28 @@ impl Cx<'_> {
             "value_topic",
             "gateways/{gateway}/value/{sensor}",
         );
-        let command_topic = match &raw.command_topic {
-            None => format!("gateways/{gateway_id}/command"),
-            Some(t) => {
-                let text = t.get_ref().replace("{gateway}", gateway_id);
-                if text.is_empty() || text.contains(['+', '#', '{']) {
-                    self.at(t.span(), "`command_topic` must be a plain topic (`{gateway}` is the only placeholder)", Some("for example \"gateways/{gateway}/command\"".into()));
-                }
-                text
+        let command_topic = self.plain_topic(
+            &raw.command_topic,
+            "command_topic",
+            "gateways/{gateway}/command",
+            gateway_id,
+        );
+        let status_topic = self.plain_topic(
+            &raw.status_topic,
+            "status_topic",
+            "gateways/{gateway}/status",
+            gateway_id,
+        );
+        let status_interval = self.duration(&raw.status_interval, Duration::from_secs(60));
+        if let Some(v) = &raw.status_interval {
+            if status_interval < Duration::from_secs(1) {
+                self.at(
+                    v.span(),
+                    "`status_interval` must be at least 1s",
+                    Some("for example \"60s\"".into()),
+                );
             }
-        };
+        }
         let qos = self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce);
         if let Some(q) = &raw.qos {
             if qos != rumqttc::QoS::AtLeastOnce {
@@ -138,6 +155,8 @@ impl Cx<'_> {
             alarm_topic: alarm_topic?,
             value_topic: value_topic?,
             command_topic,
+            status_topic,
+            status_interval,
             qos,
             keep_alive,
             reconnect_backoff_max,
@@ -146,6 +165,29 @@ impl Cx<'_> {
             credentials: credentials(raw.username, raw.password),
             tls: tls?,
         })
+    }
+
+    /// A topic the gateway subscribes or publishes to as is: `{gateway}` is
+    /// its only placeholder, and wildcards are refused.
+    fn plain_topic(
+        &mut self,
+        raw: &Option<Spanned<String>>,
+        name: &str,
+        default: &str,
+        gateway_id: &str,
+    ) -> String {
+        let Some(t) = raw else {
+            return default.replace("{gateway}", gateway_id);
+        };
+        let text = t.get_ref().replace("{gateway}", gateway_id);
+        if text.is_empty() || text.contains(['+', '#', '{']) {
+            self.at(
+                t.span(),
+                format!("`{name}` must be a plain topic (`{{gateway}}` is the only placeholder)"),
+                Some(format!("for example {default:?}")),
+            );
+        }
+        text
     }
 
     /// Validates `[upstream.tls]`; `None` (reported) when it is unusable.

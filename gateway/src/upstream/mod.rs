@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,10 @@ use crate::model::Record;
 use crate::mqtt::{self, ClientSettings, Endpoint, Session};
 use crate::processor::Command;
 use crate::reject::CommandLogLimiter;
+
+pub mod status;
+
+pub use status::StatusIdentity;
 
 /// What the link task reports to the sink.
 #[derive(Debug)]
@@ -104,11 +108,25 @@ pub struct SinkIo {
     pub commands: mpsc::Sender<Command>,
 }
 
+/// What the sink connects with and how it introduces itself.
+pub struct SinkSettings {
+    pub cfg: UpstreamConfig,
+    pub opts: MqttOptions,
+    pub status: StatusIdentity,
+}
+
+/// What the link does besides carrying records: commands in, status out.
+struct LinkDuties {
+    command_topic: String,
+    commands: mpsc::Sender<Command>,
+    status: StatusIdentity,
+    status_interval: Duration,
+}
+
 /// Runs the sink until the record channel closes and the buffer drains (or
 /// the grace period ends).
 pub async fn run(
-    cfg: UpstreamConfig,
-    opts: MqttOptions,
+    settings: SinkSettings,
     mut buffer: Buffer,
     io: SinkIo,
     metrics: Arc<Metrics>,
@@ -119,6 +137,12 @@ pub async fn run(
         mut records,
         commands,
     } = io;
+    let SinkSettings {
+        cfg,
+        mut opts,
+        status,
+    } = settings;
+    opts.set_last_will(status.last_will());
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let link_cancel = CancellationToken::new();
     let link = tokio::spawn(drive_link(
@@ -128,7 +152,12 @@ pub async fn run(
         link_tx,
         metrics.clone(),
         link_cancel.clone(),
-        (cfg.command_topic.clone(), commands),
+        LinkDuties {
+            command_topic: cfg.command_topic.clone(),
+            commands,
+            status,
+            status_interval: cfg.status_interval,
+        },
     ));
 
     let mut state = SinkState {
@@ -231,9 +260,7 @@ pub async fn run(
         metrics.upstream_undelivered_at_shutdown.add(left);
         tracing::info!(undelivered = left, "Stopping with records not yet acknowledged by upstream; they are in the buffer and will be delivered after restart.");
     }
-    if let Some(client) = state.client.take() {
-        let _ = client.try_disconnect();
-    }
+    // The link says goodbye (a clean offline status, then DISCONNECT).
     link_cancel.cancel();
     let _ = link.await;
     metrics.upstream_connected.set(0);
@@ -354,8 +381,14 @@ async fn drive_link(
     tx: mpsc::UnboundedSender<LinkEvent>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    (command_topic, commands): (String, mpsc::Sender<Command>),
+    duties: LinkDuties,
 ) {
+    let LinkDuties {
+        command_topic,
+        commands,
+        status,
+        status_interval,
+    } = duties;
     let mut backoff = Backoff::new(Duration::from_millis(250), backoff_max);
     let mut command_log = CommandLogLimiter::new(COMMAND_LOG_INTERVAL_MS);
     let mut epoch = 0u64;
@@ -364,12 +397,24 @@ async fn drive_link(
         epoch += 1;
         let (client, mut eventloop) = AsyncClient::new(opts.clone(), request_capacity);
         let mut was_up = false;
+        let mut status_due = tokio::time::interval(status_interval);
+        status_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ev = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
+                    if was_up {
+                        // A clean offline replaces the birth; a clean
+                        // DISCONNECT then discards the last will.
+                        let bye = status.offline(true, Some((&metrics, crate::now_ms())));
+                        let _ = client.try_publish(status.topic.clone(), QoS::AtMostOnce, true, bye);
+                    }
                     mqtt::disconnect(&client, &mut eventloop).await;
                     break 'outer;
+                }
+                _ = status_due.tick(), if was_up => {
+                    publish_status(&client, &status, &metrics);
+                    continue;
                 }
                 ev = eventloop.poll() => ev,
             };
@@ -384,6 +429,9 @@ async fn drive_link(
                     {
                         tracing::error!(topic = %command_topic, error = %e, "Cannot subscribe to the command topic.");
                     }
+                    // The birth; the periodic status follows one interval on.
+                    publish_status(&client, &status, &metrics);
+                    status_due.reset();
                     LinkEvent::Up {
                         epoch,
                         client: client.clone(),
@@ -435,6 +483,14 @@ async fn drive_link(
                 break 'outer;
             }
         }
+    }
+}
+
+/// Publishes the retained online status (QoS 0: see [`status`]).
+fn publish_status(client: &AsyncClient, status: &StatusIdentity, metrics: &Metrics) {
+    let msg = status.online(metrics, crate::now_ms());
+    if let Err(e) = client.try_publish(status.topic.clone(), QoS::AtMostOnce, true, msg) {
+        tracing::debug!(error = %e, "Status not queued; the next one follows.");
     }
 }
 
