@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 /// delays from `initial` again.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
+/// While a peer stays unreachable, at most one line about it per this
+/// interval (the lines carry how many attempts failed in between).
+pub const RETRY_LOG_EVERY: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
@@ -22,6 +26,10 @@ pub struct Backoff {
     connected_at: Option<Instant>,
     /// A small xorshift state, so jitter needs no global RNG.
     rng: u64,
+    /// Whether the last failure ended a connection that was up.
+    lost_a_connection: bool,
+    last_logged: Option<Instant>,
+    unlogged: u64,
 }
 
 impl Backoff {
@@ -37,6 +45,9 @@ impl Backoff {
             current: initial,
             connected_at: None,
             rng: seed,
+            lost_a_connection: false,
+            last_logged: None,
+            unlogged: 0,
         }
     }
 
@@ -49,6 +60,7 @@ impl Backoff {
     /// The delays start over only if the connection that failed had lasted
     /// [`STABLE_AFTER`].
     pub fn failed(&mut self, now: Instant) -> Duration {
+        self.lost_a_connection = self.connected_at.is_some();
         if let Some(up) = self.connected_at.take() {
             if now.saturating_duration_since(up) >= STABLE_AFTER {
                 self.reset();
@@ -69,6 +81,23 @@ impl Backoff {
         (base + jitter).min(self.max)
     }
 
+    /// Whether the failure just reported should be logged: always when it
+    /// ended a connection that was up, else at most once per
+    /// [`RETRY_LOG_EVERY`]. `Some(failures not logged since the last line)`.
+    pub fn log_due(&mut self, now: Instant) -> Option<u64> {
+        let due = self.lost_a_connection
+            || self
+                .last_logged
+                .is_none_or(|t| now.saturating_duration_since(t) >= RETRY_LOG_EVERY);
+        if due {
+            self.last_logged = Some(now);
+            Some(std::mem::take(&mut self.unlogged))
+        } else {
+            self.unlogged += 1;
+            None
+        }
+    }
+
     pub fn reset(&mut self) {
         self.current = self.initial;
     }
@@ -77,6 +106,31 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreachable_peer_is_logged_once_per_interval_and_a_lost_connection_always() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let t0 = Instant::now();
+        b.failed(t0);
+        assert_eq!(b.log_due(t0), Some(0));
+        for i in 1..=10 {
+            let t = t0 + Duration::from_secs(i * 20);
+            b.failed(t);
+            assert_eq!(b.log_due(t), None);
+        }
+        let t = t0 + RETRY_LOG_EVERY;
+        b.failed(t);
+        assert_eq!(
+            b.log_due(t),
+            Some(10),
+            "the line says how many were not logged"
+        );
+        // Up, then lost: logged at once.
+        b.connected(t);
+        let t = t + Duration::from_secs(1);
+        b.failed(t);
+        assert_eq!(b.log_due(t), Some(0));
+    }
 
     #[test]
     fn doubles_up_to_the_cap_and_resets() {

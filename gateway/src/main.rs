@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sensor_gateway::config::{Config, ConfigError};
+use sensor_gateway::config::Config;
 use sensor_gateway::logging::{Journald, LogFormat};
 use sensor_gateway::metrics::Metrics;
 use sensor_gateway::runtime::RunOptions;
@@ -151,9 +151,12 @@ fn main() -> ExitCode {
             init_logging(log_format);
             let config = match Config::load(&config) {
                 Ok(c) => c,
-                Err(e @ ConfigError::Invalid { .. }) | Err(e @ ConfigError::Io { .. }) => {
-                    tracing::error!("{e}");
-                    eprintln!("{e}");
+                Err(e) => {
+                    // One log record per mistake: each carries its own
+                    // priority under journald.
+                    for line in e.lines() {
+                        tracing::error!("{line}");
+                    }
                     return ExitCode::from(2);
                 }
             };

@@ -160,3 +160,33 @@ fn json_log_lines_are_one_object_each() {
         "{first}"
     );
 }
+
+#[test]
+fn under_journald_each_config_mistake_is_one_error_line_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[gateway]\nid = \"gw\"\nstate_dir = \"/tmp/x\"\n\n[upstream]\nbroker = \"b:1883\"\nqos = 7\n\n[[source]]\nkind = \"mqtt\"\nbroker = \"s:1883\"\ntopic_template = \"p/{sensor}\"\nqos = 5\n",
+    )
+    .unwrap();
+    let out = gateway()
+        .args(["run", "--log-format", "journald", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{text}");
+    for line in &lines {
+        assert!(
+            line.starts_with("<3>"),
+            "every line is an error record: {text}"
+        );
+    }
+    let at = |n: usize| format!("{}:{n}:", config.display());
+    assert!(lines.iter().any(|l| l.contains(&at(7))), "{text}");
+    assert!(lines.iter().any(|l| l.contains(&at(13))), "{text}");
+}

@@ -171,6 +171,8 @@ pub struct Buffer {
     last_gauges_ms: i64,
     metrics: Arc<Metrics>,
     log_damage: Throttle,
+    /// Lines about records dropped by age or by the disk bound.
+    log_drop: Throttle,
     log_read_retry: Throttle,
     log_reserve: Throttle,
     log_cursor: Throttle,
@@ -248,6 +250,7 @@ impl Buffer {
             last_gauges_ms: i64::MIN,
             metrics,
             log_damage: Throttle::default(),
+            log_drop: Throttle::default(),
             log_read_retry: Throttle::default(),
             log_reserve: Throttle::default(),
             log_cursor: Throttle::default(),
@@ -492,7 +495,10 @@ impl Buffer {
         let unacked = unacked + (resends_before - l.resend.len()) as u64;
         self.metrics.buffer_dropped_oldest.add(unacked);
         self.cursor_dirty = true;
-        tracing::warn!(lane = l.lane.dir_name(), dropped = unacked, first_seq = seg.base, last_seq = seg.last, "The buffer is full; dropped its oldest segment (raise buffer.max_disk_bytes for longer outages).");
+        let lane_name = l.lane.dir_name();
+        if let Some(suppressed) = self.log_drop.allow(LOG_EVERY_MS, crate::now_ms()) {
+            tracing::warn!(lane = lane_name, dropped = unacked, first_seq = seg.base, last_seq = seg.last, similar_suppressed = suppressed, "The buffer is full; dropped its oldest segment (raise buffer.max_disk_bytes for longer outages).");
+        }
     }
 
     /// Keeps memory under the budget: records already on disk are dropped
@@ -622,11 +628,14 @@ impl Buffer {
                     && now_ms.saturating_sub(m.rec.ts_ms) > self.cfg.max_age_ms
                 {
                     self.metrics.buffer_expired.inc();
-                    tracing::warn!(
-                        seq = m.rec.seq,
-                        age_ms = now_ms - m.rec.ts_ms,
-                        "Dropped a record older than buffer.max_age."
-                    );
+                    if let Some(suppressed) = self.log_drop.allow(LOG_EVERY_MS, now_ms) {
+                        tracing::warn!(
+                            seq = m.rec.seq,
+                            age_ms = now_ms - m.rec.ts_ms,
+                            similar_suppressed = suppressed,
+                            "Dropped a record older than buffer.max_age (counted in gateway_upstream_dropped_total{{reason=\"expired\"}})."
+                        );
+                    }
                     self.settle(lane);
                     continue;
                 }

@@ -34,18 +34,29 @@ pub(super) fn render_diagnostics(path: &Path, diags: &[Diagnostic]) -> String {
         if diags.len() == 1 { "" } else { "s" }
     );
     for d in diags {
-        out.push_str(&format!(
-            "\n{}:{}:{}: {}",
-            path.display(),
-            d.line,
-            d.column,
-            d.message
-        ));
-        if let Some(h) = &d.hint {
-            out.push_str(&format!("\n    hint: {h}"));
-        }
+        out.push('\n');
+        out.push_str(&d.located(path, "\n    "));
     }
     out
+}
+
+impl Diagnostic {
+    /// `path:line:column: message`, then the hint after `hint_sep`.
+    pub fn located(&self, path: &Path, hint_sep: &str) -> String {
+        let mut out = format!(
+            "{}:{}:{}: {}",
+            path.display(),
+            self.line,
+            self.column,
+            self.message
+        );
+        if let Some(h) = &self.hint {
+            out.push_str(hint_sep);
+            out.push_str("hint: ");
+            out.push_str(h);
+        }
+        out
+    }
 }
 
 /// A string-valued setting: its values and the one name of each, shared

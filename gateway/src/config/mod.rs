@@ -73,6 +73,19 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// One line per mistake (`file:line:column: message; hint: ...`), for
+    /// logs whose records are single lines (journald).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Io { .. } => vec![self.to_string()],
+            ConfigError::Invalid { path, diagnostics } => {
+                diagnostics.iter().map(|d| d.located(path, "; ")).collect()
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -418,6 +418,7 @@ impl Guard {
         // Kept across connections: a discarded QoS 2 publish's PUBREL may
         // come after a reconnect.
         let mut filter = InboundFilter::new(self.limit);
+        let mut accept_log = Throttle::default();
         loop {
             let conn = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -426,7 +427,9 @@ impl Guard {
             let client = match conn {
                 Ok((c, _)) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "The source guard cannot accept a connection.");
+                    if let Some(suppressed) = accept_log.allow(10_000, crate::now_ms()) {
+                        tracing::warn!(error = %e, similar_suppressed = suppressed, "The source guard cannot accept a connection.");
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(200)) => continue,

@@ -170,9 +170,12 @@ async fn run_client(
                 // Acknowledgements belong to the connection that is gone;
                 // the broker sends those messages again.
                 acks.clear();
-                let delay = backoff.failed(Instant::now());
+                let now = Instant::now();
+                let delay = backoff.failed(now);
                 let cause = last_error.lock().ok().and_then(|mut l| l.take());
-                tracing::warn!(source = %cfg.name, broker = %cfg.broker, error = %e, cause, retry_in = ?delay, "Source broker connection failed; retrying.");
+                if let Some(unlogged) = backoff.log_due(now) {
+                    tracing::warn!(source = %cfg.name, broker = %cfg.broker, error = %e, cause, retry_in = ?delay, failed_attempts_not_logged = unlogged, "Source broker connection failed; retrying (logged at most every 5 minutes while it lasts).");
+                }
                 tokio::select! {
                     _ = &mut cancelled => break,
                     _ = tokio::time::sleep(delay) => {}

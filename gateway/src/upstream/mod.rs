@@ -465,11 +465,14 @@ async fn drive_link(
                 Ok(_) => continue,
                 Err(e) => {
                     metrics.upstream_disconnects.inc();
-                    let delay = backoff.failed(std::time::Instant::now());
-                    if was_up {
-                        tracing::warn!(%broker, error = %e, retry_in = ?delay, "Lost the upstream connection; buffering and retrying.");
-                    } else {
-                        tracing::warn!(%broker, error = %e, retry_in = ?delay, "Cannot connect to upstream; buffering and retrying.");
+                    let now = std::time::Instant::now();
+                    let delay = backoff.failed(now);
+                    if let Some(unlogged) = backoff.log_due(now) {
+                        if was_up {
+                            tracing::warn!(%broker, error = %e, retry_in = ?delay, "Lost the upstream connection; buffering and retrying.");
+                        } else {
+                            tracing::warn!(%broker, error = %e, retry_in = ?delay, failed_attempts_not_logged = unlogged, "Cannot connect to upstream; buffering and retrying (logged at most every 5 minutes while it lasts).");
+                        }
                     }
                     let _ = tx.send(LinkEvent::Down { epoch });
                     tokio::select! {
