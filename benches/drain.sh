@@ -79,7 +79,7 @@ DISK=$(metric gateway_buffer_disk_bytes)
 echo "backlog: $BACKLOG summaries, $DISK bytes on disk"
 echo "== upstream Mosquitto comes up"
 mosq "$P2"
-"$BIN/sensor-sim" count --broker "127.0.0.1:$P2" --topic 'gateways/#' --idle 5s > "$TMP/count.out" 2>/dev/null &
+"$BIN/sensor-sim" count --broker "127.0.0.1:$P2" --topic 'gateways/+/summary/#' --idle 5s > "$TMP/count.out" 2>/dev/null &
 PIDS+=($!)
 for _ in $(seq 400); do [ "$(metric gateway_upstream_connected)" = "1" ] && break; sleep 0.025; done
 START=$(date +%s.%N)

@@ -365,6 +365,11 @@ async fn watch(addr: SocketAddr, seen: Arc<Mutex<Seen>>) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                // The gateway's status topic says whether it is alive; it
+                // carries no record.
+                if p.topic.ends_with("/status") {
+                    continue;
+                }
                 let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
                     continue;
                 };
