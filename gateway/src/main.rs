@@ -43,6 +43,12 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print a systemd drop-in that allows exactly the addresses the
+    /// config's brokers need (`IPAddressAllow=`; host names are resolved now).
+    SystemdIpAllow {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Inspect the durable buffer of a state directory.
     Buffer {
         #[command(subcommand)]
@@ -132,6 +138,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Buffer { command } => buffer_command(command),
+        Command::SystemdIpAllow { config: path } => match Config::load(&path) {
+            Ok(c) => {
+                print!(
+                    "{}",
+                    sensor_gateway::supervisor::ip_allow_dropin(&c, &path, |host, port| {
+                        use std::net::ToSocketAddrs;
+                        Ok((host, port).to_socket_addrs()?.map(|a| a.ip()).collect())
+                    })
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", c.render_effective());

@@ -214,9 +214,111 @@ fn human_secs(s: i64) -> String {
     }
 }
 
+/// A drop-in for the unit that allows exactly the addresses `config`'s
+/// brokers need (`IPAddressAllow=` takes addresses, not names: a host name
+/// is resolved with `resolve` now, and the drop-in says so).
+pub fn ip_allow_dropin(
+    config: &crate::config::Config,
+    config_path: &std::path::Path,
+    resolve: impl Fn(&str, u16) -> std::io::Result<Vec<std::net::IpAddr>>,
+) -> String {
+    use std::fmt::Write;
+    let mut brokers: Vec<(&str, &crate::config::BrokerAddr)> = config
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            crate::config::SourceConfig::Mqtt(m) => Some((m.name.as_str(), &m.broker)),
+            crate::config::SourceConfig::Serial(_) => None,
+        })
+        .collect();
+    brokers.push(("upstream", &config.upstream.broker));
+    let mut out = format!(
+        "# The addresses the brokers of {} need, for the unit's IPAddressAllow=.\n\
+         # Install: systemctl edit sensor-gateway (paste this), or save it as\n\
+         # /etc/systemd/system/sensor-gateway.service.d/ip-allow.conf and run systemctl daemon-reload.\n\
+         [Service]\n",
+        config_path.display()
+    );
+    for (what, b) in brokers {
+        if let Ok(ip) = b.host.parse::<std::net::IpAddr>() {
+            let _ = writeln!(out, "# {what}: {b}\nIPAddressAllow={ip}");
+            continue;
+        }
+        match resolve(&b.host, b.port) {
+            Ok(ips) if !ips.is_empty() => {
+                let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+                let _ = writeln!(
+                    out,
+                    "# {what}: {b}, resolved now: generate again when its addresses change\nIPAddressAllow={}",
+                    list.join(" ")
+                );
+            }
+            Ok(_) => {
+                let _ = writeln!(
+                    out,
+                    "# {what}: {b} resolved to no address: allow its addresses by hand"
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "# {what}: {b} cannot be resolved here ({e}): allow its addresses by hand"
+                );
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ip_allow_dropin_lists_every_broker_and_says_what_was_resolved() {
+        let text = r#"
+[gateway]
+id = "gw"
+state_dir = "/tmp/gw"
+[[source]]
+kind = "mqtt"
+name = "plant"
+broker = "10.1.2.3:1883"
+topic_template = "p/{sensor}"
+[upstream]
+broker = "broker.example.net:8883"
+"#;
+        let path = std::path::Path::new("/etc/sensor-gateway/gateway.toml");
+        let config = crate::config::Config::parse(text, path).unwrap();
+        let dropin = ip_allow_dropin(&config, path, |host, port| {
+            assert_eq!((host, port), ("broker.example.net", 8883));
+            Ok(vec![
+                "203.0.113.10".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+            ])
+        });
+        assert!(dropin.contains("[Service]\n"), "{dropin}");
+        assert!(
+            dropin.contains("# plant: 10.1.2.3:1883\nIPAddressAllow=10.1.2.3\n"),
+            "{dropin}"
+        );
+        assert!(dropin.contains("resolved now"), "{dropin}");
+        assert!(
+            dropin.contains("IPAddressAllow=203.0.113.10 2001:db8::1\n"),
+            "{dropin}"
+        );
+        let unresolved =
+            ip_allow_dropin(&config, path, |_, _| Err(std::io::Error::other("no DNS")));
+        assert!(
+            unresolved.contains("cannot be resolved here (no DNS)"),
+            "{unresolved}"
+        );
+        let allows = unresolved
+            .lines()
+            .filter(|l| l.starts_with("IPAddressAllow="))
+            .count();
+        assert_eq!(allows, 1, "{unresolved}");
+    }
 
     #[test]
     fn a_task_that_does_not_answer_withholds_the_watchdog_ping() {
