@@ -3,7 +3,7 @@
 //!
 //! The crate is split into a synchronous, I/O-free core ([`processor`],
 //! [`decode`], [`window`], [`topic`], [`model`]) and async shells that own the
-//! sockets and the clock ([`source`], [`upstream`], [`runtime`]). See
+//! sockets and the clock ([`source`], [`upstream`], [`http`], [`runtime`]). See
 //! ARCHITECTURE.md for the data flow and the invariants.
 
 pub mod alarm;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod decode;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -19,6 +19,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::model::Lane;
 use crate::reject::{CommandReject, Reason, Reject};
 
 /// A count that only goes up.
@@ -135,6 +136,13 @@ const UPSTREAM_DROPPED: Family = Family {
     help: "Records dropped before delivery, by reason.",
     kind: "counter",
     key: "reason",
+};
+
+const HTTP_REQUESTS: Family = Family {
+    name: "gateway_http_requests_total",
+    help: "HTTP requests answered, by outcome: metrics, healthz, ready and not_ready (/readyz answered 200 or 503), not_found, method_not_allowed.",
+    kind: "counter",
+    key: "outcome",
 };
 
 /// Declares [`Metrics`]: each field with its type and its [`Spec`], in the
@@ -380,6 +388,68 @@ declare_metrics! {
         "gateway_alarm_ledger_overflow_total",
         "Alarm events forgotten by a sensor's crash-recovery ledger, which was full of events not yet durable.",
     ),
+    build_info: BuildInfo = own(
+        "gateway_build_info",
+        "Always 1; the labels name the gateway's version and the target it was built for.",
+    ),
+    config_info: ConfigInfo = own(
+        "gateway_config_info",
+        "Always 1; the label is the SHA-256 of the configuration file the gateway runs (as sha256sum prints it).",
+    ),
+    uptime: Uptime = own(
+        "gateway_uptime_seconds",
+        "Seconds since the gateway started.",
+    ),
+    /// Records waiting for delivery per lane (in memory, on disk or in
+    /// flight), set by the buffer.
+    pub backlog_records: ByLane = own(
+        "gateway_backlog_records",
+        "Records waiting for delivery (in memory, on disk or in flight), by lane.",
+    ),
+    /// Bytes the records waiting per lane take: their unacknowledged
+    /// segments on disk and the records held only in memory.
+    pub backlog_bytes: ByLane = own(
+        "gateway_backlog_bytes",
+        "Bytes of records waiting for delivery: the lane's segments holding unacknowledged records, and records held only in memory.",
+    ),
+    /// Age of the oldest record waiting per lane, by its measurement time;
+    /// 0 when the lane is empty.
+    pub backlog_oldest_age_seconds: ByLane = own(
+        "gateway_backlog_oldest_age_seconds",
+        "Age, by measurement time, of the oldest record waiting for delivery, by lane (0 when nothing waits).",
+    ),
+    /// Seconds until the buffer's disk bound would be reached if nothing
+    /// were delivered from now on, at the rate records arrived over the
+    /// last minute; -1 while nothing arrives. Read by the status line
+    /// and the status topic too.
+    pub outage_seconds_left: Gauge = own(
+        "gateway_outage_seconds_left",
+        "Seconds until the buffer reaches its disk bound (buffer.max_disk_bytes, or the filesystem's end if that comes first) if nothing is delivered from now on, at the bytes per second records arrived over the last minute: while upstream is down, the time left before when_full applies; while it is up, how long an outage starting now could last. -1 while no records arrive.",
+    ),
+    /// Time from a PUBLISH leaving the upstream client to its PUBACK.
+    pub upstream_puback_latency: Histogram = own(
+        "gateway_upstream_puback_latency_seconds",
+        "Time from a record's PUBLISH leaving the upstream client to the broker's PUBACK.",
+    ),
+    /// MQTT sources, in configuration order.
+    mqtt_sources: MqttSources = Spec::Nested,
+    pub http_metrics: Counter = member(&HTTP_REQUESTS, "metrics"),
+    pub http_healthz: Counter = member(&HTTP_REQUESTS, "healthz"),
+    pub http_ready: Counter = member(&HTTP_REQUESTS, "ready"),
+    pub http_not_ready: Counter = member(&HTTP_REQUESTS, "not_ready"),
+    pub http_not_found: Counter = member(&HTTP_REQUESTS, "not_found"),
+    pub http_method_not_allowed: Counter = member(&HTTP_REQUESTS, "method_not_allowed"),
+    /// Connections closed at once because `http::MAX_CONNECTIONS` were open.
+    pub http_connections_refused: Counter = own(
+        "gateway_http_connections_refused_total",
+        "HTTP connections closed unanswered because the limit of open connections was reached.",
+    ),
+    /// Connections that ended in an error: headers too large or too slow,
+    /// a malformed request, a reset.
+    pub http_connection_errors: Counter = own(
+        "gateway_http_connection_errors_total",
+        "HTTP connections that ended in an error (headers too large or too slow, a malformed request, a reset).",
+    ),
 }
 
 /// What one serial port reports. The port's decoder is owned by its task;
@@ -443,6 +513,52 @@ impl Metrics {
         m
     }
 
+    /// Registers an MQTT source; the gauge is 1 while it is connected.
+    pub fn mqtt_source(&self, name: &str) -> Arc<Gauge> {
+        let g = Arc::new(Gauge::default());
+        if let Ok(mut v) = self.mqtt_sources.0.lock() {
+            v.push((name.to_owned(), g.clone()));
+        }
+        g
+    }
+
+    /// Every registered source, MQTT sources first, each in configuration
+    /// order.
+    pub fn source_states(&self) -> Vec<SourceState> {
+        let mut out = Vec::new();
+        if let Ok(v) = self.mqtt_sources.0.lock() {
+            out.extend(v.iter().map(|(name, g)| SourceState {
+                kind: "mqtt",
+                name: name.clone(),
+                connected: g.get() == 1,
+            }));
+        }
+        if let Ok(v) = self.serial.0.lock() {
+            out.extend(v.iter().map(|p| SourceState {
+                kind: "serial",
+                name: p.port.clone(),
+                connected: p.connected.get() == 1,
+            }));
+        }
+        out
+    }
+
+    /// Records the configuration file's SHA-256 (once; later calls are
+    /// ignored).
+    pub fn set_config_sha256(&self, hex: &str) {
+        let _ = self.config_info.0.set(hex.to_owned());
+    }
+
+    /// The configuration file's SHA-256, once set.
+    pub fn config_sha256(&self) -> Option<&str> {
+        self.config_info.0.get().map(String::as_str)
+    }
+
+    /// Time since the gateway started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.uptime.0.elapsed()
+    }
+
     pub fn reject(&self, reason: Reject) {
         self.rejected.inc(reason);
     }
@@ -501,9 +617,10 @@ impl Metrics {
 trait Render {
     fn render(&self, spec: &Spec, text: &mut Text);
 
-    /// Sets every value to the next of a test's sequence.
+    /// Sets every value to the next of a test's sequence (nothing, for
+    /// what is not a count).
     #[cfg(test)]
-    fn fill(&self, next: &mut tests::Filler);
+    fn fill(&self, _next: &mut tests::Filler) {}
 }
 
 /// The Prometheus text being written.
@@ -517,6 +634,17 @@ struct Text {
 impl Text {
     fn header(&mut self, name: &str, help: &str, kind: &str) {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// For a metric of its own that writes its samples itself: writes its
+    /// header and returns its name; `None` for any other [`Spec`].
+    fn own_header(&mut self, spec: &Spec, kind: &str) -> Option<&'static str> {
+        let Spec::Own { name, help } = *spec else {
+            return None;
+        };
+        self.family = None;
+        self.header(name, help, kind);
+        Some(name)
     }
 
     fn value(&mut self, spec: &Spec, kind: &str, v: impl Display) {
@@ -566,17 +694,16 @@ impl Render for Gauge {
 
 impl<R: Reason> Render for ByReason<R> {
     fn render(&self, spec: &Spec, text: &mut Text) {
-        if let Spec::Own { name, help } = *spec {
-            text.family = None;
-            text.header(name, help, "counter");
-            for &r in R::ALL {
-                let _ = writeln!(
-                    text.out,
-                    "{name}{{reason=\"{}\"}} {}",
-                    r.name(),
-                    self.get(r)
-                );
-            }
+        let Some(name) = text.own_header(spec, "counter") else {
+            return;
+        };
+        for &r in R::ALL {
+            let _ = writeln!(
+                text.out,
+                "{name}{{reason=\"{}\"}} {}",
+                r.name(),
+                self.get(r)
+            );
         }
     }
 
@@ -584,6 +711,227 @@ impl<R: Reason> Render for ByReason<R> {
     fn fill(&self, next: &mut tests::Filler) {
         for c in self.counters.iter() {
             c.fill(next);
+        }
+    }
+}
+
+/// `gateway_build_info`: the version and the target triple as labels.
+#[derive(Debug, Default)]
+struct BuildInfo;
+
+impl BuildInfo {
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const TARGET: &'static str = env!("GATEWAY_TARGET");
+}
+
+/// `gateway_config_info`: the configuration file's SHA-256, set once at
+/// start-up.
+#[derive(Debug, Default)]
+struct ConfigInfo(std::sync::OnceLock<String>);
+
+/// Seconds since the metrics were made, which is at the process's start.
+#[derive(Debug)]
+struct Uptime(std::time::Instant);
+
+impl Default for Uptime {
+    fn default() -> Self {
+        Uptime(std::time::Instant::now())
+    }
+}
+
+/// One gauge per delivery lane, rendered as `name{lane="…"}` with the
+/// lane's directory name (`summaries`, `alarms`).
+#[derive(Debug, Default)]
+pub struct ByLane([Gauge; 2]);
+
+impl ByLane {
+    pub fn set(&self, lane: Lane, v: i64) {
+        self.0[lane as usize].set(v);
+    }
+
+    pub fn get(&self, lane: Lane) -> i64 {
+        self.0[lane as usize].get()
+    }
+}
+
+/// Upper bounds of the PUBACK latency buckets: in microseconds, and as
+/// the `le` label writes them (seconds).
+const LATENCY_BUCKETS: [(u64, &str); 14] = [
+    (1_000, "0.001"),
+    (2_500, "0.0025"),
+    (5_000, "0.005"),
+    (10_000, "0.01"),
+    (25_000, "0.025"),
+    (50_000, "0.05"),
+    (100_000, "0.1"),
+    (250_000, "0.25"),
+    (500_000, "0.5"),
+    (1_000_000, "1"),
+    (2_500_000, "2.5"),
+    (5_000_000, "5"),
+    (10_000_000, "10"),
+    (30_000_000, "30"),
+];
+
+/// A latency histogram with fixed buckets ([`LATENCY_BUCKETS`] and
+/// `+Inf`): one relaxed atomic per bucket, the sum and the count.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket, not cumulative; the last is `+Inf`.
+    buckets: [Counter; LATENCY_BUCKETS.len() + 1],
+    sum_us: Counter,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&(le, _)| us <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].inc();
+        self.sum_us.add(us);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(Counter::get).sum()
+    }
+}
+
+/// The registered MQTT sources: name and whether connected.
+#[derive(Debug, Default)]
+struct MqttSources(std::sync::Mutex<Vec<(String, Arc<Gauge>)>>);
+
+/// Whether one configured source is connected (MQTT) or open (serial).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceState {
+    /// `mqtt` or `serial`.
+    pub kind: &'static str,
+    pub name: String,
+    pub connected: bool,
+}
+
+impl Render for BuildInfo {
+    fn render(&self, spec: &Spec, text: &mut Text) {
+        let Some(name) = text.own_header(spec, "gauge") else {
+            return;
+        };
+        let _ = writeln!(
+            text.out,
+            "{name}{{version=\"{}\",target=\"{}\"}} 1",
+            Self::VERSION,
+            Self::TARGET
+        );
+    }
+}
+
+impl Render for ConfigInfo {
+    fn render(&self, spec: &Spec, text: &mut Text) {
+        let Some(name) = text.own_header(spec, "gauge") else {
+            return;
+        };
+        if let Some(hex) = self.0.get() {
+            let _ = writeln!(text.out, "{name}{{sha256=\"{}\"}} 1", escape_label(hex));
+        }
+    }
+
+    #[cfg(test)]
+    fn fill(&self, _: &mut tests::Filler) {
+        let _ = self
+            .0
+            .set("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into());
+    }
+}
+
+impl Render for Uptime {
+    fn render(&self, spec: &Spec, text: &mut Text) {
+        text.value(spec, "gauge", self.0.elapsed().as_secs());
+    }
+}
+
+impl Render for ByLane {
+    fn render(&self, spec: &Spec, text: &mut Text) {
+        let Some(name) = text.own_header(spec, "gauge") else {
+            return;
+        };
+        for lane in [Lane::Summary, Lane::Alarm] {
+            let _ = writeln!(
+                text.out,
+                "{name}{{lane=\"{}\"}} {}",
+                lane.dir_name(),
+                self.get(lane)
+            );
+        }
+    }
+
+    #[cfg(test)]
+    fn fill(&self, next: &mut tests::Filler) {
+        for g in &self.0 {
+            g.fill(next);
+        }
+    }
+}
+
+impl Render for Histogram {
+    fn render(&self, spec: &Spec, text: &mut Text) {
+        let Some(name) = text.own_header(spec, "histogram") else {
+            return;
+        };
+        let mut cumulative = 0;
+        let les = LATENCY_BUCKETS.iter().map(|&(_, le)| le).chain(["+Inf"]);
+        for (le, n) in les.zip(&self.buckets) {
+            cumulative += n.get();
+            let _ = writeln!(text.out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_us.get();
+        let _ = writeln!(
+            text.out,
+            "{name}_sum {}.{:06}\n{name}_count {cumulative}",
+            sum / 1_000_000,
+            sum % 1_000_000
+        );
+    }
+
+    #[cfg(test)]
+    fn fill(&self, next: &mut tests::Filler) {
+        for c in self.buckets.iter().chain([&self.sum_us]) {
+            c.fill(next);
+        }
+    }
+}
+
+impl Render for MqttSources {
+    fn render(&self, _: &Spec, text: &mut Text) {
+        let Ok(sources) = self.0.lock() else {
+            return;
+        };
+        if sources.is_empty() {
+            return;
+        }
+        text.family = None;
+        let name = "gateway_source_connected";
+        text.header(
+            name,
+            "1 while the MQTT source's broker is connected.",
+            "gauge",
+        );
+        for (source, g) in sources.iter() {
+            let _ = writeln!(
+                text.out,
+                "{name}{{source=\"{}\"}} {}",
+                escape_label(source),
+                g.get()
+            );
+        }
+    }
+
+    #[cfg(test)]
+    fn fill(&self, _: &mut tests::Filler) {
+        if let Ok(sources) = self.0.lock() {
+            for (_, g) in sources.iter() {
+                g.set(1);
+            }
         }
     }
 }
@@ -782,6 +1130,7 @@ pub(crate) mod tests {
     /// Every metric holds a distinct value; two serial ports are registered.
     fn filled() -> Metrics {
         let m = Metrics::new();
+        m.mqtt_source("plant-a");
         m.serial_port("ttyA");
         m.serial_port("ttyB");
         let mut next = Filler::default();
@@ -792,10 +1141,75 @@ pub(crate) mod tests {
     /// Names, help, types, labels and order are what dashboards, the
     /// end-to-end tests and the documents read: the text must not change
     /// unless a metric is added on purpose.
+    /// The text with the build's version and target replaced by
+    /// placeholders, so that the pinned text outlives a release.
+    fn pinned_text(m: &Metrics) -> String {
+        m.render_prometheus()
+            .replace(
+                &format!("version=\"{}\"", BuildInfo::VERSION),
+                "version=\"VERSION\"",
+            )
+            .replace(
+                &format!("target=\"{}\"", BuildInfo::TARGET),
+                "target=\"TARGET\"",
+            )
+    }
+
     #[test]
     fn prometheus_text_is_unchanged() {
         let expected = include_str!("../tests/data/metrics.prom");
-        assert_eq!(filled().render_prometheus(), expected);
+        assert_eq!(pinned_text(&filled()), expected);
+    }
+
+    #[test]
+    fn the_puback_latency_histogram_is_cumulative() {
+        let h = Histogram::default();
+        h.observe(std::time::Duration::from_micros(800));
+        h.observe(std::time::Duration::from_millis(30));
+        h.observe(std::time::Duration::from_secs(60));
+        let m = Metrics::new();
+        let mut text = Text::default();
+        h.render(&own("x", "h"), &mut text);
+        assert!(text.out.contains("x_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.out.contains("x_bucket{le=\"0.025\"} 1\n"));
+        assert!(text.out.contains("x_bucket{le=\"0.05\"} 2\n"));
+        assert!(text.out.contains("x_bucket{le=\"30\"} 2\n"));
+        assert!(text.out.contains("x_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.out.contains("x_sum 60.030800\nx_count 3\n"));
+        assert_eq!(h.count(), 3);
+        assert_eq!(m.upstream_puback_latency.count(), 0);
+    }
+
+    #[test]
+    fn readiness_sees_every_source_by_name_and_kind() {
+        let m = Metrics::new();
+        let plant = m.mqtt_source("plant");
+        let port = m.serial_port("ttyA");
+        plant.set(1);
+        let states = m.source_states();
+        assert_eq!(states.len(), 2);
+        assert_eq!(
+            (states[0].kind, states[0].name.as_str(), states[0].connected),
+            ("mqtt", "plant", true)
+        );
+        assert_eq!(
+            (states[1].kind, states[1].name.as_str(), states[1].connected),
+            ("serial", "ttyA", false)
+        );
+        port.connected.set(1);
+        assert!(m.source_states().iter().all(|s| s.connected));
+    }
+
+    #[test]
+    fn the_config_hash_is_set_once() {
+        let m = Metrics::new();
+        assert_eq!(m.config_sha256(), None);
+        m.set_config_sha256("ab");
+        m.set_config_sha256("cd");
+        assert_eq!(m.config_sha256(), Some("ab"));
+        assert!(m
+            .render_prometheus()
+            .contains("gateway_config_info{sha256=\"ab\"} 1\n"));
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +50,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let opts = upstream::mqtt_options(&config.upstream)?;
+    let http_listener = match &config.http {
+        Some(h) => Some(crate::http::bind(h.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (`[http] listen`); choose a free port or remove `[http]`",
+                h.listen
+            )
+        })?),
+        None => None,
+    };
+    metrics.set_config_sha256(&config.digest);
     check_free_space(&config);
     let (mut buffer, recovery) =
         Buffer::open(&config.buffer, &config.gateway.state_dir, metrics.clone())?;
@@ -151,6 +163,20 @@ pub async fn run(
     ));
 
     let reporter_stop = CancellationToken::new();
+    if let Some(listener) = http_listener {
+        // Serves until everything else has stopped, so the drain can be
+        // watched; it turns not ready when shutdown begins.
+        tracing::info!(listen = ?listener.local_addr().ok(), "Serving /metrics, /healthz and /readyz.");
+        tracker.spawn(crate::http::serve(
+            listener,
+            crate::http::Endpoints {
+                metrics: metrics.clone(),
+                sources: config.sources.len(),
+                shutdown: shutdown.clone(),
+            },
+            reporter_stop.clone(),
+        ));
+    }
     tracker.spawn(report(
         metrics.clone(),
         config.gateway.metrics_interval,

@@ -9,6 +9,8 @@
 //! - `systemd`: READY, STATUS, WATCHDOG and STOPPING on a notification socket.
 //! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
 //!   is refused.
+//! - `http`: `/metrics` parsed as Prometheus parses it during a run;
+//!   `/readyz` 503 while the uplink is cut, 200 once it is back.
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
@@ -19,6 +21,7 @@
 mod analytics;
 mod buffer;
 mod hostile;
+mod http;
 mod outage;
 mod pipeline;
 mod powercut;

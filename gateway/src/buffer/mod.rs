@@ -50,6 +50,7 @@
 mod cursor;
 pub mod inspect;
 mod lane;
+mod outage;
 mod recover;
 pub mod segment;
 
@@ -169,6 +170,8 @@ pub struct Buffer {
     /// As last told by `maintain`; while down, records are written at once.
     upstream_up: bool,
     last_gauges_ms: i64,
+    /// Bytes of records pushed per second, for `gateway_outage_seconds_left`.
+    input_rate: outage::InputRate,
     metrics: Arc<Metrics>,
     log_damage: Throttle,
     /// Lines about records dropped by age or by the disk bound.
@@ -248,6 +251,7 @@ impl Buffer {
             unwound_from: Lanes::default(),
             upstream_up: false,
             last_gauges_ms: i64::MIN,
+            input_rate: outage::InputRate::default(),
             metrics,
             log_damage: Throttle::default(),
             log_drop: Throttle::default(),
@@ -271,7 +275,7 @@ impl Buffer {
         // if it fails, nothing at or above `next_seq` is published until a
         // later attempt succeeds.
         buffer.reserve(next_seq, 0);
-        buffer.update_gauges();
+        buffer.update_gauges(crate::now_ms());
         buffer
             .metrics
             .buffer_first_seq_this_run
@@ -333,6 +337,7 @@ impl Buffer {
     /// made durable by the group commit ([`Self::commit_due`]) before it can
     /// be handed out.
     pub fn push(&mut self, rec: Record, now_ms: i64) {
+        self.input_rate.add(encoded_len(&rec), now_ms);
         let lane = rec.lane;
         self.next_seq = self.next_seq.max(rec.seq + 1);
         let write_now = rec.lane == Lane::Alarm
@@ -1052,7 +1057,7 @@ impl Buffer {
         }
         if now_ms.saturating_sub(self.last_gauges_ms) >= 100 {
             self.last_gauges_ms = now_ms;
-            self.update_gauges();
+            self.update_gauges(now_ms);
         }
     }
 
@@ -1191,7 +1196,7 @@ impl Buffer {
         self.cursor_dirty = true;
         self.flush_and_sync(now_ms);
         let _ = self.write_cursor(now_ms);
-        self.update_gauges();
+        self.update_gauges(now_ms);
         self.last_gauges_ms = now_ms;
     }
 
@@ -1255,7 +1260,7 @@ impl Buffer {
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self, now_ms: i64) {
         self.metrics.buffer_disk_bytes.set(self.disk_bytes as i64);
         let mem: u64 = self.lanes.iter().map(|l| l.mem_bytes).sum();
         self.metrics.buffer_memory_bytes.set(mem as i64);
@@ -1276,6 +1281,55 @@ impl Buffer {
             .min()
             .unwrap_or(0);
         self.metrics.buffer_oldest_ts_ms.set(oldest);
+        let mut mem_only_bytes = 0;
+        for lane in LANES {
+            let b = self.backlog(lane);
+            mem_only_bytes += b.mem_only_bytes;
+            let m = &self.metrics;
+            m.backlog_records.set(lane, b.records as i64);
+            m.backlog_bytes
+                .set(lane, (b.disk_bytes + b.mem_only_bytes) as i64);
+            let age_ms = b
+                .oldest_ts_ms
+                .map_or(0, |t| now_ms.saturating_sub(t).max(0));
+            m.backlog_oldest_age_seconds.set(lane, age_ms / 1000);
+        }
+        // What the disk bound leaves, counting what memory holds and an
+        // outage would write.
+        let free = self
+            .bound()
+            .saturating_sub(self.disk_bytes.saturating_add(mem_only_bytes));
+        let rate = self.input_rate.bytes_per_sec(now_ms);
+        self.metrics
+            .outage_seconds_left
+            .set(outage::seconds_left(free, rate));
+    }
+
+    /// What waits for delivery in `lane`: records (on disk, only in memory,
+    /// or in flight), bytes, and the oldest measurement time (the first
+    /// record of the oldest unacknowledged segment or memory queue).
+    fn backlog(&self, lane: Lane) -> Backlog {
+        let l = &self.lanes[lane];
+        let segments = l.segments.iter().filter(|s| s.last > l.acked);
+        let mut b = Backlog::default();
+        for s in segments {
+            b.records += s.records;
+            b.disk_bytes += s.bytes;
+            b.oldest(s.first_ts_ms);
+        }
+        let inflight = self
+            .inflight
+            .values()
+            .filter(|(l, _)| *l == lane)
+            .map(|(_, m)| m);
+        for m in l.resend.iter().chain(&l.mem).chain(inflight) {
+            if !m.on_disk {
+                b.records += 1;
+                b.mem_only_bytes += encoded_len(&m.rec);
+                b.oldest(m.rec.ts_ms);
+            }
+        }
+        b
     }
 
     /// Whether record `seq` of `lane` is accounted for: settled (at or
@@ -1307,6 +1361,25 @@ impl Buffer {
                 let _ = segment::for_each_record(&s.path, |r| found |= r.seq == seq);
                 found
             })
+    }
+}
+
+/// What waits for delivery in one lane ([`Buffer::backlog`]).
+#[derive(Debug, Default)]
+struct Backlog {
+    records: u64,
+    /// Bytes of the lane's segments that hold unacknowledged records.
+    disk_bytes: u64,
+    /// Encoded bytes of records held only in memory.
+    mem_only_bytes: u64,
+    oldest_ts_ms: Option<i64>,
+}
+
+impl Backlog {
+    fn oldest(&mut self, ts_ms: i64) {
+        if ts_ms > 0 {
+            self.oldest_ts_ms = Some(self.oldest_ts_ms.map_or(ts_ms, |t| t.min(ts_ms)));
+        }
     }
 }
 

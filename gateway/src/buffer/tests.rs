@@ -946,3 +946,49 @@ fn a_spill_encodes_at_most_a_chunk_ahead_of_the_file_and_loses_nothing() {
         "every record, in order"
     );
 }
+
+#[test]
+fn backlog_per_lane_and_outage_time_left_follow_what_waits() {
+    let f = Fixture::new();
+    let mut c = cfg(Durability::Outage);
+    c.max_disk_bytes = 1024 * 1024;
+    let mut b = f.open(&c);
+    let m = &f.metrics;
+    let t0 = 1_700_000_000_000;
+    b.maintain(t0, false);
+    assert_eq!(m.backlog_records.get(Lane::Summary), 0);
+    assert_eq!(m.outage_seconds_left.get(), -1, "no input: never full");
+    let s0 = b.next_seq();
+    // Ten summaries a second for ten seconds while upstream is down, and
+    // one alarm.
+    let mut pushed = 0;
+    for i in 0..100u64 {
+        let r = rec(s0 + i, Lane::Summary);
+        pushed += lane::encoded_len(&r);
+        b.push(r, t0 + i as i64 * 100);
+    }
+    b.push(rec(s0 + 100, Lane::Alarm), t0 + 9_999);
+    pushed += lane::encoded_len(&rec(s0 + 100, Lane::Alarm));
+    let now = t0 + 10_000;
+    b.maintain(now, false);
+    assert_eq!(m.backlog_records.get(Lane::Summary), 100);
+    assert_eq!(m.backlog_records.get(Lane::Alarm), 1);
+    assert!(m.backlog_bytes.get(Lane::Summary) > 0);
+    // The oldest summary was measured at 1_700_000_000_000 + s0.
+    let oldest = (now - (t0 + s0 as i64)) / 1000;
+    assert_eq!(m.backlog_oldest_age_seconds.get(Lane::Summary), oldest);
+    // Input: `pushed` bytes over the ten complete seconds.
+    let rate = pushed as f64 / 10.0;
+    let free = c.max_disk_bytes - b.disk_bytes();
+    let expected = (free as f64 / rate).floor() as i64;
+    assert_eq!(m.outage_seconds_left.get(), expected);
+    // Delivered, the backlog is gone; the input rate still says how long
+    // an outage starting now could last.
+    b.maintain(now, true);
+    deliver(&mut b, 200, true);
+    b.maintain(now + 100, true);
+    assert_eq!(m.backlog_records.get(Lane::Summary), 0);
+    assert_eq!(m.backlog_records.get(Lane::Alarm), 0);
+    assert_eq!(m.backlog_oldest_age_seconds.get(Lane::Summary), 0);
+    assert!(m.outage_seconds_left.get() >= expected);
+}

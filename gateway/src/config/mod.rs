@@ -4,7 +4,7 @@
 //! fields rejected; stage two checks values and their relations and builds
 //! the typed [`Config`], one file per section (`gateway.rs`, `sources.rs`
 //! with `mqtt.rs` and `serial.rs`, `rules.rs` with `stats.rs`,
-//! `pipeline.rs`, `upstream.rs`, `buffer.rs`), each with its type, its
+//! `pipeline.rs`, `upstream.rs`, `buffer.rs`, `http.rs`), each with its type, its
 //! validation and how `check` prints it. Both stages collect every mistake
 //! they find as a [`Diagnostic`] with a line and column and a hint
 //! (`diag.rs`), so an operator fixes a file in one pass rather than one
@@ -14,6 +14,7 @@
 mod buffer;
 mod diag;
 mod gateway;
+mod http;
 mod mqtt;
 mod pipeline;
 mod raw;
@@ -26,6 +27,7 @@ mod upstream;
 pub use buffer::{BufferConfig, Durability, WhenFull};
 pub use diag::Diagnostic;
 pub use gateway::GatewayConfig;
+pub use http::HttpConfig;
 pub use mqtt::BrokerAddr;
 pub use pipeline::PipelineConfig;
 pub use rules::{Delivery, SensorRule};
@@ -41,7 +43,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use diag::{named, render_diagnostics, suggest, Cx, Named};
-use raw::{RawBuffer, RawGateway, RawPipeline, RawSensorRule, RawUpstream};
+use raw::{RawBuffer, RawGateway, RawHttp, RawPipeline, RawSensorRule, RawUpstream};
 use sources::SourceKind;
 
 /// The validated configuration of one gateway.
@@ -56,6 +58,8 @@ pub struct Config {
     /// SHA-256 of the file's text, in hex, as `sha256sum` prints it: what
     /// an operator compares to tell which config a gateway runs.
     pub digest: String,
+    /// The metrics and health endpoints; `None` (no `[http]`) runs none.
+    pub http: Option<HttpConfig>,
 }
 
 /// Everything wrong with a configuration file.
@@ -127,6 +131,7 @@ impl Config {
         self.pipeline.render(&mut s);
         self.upstream.render(&mut s);
         self.buffer.render(&mut s);
+        HttpConfig::render(self.http.as_ref(), &mut s);
         s
     }
 }
@@ -151,6 +156,7 @@ enum Section {
     Pipeline,
     Upstream,
     Buffer,
+    Http,
 }
 
 named!(Section, "section":
@@ -160,6 +166,7 @@ named!(Section, "section":
     Pipeline => "pipeline",
     Upstream => "upstream",
     Buffer => "buffer",
+    Http => "http",
 );
 
 impl<'a> Cx<'a> {
@@ -167,7 +174,7 @@ impl<'a> Cx<'a> {
     /// relations need: gateway (its id names default client ids), sources
     /// (their labels feed the upstream's templates), rules (checked
     /// against serial channel units), buffer (its `max_age` bounds the
-    /// pipeline's `max_event_age`), pipeline, upstream, client ids.
+    /// pipeline's `max_event_age`), pipeline, http, upstream, client ids.
     fn build(&mut self) -> Option<Config> {
         let root = match DeTable::parse(self.text) {
             Ok(r) => r,
@@ -181,6 +188,7 @@ impl<'a> Cx<'a> {
         let mut pipeline = None;
         let mut upstream = None;
         let mut buffer = None;
+        let mut http = None;
         let mut source_items = Vec::new();
         let mut saw_source = false;
         let mut saw_gateway = false;
@@ -195,6 +203,7 @@ impl<'a> Cx<'a> {
                 }
                 Some(Section::Pipeline) => pipeline = self.section::<RawPipeline>(value),
                 Some(Section::Buffer) => buffer = self.section::<RawBuffer>(value),
+                Some(Section::Http) => http = self.section::<RawHttp>(value),
                 Some(Section::Upstream) => {
                     saw_upstream = true;
                     upstream = self.section::<RawUpstream>(value);
@@ -243,6 +252,7 @@ impl<'a> Cx<'a> {
         self.check_mapped_units(&rules);
         let buffer = self.buffer(buffer);
         let pipeline = self.pipeline(pipeline, buffer.max_age_ms);
+        let http = http.and_then(|h| self.http(h));
         let Some(gateway) = gateway else {
             if !saw_gateway {
                 self.at(
@@ -274,6 +284,7 @@ impl<'a> Cx<'a> {
             pipeline,
             upstream,
             buffer,
+            http,
             digest: digest(self.text),
         })
     }

@@ -333,3 +333,51 @@ fn the_config_digest_is_what_sha256sum_prints_for_the_file() {
     );
     assert_eq!(c.digest, digest(MINIMAL));
 }
+
+#[test]
+fn without_an_http_section_there_is_no_http_server() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.http, None);
+    assert!(c.render_effective().contains("# [http] is absent"));
+}
+
+#[test]
+fn an_empty_http_section_listens_on_loopback() {
+    let c = parse(&format!("{MINIMAL}\n[http]\n")).unwrap();
+    let http = c.http.as_ref().unwrap();
+    assert_eq!(http.listen.to_string(), HttpConfig::DEFAULT_LISTEN);
+    assert!(http.listen.ip().is_loopback());
+    let again = parse(&c.render_effective()).unwrap();
+    assert_eq!(again.http, c.http);
+}
+
+#[test]
+fn a_non_loopback_http_address_is_refused_at_its_line_unless_allowed() {
+    for addr in ["0.0.0.0:9108", "192.0.2.7:9108", "[::]:9108"] {
+        let text = format!("{MINIMAL}\n[http]\nlisten = \"{addr}\"\n");
+        let diags = parse(&text).unwrap_err();
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let line = text.lines().position(|l| l.starts_with("listen")).unwrap() + 1;
+        assert_eq!(diags[0].line, line);
+        assert!(diags[0].message.contains("can be reached from other hosts"));
+        assert!(diags[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("allow_non_loopback = true"));
+        let allowed = parse(&format!("{text}allow_non_loopback = true\n")).unwrap();
+        assert_eq!(allowed.http.unwrap().listen.to_string(), addr);
+    }
+    let v6 = parse(&format!("{MINIMAL}\n[http]\nlisten = \"[::1]:9108\"\n")).unwrap();
+    assert!(v6.http.unwrap().listen.ip().is_loopback());
+}
+
+#[test]
+fn an_http_address_without_a_port_or_with_a_host_name_is_refused() {
+    for addr in ["127.0.0.1", "localhost:9108", ""] {
+        let msgs = messages(&format!("{MINIMAL}\n[http]\nlisten = \"{addr}\"\n"));
+        assert_eq!(msgs, [format!("`{addr}` is not an IP address and port")]);
+    }
+    let msgs = messages(&format!("{MINIMAL}\n[http]\nport = 9108\n"));
+    assert!(msgs[0].contains("unknown field `port`"), "{msgs:?}");
+}

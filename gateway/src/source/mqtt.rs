@@ -93,6 +93,7 @@ async fn run_client(
     last_error: &std::sync::Mutex<Option<String>>,
 ) {
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let connected = metrics.mqtt_source(&cfg.name);
     let mut backoff = Backoff::new(Duration::from_millis(200), cfg.reconnect_backoff_max);
     // Acknowledgements not yet queued in rumqttc (its request channel was
     // full); bounded by the broker's in-flight window for this session.
@@ -127,6 +128,7 @@ async fn run_client(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.connected(Instant::now());
                 metrics.source_connections.inc();
+                connected.set(1);
                 tracing::info!(source = %cfg.name, broker = %cfg.broker, "Connected to the source broker.");
                 for topic in &cfg.topics {
                     if let Err(e) = client.try_subscribe(topic.clone(), cfg.qos) {
@@ -167,6 +169,7 @@ async fn run_client(
             Ok(_) => {}
             Err(e) => {
                 metrics.source_disconnects.inc();
+                connected.set(0);
                 // Acknowledgements belong to the connection that is gone;
                 // the broker sends those messages again.
                 acks.clear();
@@ -189,4 +192,5 @@ async fn run_client(
         let _ = client.try_ack(&p);
     }
     mqtt::disconnect(&client, &mut eventloop).await;
+    connected.set(0);
 }

@@ -286,7 +286,9 @@ struct SinkState {
     client: Option<AsyncClient>,
     /// Seqs published on this connection whose packet id is not known yet.
     awaiting_pkid: VecDeque<u64>,
-    pkid_to_seq: HashMap<u16, u64>,
+    /// In flight on this connection: packet id to seq and when the PUBLISH
+    /// left the client (for `gateway_upstream_puback_latency_seconds`).
+    pkid_to_seq: HashMap<u16, (u64, Instant)>,
 }
 
 impl SinkState {
@@ -351,13 +353,14 @@ impl SinkState {
             }
             LinkEvent::Sent { epoch, pkid } if epoch == self.epoch && pkid != 0 => {
                 if let Some(seq) = self.awaiting_pkid.pop_front() {
-                    self.pkid_to_seq.insert(pkid, seq);
+                    self.pkid_to_seq.insert(pkid, (seq, Instant::now()));
                 }
             }
             LinkEvent::Acked { epoch, pkid } if epoch == self.epoch => {
-                if let Some(seq) = self.pkid_to_seq.remove(&pkid) {
+                if let Some((seq, sent)) = self.pkid_to_seq.remove(&pkid) {
                     buffer.ack(seq);
                     metrics.upstream_acked.inc();
+                    metrics.upstream_puback_latency.observe(sent.elapsed());
                 }
             }
             LinkEvent::Down { epoch } if epoch == self.epoch => {
