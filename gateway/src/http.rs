@@ -317,6 +317,38 @@ mod tests {
         assert_eq!(m.http_not_found.get(), 2);
     }
 
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_unanswered_and_counted() {
+        use tokio::io::AsyncReadExt;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        let endpoints = Endpoints {
+            metrics: metrics.clone(),
+            sources: 0,
+            shutdown: CancellationToken::new(),
+        };
+        let server = tokio::spawn(serve(listener, endpoints, stop.clone()));
+        // Connections that send nothing hold every slot.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(4), extra.read(&mut buf))
+            .await
+            .expect("closed before the request head times out")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+        assert_eq!(metrics.http_connections_refused.get(), 1);
+        // Stopping closes the idle ones too.
+        stop.cancel();
+        server.await.unwrap();
+        assert_eq!(metrics.http_connection_errors.get(), 0);
+    }
+
     #[test]
     fn readyz_says_what_is_not_ready() {
         let e = endpoints();
