@@ -193,7 +193,15 @@ pub fn status_line(metrics: &Metrics, now_ms: i64) -> String {
     } else {
         String::new()
     };
-    format!("{upstream}; {}{age}", backlog_text(metrics))
+    // Time left matters while upstream is down: how long the buffer holds
+    // at the current input rate.
+    let left = metrics.outage_seconds_left.get();
+    let left = if metrics.upstream_connected.get() != 1 && left >= 0 {
+        format!("; buffer full in {} at this rate", human_secs(left))
+    } else {
+        String::new()
+    };
+    format!("{upstream}; {}{age}{left}", backlog_text(metrics))
 }
 
 fn backlog_text(metrics: &Metrics) -> String {
@@ -385,9 +393,15 @@ broker = "broker.example.net:8883"
         m.upstream_queue_records.set(1234);
         m.upstream_queue_bytes.set(2 * 1024 * 1024);
         m.buffer_oldest_ts_ms.set(1_000);
+        m.outage_seconds_left.set(-1);
         assert_eq!(
             status_line(&m, 1_000 + 5_400_000),
             "upstream DOWN (buffering); backlog 1234 records (2048 KiB), oldest 1h30m"
+        );
+        m.outage_seconds_left.set(3 * 86_400 + 7_200);
+        assert_eq!(
+            status_line(&m, 1_000 + 5_400_000),
+            "upstream DOWN (buffering); backlog 1234 records (2048 KiB), oldest 1h30m; buffer full in 3d2h at this rate"
         );
         m.upstream_connected.set(1);
         m.upstream_queue_records.set(0);

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::model::Lane;
 
 /// What the status topic says of this gateway that does not change while
 /// it runs.
@@ -120,10 +121,23 @@ struct Figures {
     backlog_bytes: i64,
     /// Age of the oldest record not yet acknowledged; 0 when none waits.
     oldest_age_s: i64,
+    /// Per lane (`alarm`, `summary`): records, bytes, oldest age.
+    lanes: [LaneFigures; 2],
+    /// How long the buffer holds at the current input rate before
+    /// `buffer.when_full` applies; -1 while nothing arrives.
+    outage_seconds_left: i64,
     /// Records dropped since start (buffer full, expired, unpublishable).
     dropped: u64,
     /// Readings rejected since start, all reasons.
     rejected: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+struct LaneFigures {
+    lane: &'static str,
+    records: i64,
+    bytes: i64,
+    oldest_age_s: i64,
 }
 
 impl Figures {
@@ -140,6 +154,13 @@ impl Figures {
             } else {
                 0
             },
+            lanes: [Lane::Alarm, Lane::Summary].map(|lane| LaneFigures {
+                lane: lane.dir_name(),
+                records: m.backlog_records.get(lane),
+                bytes: m.backlog_bytes.get(lane),
+                oldest_age_s: m.backlog_oldest_age_seconds.get(lane),
+            }),
+            outage_seconds_left: m.outage_seconds_left.get(),
             dropped: m.upstream_dropped_total(),
             rejected: m.rejected_total(),
         }
@@ -193,5 +214,8 @@ mod tests {
         assert_eq!(v["oldest_age_s"], 60);
         assert_eq!(v["uptime_s"], 61);
         assert_eq!(v["dropped"], 0);
+        assert_eq!(v["lanes"][0]["lane"], "alarms", "{v}");
+        assert_eq!(v["lanes"][1]["lane"], "summaries", "{v}");
+        assert!(v["outage_seconds_left"].is_i64(), "{v}");
     }
 }
