@@ -206,10 +206,11 @@ declare_metrics! {
         "gateway_commands_received_total",
         "Commands received on the command topic.",
     ),
-    /// Sensors forgotten after `pipeline.retire_after` of silence.
+    /// Sensors forgotten after `pipeline.retire_after` of silence, or by a
+    /// reload that left no rule for them.
     pub sensors_retired: Counter = own(
         "gateway_sensors_retired_total",
-        "Sensors forgotten after pipeline.retire_after of silence.",
+        "Sensors forgotten: after pipeline.retire_after of silence, or at a reload that left no rule for them.",
     ),
     pub state_saves: Counter = own(
         "gateway_state_saves_total",
@@ -379,6 +380,14 @@ declare_metrics! {
     pub alarm_ledger_overflow: Counter = own(
         "gateway_alarm_ledger_overflow_total",
         "Alarm events forgotten by a sensor's crash-recovery ledger, which was full of events not yet durable.",
+    ),
+    pub reloads_applied: Counter = own(
+        "gateway_reloads_applied_total",
+        "Configuration reloads (SIGHUP) applied.",
+    ),
+    pub reloads_rejected: Counter = own(
+        "gateway_reloads_rejected_total",
+        "Configuration reloads (SIGHUP) refused because the file could not be read or is invalid; the running configuration stayed.",
     ),
 }
 

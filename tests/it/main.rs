@@ -10,6 +10,8 @@
 //! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
 //!   is refused.
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
+//! - `reload`: `sensor-gateway reload` keeps the windows, alarms and
+//!   baselines of sensors whose rule did not change; a bad config is refused.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //!
@@ -22,6 +24,7 @@ mod hostile;
 mod outage;
 mod pipeline;
 mod powercut;
+mod reload;
 mod serial;
 mod shutdown;
 mod status;
