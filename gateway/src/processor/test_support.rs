@@ -9,8 +9,9 @@ use crate::policy::{PolicyRule, SensorPolicy};
 use crate::topic::{OutputTemplate, TopicTemplate};
 
 /// One MQTT source with JSON payloads on `plant/{line}/{machine}/{sensor}`,
-/// `rules`, 10 s default windows, no allowed lateness and the
-/// configuration's defaults for everything else.
+/// `rules`, 10 s default windows, no allowed lateness, at most 100 sensors
+/// and 1 KiB payloads, and the configuration's defaults for everything
+/// else.
 pub(super) fn settings(rules: Vec<PolicyRule>) -> CoreSettings {
     let labels: Vec<String> = ["line", "machine", "sensor"].map(String::from).into();
     let topic = |t: &str| OutputTemplate::parse(t, &labels).expect("a valid output template");
@@ -33,6 +34,21 @@ pub(super) fn settings(rules: Vec<PolicyRule>) -> CoreSettings {
         alarm_topic: topic("gateways/{gateway}/alarm/{sensor}"),
         value_topic: topic("gateways/{gateway}/value/{sensor}"),
     }
+}
+
+/// `settings` as text to compare: every field, and the rules as patterns
+/// and policies (a glob matcher's own text is that of its regex engine).
+pub(super) fn described(settings: &CoreSettings) -> String {
+    let rules: Vec<_> = settings
+        .rules
+        .iter()
+        .map(|r| (r.pattern.as_str(), &*r.policy))
+        .collect();
+    let rest = CoreSettings {
+        rules: Vec::new(),
+        ..settings.clone()
+    };
+    format!("{rules:#?}\n{rest:#?}")
 }
 
 /// A rule giving the sensors `pattern` matches `policy`.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::test_support::{rule, settings, windows_of, with_high_alarm};
+use super::test_support::{described, rule, settings, windows_of, with_high_alarm};
 use super::*;
 use crate::config::Config;
 
@@ -68,8 +68,8 @@ fn base() -> CoreSettings {
 #[test]
 fn the_core_takes_from_a_configuration_file_what_its_tests_build_in_code() {
     assert_eq!(
-        format!("{:?}", CoreSettings::from_config(&config(""))),
-        format!("{:?}", base())
+        described(&CoreSettings::from_config(&config(""))),
+        described(&base())
     );
 }
 
