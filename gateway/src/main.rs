@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 use sensor_gateway::config::Config;
 use sensor_gateway::logging::{Journald, LogFormat};
 use sensor_gateway::metrics::Metrics;
+use sensor_gateway::reload::ReloadTrigger;
 use sensor_gateway::runtime::RunOptions;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -37,6 +40,21 @@ enum Command {
         /// timestamps, syslog priority prefixes) under systemd, else `text`.
         #[arg(long, value_enum, default_value = "auto")]
         log_format: LogFormat,
+        /// Write the process id here at start (atomically) and remove it at
+        /// a clean exit, for `reload --pid-file`.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+    },
+    /// Make the running gateway reload its configuration (SIGHUP): sensors
+    /// whose rules did not change keep their windows, alarms and baselines.
+    Reload {
+        /// The pid file the gateway was started with (`run --pid-file`).
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+        /// Check this configuration file first and do not signal if it has
+        /// mistakes (the gateway would refuse it too).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Validate a configuration file and print the effective configuration.
     Check {
@@ -165,13 +183,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Reload { pid_file, config } => reload_command(&pid_file, config.as_deref()),
         Command::Run {
-            config,
+            config: config_path,
             metrics_file,
             log_format,
+            pid_file,
         } => {
             init_logging(log_format);
-            let config = match Config::load(&config) {
+            let config = match Config::load(&config_path) {
                 Ok(c) => c,
                 Err(e) => {
                     // One log record per mistake: each carries its own
@@ -182,7 +202,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match run(config, RunOptions { metrics_file }) {
+            let reload = ReloadTrigger {
+                config_path,
+                signal: Arc::new(Notify::new()),
+            };
+            let options = RunOptions {
+                metrics_file,
+                reload: Some(reload),
+            };
+            match run(config, options, pid_file) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -190,6 +218,28 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `reload`: checks the configuration if one is given, then signals the
+/// gateway through its pid file.
+fn reload_command(pid_file: &std::path::Path, config: Option<&std::path::Path>) -> ExitCode {
+    if let Some(path) = config {
+        if let Err(e) = Config::load(path) {
+            eprintln!("{e}");
+            eprintln!("not reloading: the gateway would refuse this configuration");
+            return ExitCode::from(2);
+        }
+    }
+    match sensor_gateway::pidfile::signal_reload(pid_file) {
+        Ok(pid) => {
+            eprintln!("asked sensor-gateway (pid {pid}) to reload; its log says whether the configuration was applied");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -222,7 +272,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+fn run(config: Config, options: RunOptions, pid_file: Option<PathBuf>) -> anyhow::Result<()> {
     // Two worker threads: one core for the processing task, one for the
     // network, which is all a Raspberry-Pi-class device should give us.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -231,34 +281,67 @@ fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(wait_for_signals(shutdown.clone()));
+        // Handlers first: a SIGHUP sent as soon as the pid file exists must
+        // reload, not kill, the gateway.
+        let signals = Signals::install()?;
+        if let Some(path) = &pid_file {
+            sensor_gateway::pidfile::write(path, std::process::id()).map_err(|e| {
+                anyhow::anyhow!("cannot write the pid file {}: {e}", path.display())
+            })?;
+        }
+        let reload = options.reload.as_ref().map(|r| r.signal.clone());
+        let signals = tokio::spawn(signals.wait(shutdown.clone(), reload));
         let result = sensor_gateway::run(config, options, Arc::new(Metrics::new()), shutdown).await;
         signals.abort();
+        if let Some(path) = &pid_file {
+            sensor_gateway::pidfile::remove(path, std::process::id());
+        }
         result
     })
 }
 
-/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits
-/// at once.
-async fn wait_for_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("Cannot install signal handlers; stop the gateway with SIGKILL.");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals the gateway handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let install =
+            |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"));
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
     }
-    tracing::info!("Shutting down: flushing windows and delivering what is queued.");
-    shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+
+    /// SIGHUP reloads the configuration (when `reload` is given). The first
+    /// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at
+    /// once.
+    async fn wait(mut self, shutdown: CancellationToken, reload: Option<Arc<Notify>>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => match &reload {
+                    Some(r) => r.notify_one(),
+                    None => tracing::warn!("SIGHUP ignored: this run cannot reload its configuration."),
+                },
+            }
+        }
+        tracing::info!("Shutting down: flushing windows and delivering what is queued.");
+        shutdown.cancel();
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => {}
+            }
+        }
+        tracing::warn!("Second signal: exiting now.");
+        std::process::exit(130);
     }
-    tracing::warn!("Second signal: exiting now.");
-    std::process::exit(130);
 }

@@ -214,10 +214,11 @@ declare_metrics! {
         "gateway_commands_received_total",
         "Commands received on the command topic.",
     ),
-    /// Sensors forgotten after `pipeline.retire_after` of silence.
+    /// Sensors forgotten after `pipeline.retire_after` of silence, or by a
+    /// reload that left no rule for them.
     pub sensors_retired: Counter = own(
         "gateway_sensors_retired_total",
-        "Sensors forgotten after pipeline.retire_after of silence.",
+        "Sensors forgotten: after pipeline.retire_after of silence, or at a reload that left no rule for them.",
     ),
     pub state_saves: Counter = own(
         "gateway_state_saves_total",
@@ -449,6 +450,14 @@ declare_metrics! {
     pub http_connection_errors: Counter = own(
         "gateway_http_connection_errors_total",
         "HTTP connections that ended in an error (headers too large or too slow, a malformed request, a reset).",
+    ),
+    pub reloads_applied: Counter = own(
+        "gateway_reloads_applied_total",
+        "Configuration reloads (SIGHUP) applied.",
+    ),
+    pub reloads_rejected: Counter = own(
+        "gateway_reloads_rejected_total",
+        "Configuration reloads (SIGHUP) refused because the file could not be read or is invalid; the running configuration stayed.",
     ),
 }
 
@@ -1157,8 +1166,16 @@ pub(crate) mod tests {
 
     #[test]
     fn prometheus_text_is_unchanged() {
+        // After adding a metric: PIN_METRICS=1 cargo test -p sensor-gateway
+        // --lib prometheus_text_is_unchanged writes the new text; review
+        // its diff.
+        let text = pinned_text(&filled());
+        if std::env::var_os("PIN_METRICS").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/metrics.prom");
+            std::fs::write(path, &text).unwrap();
+        }
         let expected = include_str!("../tests/data/metrics.prom");
-        assert_eq!(pinned_text(&filled()), expected);
+        assert_eq!(text, expected);
     }
 
     #[test]

@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{SensorRule, StatSet};
 use crate::decode::{self, DecodeError, PayloadFormat};
 use crate::metrics::Metrics;
 use crate::model::payload::{Envelope, Header, Labels, RecordKind, SummaryBody, SCHEMA};
 use crate::model::{Reading, Record, RegistryError, SensorKey, SensorRegistry};
+use crate::policy::{PolicyRule, SensorPolicy, StatSet};
 use crate::reject::{LogLimiter, Reject};
 use crate::topic::{OutputTemplate, ResolveError, TopicTemplate};
 use crate::window::WindowStats;
@@ -65,7 +65,9 @@ pub struct CoreSettings {
     /// Per configured source, by index; `None` for a serial port, whose
     /// readings arrive decoded.
     pub sources: Vec<Option<SourceSpec>>,
-    pub rules: Vec<SensorRule>,
+    /// Per-sensor policies by id pattern; a sensor no rule matches gets
+    /// [`SensorPolicy::default_for`] `default_window_ms`.
+    pub rules: Vec<PolicyRule>,
     pub default_window_ms: i64,
     pub allowed_lateness_ms: i64,
     pub max_sensors: usize,
@@ -94,10 +96,10 @@ struct SensorState {
     /// Silence (gateway time since the last accepted reading) after which
     /// the sensor is retired when nothing of it is pending.
     retire_after_ms: i64,
-    rule: Option<u32>,
-    window_ms: i64,
-    range: (f64, f64),
-    stats: StatSet,
+    /// Resolved when the sensor was first seen and again at each reload.
+    policy: Arc<SensorPolicy>,
+    /// Whether a rule gave the policy (else it is the default one).
+    ruled: bool,
     /// The unit a serial mapping gave, used when no rule names one.
     unit: Option<Arc<str>>,
     open: Vec<(i64, WindowStats)>,
@@ -113,6 +115,8 @@ struct SensorState {
 /// The synchronous processing core.
 pub struct Processor {
     settings: CoreSettings,
+    /// The policy of sensors no rule matches.
+    default_policy: Arc<SensorPolicy>,
     registry: SensorRegistry,
     sensors: Vec<SensorState>,
     /// Retired sensors' closed-window marks, so that one coming back never
@@ -141,6 +145,7 @@ impl Processor {
     /// from what was handed out before a restart.
     pub fn new(settings: CoreSettings, metrics: Arc<Metrics>, next_seq: u64) -> Self {
         Self {
+            default_policy: Arc::new(SensorPolicy::default_for(settings.default_window_ms)),
             registry: SensorRegistry::new(settings.max_sensors),
             tombstones: crate::model::Tombstones::new(settings.max_sensors),
             settings,
@@ -287,70 +292,43 @@ impl Processor {
 
     fn add_sensor_state(&mut self, key: SensorKey, unit: Option<Arc<str>>) {
         let info = self.registry.info(key);
-        let rule = SensorRule::best(&self.settings.rules, &info.id).map(|i| i as u32);
-        let (window_ms, range, stats) = match rule.map(|i| &self.settings.rules[i as usize]) {
-            Some(r) => (
-                r.window.as_millis() as i64,
-                (
-                    r.min.unwrap_or(f64::NEG_INFINITY),
-                    r.max.unwrap_or(f64::INFINITY),
-                ),
-                r.stats,
-            ),
-            None => (
-                self.settings.default_window_ms,
-                (f64::NEG_INFINITY, f64::INFINITY),
-                StatSet::DEFAULT,
-            ),
-        };
-        // Never before the sensor's last window could have closed.
-        let closes_after = window_ms
-            .max(1)
-            .saturating_add(self.settings.allowed_lateness_ms);
-        let retire_after_ms = self
-            .settings
-            .retire_after_ms
-            .unwrap_or_else(|| {
-                (window_ms.max(1).saturating_mul(4))
-                    .saturating_add(self.settings.allowed_lateness_ms)
-                    .max(MIN_RETIRE_AFTER_MS)
-            })
-            .max(closes_after);
+        let (policy, ruled) =
+            crate::policy::resolve(&self.settings.rules, &self.default_policy, &info.id);
         // A sensor retired and back: windows it already sent stay sent.
-        let closed_until_ms = self
-            .tombstones
-            .take(&self.registry.info(key).id)
-            .unwrap_or(i64::MIN);
+        let closed_until_ms = self.tombstones.take(&info.id).unwrap_or(i64::MIN);
         let state = SensorState {
             live: true,
-            retire_after_ms,
-            rule,
-            window_ms: window_ms.max(1),
-            range,
-            stats,
+            retire_after_ms: self.retire_after(&policy),
+            extra: policy.needs_analytics().then(Box::default),
+            policy,
+            ruled,
             unit,
             open: Vec::with_capacity(2),
             max_event_ms: i64::MIN,
             last_arrival_ms: i64::MIN,
             closed_until_ms,
-            extra: None,
         };
         match self.sensors.get_mut(key.index()) {
             Some(slot) => *slot = state,
             None => self.sensors.push(state),
         }
         self.metrics.sensors_live.set(self.registry.len() as i64);
-        let needs_extra = rule.is_some_and(|r| {
-            let r = &self.settings.rules[r as usize];
-            r.alarm.is_some()
-                || r.anomaly.is_some()
-                || r.delivery != crate::config::Delivery::Summary
-        });
-        if needs_extra {
-            if let Some(s) = self.sensors.get_mut(key.index()) {
-                s.extra = Some(Box::default());
-            }
-        }
+    }
+
+    /// The silence after which a sensor of `policy` is retired: never before
+    /// its last window could have closed.
+    fn retire_after(&self, policy: &SensorPolicy) -> i64 {
+        let lateness = self.settings.allowed_lateness_ms;
+        let window_ms = policy.window_ms.max(1);
+        let closes_after = window_ms.saturating_add(lateness);
+        self.settings
+            .retire_after_ms
+            .unwrap_or_else(|| {
+                (window_ms.saturating_mul(4))
+                    .saturating_add(lateness)
+                    .max(MIN_RETIRE_AFTER_MS)
+            })
+            .max(closes_after)
     }
 
     /// Validates a decoded reading and merges it into its window.
@@ -362,7 +340,7 @@ impl Processor {
         // can move the watermark or make a summary the buffer would expire.
         let reject = if !r.value.is_finite() {
             Some(Reject::NonFinite)
-        } else if r.value < state.range.0 || r.value > state.range.1 {
+        } else if r.value < state.policy.min || r.value > state.policy.max {
             Some(Reject::OutOfRange)
         } else if r.ts_ms > now_ms.saturating_add(self.settings.max_future_skew_ms) {
             Some(Reject::Future)
@@ -388,11 +366,12 @@ impl Processor {
             }
         }
         let state = &mut self.sensors[r.sensor.index()];
-        let start = r.ts_ms.saturating_sub(r.ts_ms.rem_euclid(state.window_ms));
+        let window_ms = state.policy.window_ms.max(1);
+        let start = r.ts_ms.saturating_sub(r.ts_ms.rem_euclid(window_ms));
         match state.open.binary_search_by_key(&start, |(s, _)| *s) {
             Ok(i) => state.open[i].1.push(r.value, r.ts_ms),
             Err(i) => {
-                let mut w = WindowStats::with_options(start, state.stats.any_percentile());
+                let mut w = WindowStats::with_options(start, state.policy.stats.any_percentile());
                 w.push(r.value, r.ts_ms);
                 state.open.insert(i, (start, w));
             }
@@ -435,7 +414,7 @@ impl Processor {
                 }
                 continue;
             }
-            let idle = now_ms.saturating_sub(s.last_arrival_ms) >= s.window_ms + lateness;
+            let idle = now_ms.saturating_sub(s.last_arrival_ms) >= s.policy.window_ms + lateness;
             let watermark = if idle {
                 i64::MAX
             } else {
@@ -460,15 +439,9 @@ impl Processor {
             // and no stale alarm can start without a first reading.
             return true;
         }
-        let watches_staleness = s.rule.is_some_and(|r| {
-            self.settings.rules[r as usize]
-                .alarm
-                .as_ref()
-                .is_some_and(|a| a.stale_after_ms.is_some())
-        });
         // An alarm event not yet durable in the buffer stays in the sensor's
         // ledger (to be sent again after a crash) until it is.
-        !watches_staleness
+        !s.policy.watches_staleness()
             && s.extra
                 .as_ref()
                 .is_none_or(|e| !e.holds_alarm() && e.ledger_is_empty())
@@ -523,20 +496,20 @@ impl Processor {
     /// Emits the windows of `key` that end at or before `watermark`.
     fn close_sensor(&mut self, key: SensorKey, watermark: i64, out: &mut Vec<Record>) {
         let state = &mut self.sensors[key.index()];
+        let window_ms = state.policy.window_ms.max(1);
         let n = state
             .open
             .iter()
-            .take_while(|(start, _)| start.saturating_add(state.window_ms) <= watermark)
+            .take_while(|(start, _)| start.saturating_add(window_ms) <= watermark)
             .count();
         if n == 0 {
             return;
         }
-        let window_ms = state.window_ms;
         let closing: Vec<(i64, WindowStats)> = state.open.drain(..n).collect();
         if let Some((start, _)) = closing.last() {
             state.closed_until_ms = state.closed_until_ms.max(start + window_ms);
         }
-        let stats = state.stats;
+        let stats = state.policy.stats;
         for (start, w) in closing {
             let q = |k: usize| {
                 stats.percentiles[k]
@@ -680,6 +653,11 @@ fn reject_sentence(r: Reject) -> &'static str {
 mod analytics;
 #[cfg(test)]
 mod analytics_tests;
+mod reload;
+#[cfg(test)]
+mod reload_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -687,3 +665,4 @@ pub use analytics::{
     escaped, parse_command, AlarmLedger, Command, CommandError, EmittedAlarmEvent, PersistedSensor,
     PersistedState, MAX_COMMAND_BYTES,
 };
+pub use reload::{SensorPlan, PLAN_LISTS_AT_MOST};

@@ -2,8 +2,8 @@
 //! together and owns shutdown.
 //!
 //! Shutdown is a chain of closed channels, so that nothing accepted is
-//! dropped on the way out: the token stops the sources; when the last source
-//! ends, the core sees its input close, flushes every open window and closes
+//! dropped on the way out: the token stops the sources and the reload task;
+//! when the last of them ends, the core sees its input close, flushes every open window and closes
 //! its output; the sink then delivers what is queued within
 //! `upstream.shutdown_grace` and stops. Every task is spawned on one
 //! `TaskTracker`, and nothing is detached.
@@ -20,11 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::buffer::Buffer;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SensorRule, SourceConfig};
 use crate::metrics::Metrics;
 use crate::model::{Lane, Record};
+use crate::policy::{PolicyRule, SensorPolicy};
 use crate::processor::{escaped, Command, CoreSettings, Input, Processor};
 use crate::reject::{CommandLogLimiter, Throttle};
+use crate::reload::{CoreReload, ReloadTrigger, Reloader};
 use crate::supervisor::{self, Liveness, Probe};
 use crate::upstream;
 
@@ -40,6 +42,9 @@ pub struct RunOptions {
     /// `gateway.metrics_interval` and at exit (node_exporter's textfile
     /// collector reads this format).
     pub metrics_file: Option<PathBuf>,
+    /// Reload the configuration file when triggered (SIGHUP); `None`: the
+    /// configuration is fixed for the run.
+    pub reload: Option<ReloadTrigger>,
 }
 
 /// Runs the gateway until `shutdown` fires and everything has drained.
@@ -77,30 +82,16 @@ pub async fn run(
     let (raw_tx, raw_rx) = mpsc::channel::<Input>(config.pipeline.channel_capacity);
     let (rec_tx, rec_rx) = mpsc::channel::<Record>(256);
 
-    for (index, source) in config.sources.iter().enumerate() {
-        match source {
-            SourceConfig::Mqtt(m) => {
-                tracker.spawn(crate::source::mqtt::run(
-                    index,
-                    m.clone(),
-                    config.pipeline.max_payload_bytes,
-                    config.gateway.state_dir.clone(),
-                    raw_tx.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            SourceConfig::Serial(s) => {
-                tracker.spawn(crate::source::serial::run(
-                    s.clone(),
-                    raw_tx.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                ));
-            }
-        }
+    let mut sources = Sources {
+        tasks: Vec::new(),
+        tx: raw_tx,
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
+    for index in 0..config.sources.len() {
+        sources.start(&config, index);
     }
-    drop(raw_tx);
 
     let live = Liveness::default();
     let mut processor = Processor::new(
@@ -131,6 +122,9 @@ pub async fn run(
         }
     }
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
+    let (core_reload_tx, core_reload_rx) = mpsc::channel::<CoreReload>(1);
+    let (relink_tx, relink_rx) = mpsc::channel::<upstream::SinkSettings>(1);
+    let started_ms = crate::now_ms();
     // The core waits for the sink when this channel is full; the watchdog
     // then asks the sink instead (a weak handle keeps nothing open).
     let core_output = rec_tx.downgrade();
@@ -141,6 +135,7 @@ pub async fn run(
             input: raw_rx,
             output: rec_tx,
             commands: cmd_rx,
+            reloads: core_reload_rx,
         },
         StateSaver::new(state_dir, metrics.clone()),
         reemitted,
@@ -150,17 +145,34 @@ pub async fn run(
         upstream::SinkSettings {
             cfg: config.upstream.clone(),
             opts,
-            status: upstream::StatusIdentity::new(&config, crate::now_ms()),
+            status: upstream::StatusIdentity::new(&config, started_ms),
         },
         buffer,
         upstream::SinkIo {
             records: rec_rx,
             commands: cmd_tx,
+            relink: relink_rx,
         },
         metrics.clone(),
         shutdown.clone(),
         live.sink.clone(),
     ));
+    match options.reload.clone() {
+        // The reload task holds the sources' sender until shutdown.
+        Some(trigger) => {
+            let reloader = Reloader {
+                trigger,
+                running: config.clone(),
+                started_ms,
+                sources,
+                core: core_reload_tx,
+                relink: relink_tx,
+                metrics: metrics.clone(),
+            };
+            tracker.spawn(reloader.run(shutdown.clone()));
+        }
+        None => drop(sources),
+    }
 
     let reporter_stop = CancellationToken::new();
     if let Some(listener) = http_listener {
@@ -208,6 +220,68 @@ pub async fn run(
     tracker.wait().await;
     tracing::info!(metrics = %metrics.one_line(), "Gateway stopped.");
     Ok(())
+}
+
+/// The running source tasks, one per configured source, each stopped by
+/// its own token (a child of the shutdown token), so that a reload can
+/// restart one. Holds the sender of the core's input: the core sees its
+/// input close once this and every source task are gone.
+pub(crate) struct Sources {
+    /// Per source index: its token and task; `None` once stopped.
+    tasks: Vec<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+    tx: mpsc::Sender<Input>,
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl Sources {
+    /// Starts source `index` of `config`.
+    pub(crate) fn start(&mut self, config: &Config, index: usize) {
+        let Some(source) = config.sources.get(index) else {
+            return;
+        };
+        let cancel = self.shutdown.child_token();
+        let task = match source {
+            SourceConfig::Mqtt(m) => self.tracker.spawn(crate::source::mqtt::run(
+                index,
+                m.clone(),
+                config.pipeline.max_payload_bytes,
+                config.gateway.state_dir.clone(),
+                self.tx.clone(),
+                self.metrics.clone(),
+                cancel.clone(),
+            )),
+            SourceConfig::Serial(s) => self.tracker.spawn(crate::source::serial::run(
+                s.clone(),
+                self.tx.clone(),
+                self.metrics.clone(),
+                cancel.clone(),
+            )),
+        };
+        if self.tasks.len() <= index {
+            self.tasks.resize_with(index + 1, || None);
+        }
+        self.tasks[index] = Some((cancel, task));
+    }
+
+    /// Stops the sources at `indexes` and waits up to `wait` for their tasks
+    /// to end (an MQTT source disconnects in order and frees its guard's
+    /// socket, which its successor binds again).
+    pub(crate) async fn stop(&mut self, indexes: &[usize], wait: Duration) {
+        let mut tasks = Vec::new();
+        for &i in indexes {
+            if let Some((cancel, task)) = self.tasks.get_mut(i).and_then(Option::take) {
+                cancel.cancel();
+                tasks.push(task);
+            }
+        }
+        for task in tasks {
+            if tokio::time::timeout(wait, task).await.is_err() {
+                tracing::warn!(wait = ?wait, "A source did not stop in time after a reload; starting its successor anyway.");
+            }
+        }
+    }
 }
 
 /// How often changed baselines are saved (alarm changes are saved at once).
@@ -414,11 +488,12 @@ fn confirm_durable(
 }
 
 /// The core task's channels: messages from the sources, records to the
-/// sink, commands from upstream.
+/// sink, commands from upstream, new settings at a reload.
 struct CoreIo {
     input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Record>,
     commands: mpsc::Receiver<Command>,
+    reloads: mpsc::Receiver<CoreReload>,
 }
 
 /// The core's task: feeds messages to the processor, ticks it, applies
@@ -436,6 +511,7 @@ async fn process(
         input: mut rx,
         output: tx,
         mut commands,
+        mut reloads,
     } = io;
     // Alarm events lost in a crash and emitted again: their new seqs are
     // saved before they go out, like every alarm change.
@@ -452,6 +528,7 @@ async fn process(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
     let mut commands_open = true;
+    let mut reloads_open = true;
     loop {
         probe.answer();
         tokio::select! {
@@ -466,6 +543,19 @@ async fn process(
                 for msg in batch.drain(..) {
                     processor.ingest_input(&msg, now, &mut out);
                 }
+                saver.save_if_needed(&mut processor, false).await;
+                if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
+                    return;
+                }
+            }
+            reload = reloads.recv(), if reloads_open => {
+                let Some((settings, reply)) = reload else {
+                    reloads_open = false;
+                    continue;
+                };
+                // The flushed windows go on like any others (alarm-lane
+                // records wait for the state save).
+                let _ = reply.send(processor.reconfigure(settings, &mut out));
                 saver.save_if_needed(&mut processor, false).await;
                 if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
                     return;
@@ -656,7 +746,7 @@ impl CoreSettings {
                     SourceConfig::Serial(_) => None,
                 })
                 .collect(),
-            rules: config.sensors.clone(),
+            rules: config.sensors.iter().map(policy_rule).collect(),
             default_window_ms: config.pipeline.default_window.as_millis() as i64,
             allowed_lateness_ms: config.pipeline.allowed_lateness.as_millis() as i64,
             max_sensors: config.pipeline.max_sensors,
@@ -668,6 +758,24 @@ impl CoreSettings {
             alarm_topic: config.upstream.alarm_topic.clone(),
             value_topic: config.upstream.value_topic.clone(),
         }
+    }
+}
+
+/// The core's view of a `[[sensor]]` rule.
+fn policy_rule(rule: &SensorRule) -> PolicyRule {
+    PolicyRule {
+        pattern: rule.pattern.clone(),
+        matcher: rule.matcher.clone(),
+        policy: Arc::new(SensorPolicy {
+            window_ms: duration_ms(rule.window).max(1),
+            min: rule.min.unwrap_or(f64::NEG_INFINITY),
+            max: rule.max.unwrap_or(f64::INFINITY),
+            stats: rule.stats,
+            unit: rule.unit.as_deref().map(Arc::from),
+            delivery: rule.delivery,
+            alarm: rule.alarm.clone(),
+            anomaly: rule.anomaly,
+        }),
     }
 }
 

@@ -177,6 +177,31 @@ pub async fn stopping(metrics: Arc<Metrics>, done: CancellationToken) {
     }
 }
 
+/// A reload starts: `RELOADING=1` (with the monotonic time systemd asks
+/// for since `Type=notify-reload`).
+pub fn reloading() {
+    let mut states = vec![
+        NotifyState::Reloading,
+        NotifyState::Status("reloading the configuration"),
+    ];
+    if let Ok(t) = NotifyState::monotonic_usec_now() {
+        states.push(t);
+    }
+    notify(&states);
+}
+
+/// A reload ended (applied, or refused and nothing changed): `READY=1`
+/// and a status that says which.
+pub fn reloaded(applied: bool, metrics: &Metrics) {
+    let what = if applied {
+        "configuration reloaded"
+    } else {
+        "reload refused (mistakes logged), running configuration unchanged"
+    };
+    let status = format!("{what}; {}", status_line(metrics, crate::now_ms()));
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
 /// The `STATUS=` text: upstream state, backlog, oldest record.
 pub fn status_line(metrics: &Metrics, now_ms: i64) -> String {
     let upstream = if metrics.upstream_connected.get() == 1 {

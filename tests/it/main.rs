@@ -12,6 +12,8 @@
 //! - `http`: `/metrics` parsed as Prometheus parses it during a run;
 //!   `/readyz` 503 while the uplink is cut, 200 once it is back.
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
+//! - `reload`: `sensor-gateway reload` keeps the windows, alarms and
+//!   baselines of sensors whose rule did not change; a bad config is refused.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //!
@@ -25,6 +27,7 @@ mod http;
 mod outage;
 mod pipeline;
 mod powercut;
+mod reload;
 mod serial;
 mod shutdown;
 mod status;

@@ -1,7 +1,7 @@
 //! Under systemd: the gateway speaks the `sd_notify` protocol to a real
 //! notification socket (what systemd listens on): READY once running,
-//! STATUS lines, WATCHDOG pings while the pipeline answers, STOPPING on
-//! SIGTERM.
+//! STATUS lines, WATCHDOG pings while the pipeline answers, RELOADING and
+//! READY again on a reload, STOPPING on SIGTERM.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
@@ -87,6 +87,22 @@ async fn under_systemd_it_reports_ready_status_watchdog_and_stopping() {
         },
     )
     .await;
+    // A reload (what `systemctl reload` does): RELOADING=1, then READY=1.
+    let pid_file = gw.pid_file().display().to_string();
+    let (code, out) = gw.command(&["reload", "--pid-file", &pid_file]);
+    assert_eq!(code, 0, "{out}");
+    wait_until("RELOADING=1 then READY=1", Duration::from_secs(10), || {
+        notify.count("RELOADING=1") == 1 && notify.count("READY=1") == 2
+    })
+    .await;
+    assert!(
+        notify
+            .statuses()
+            .iter()
+            .any(|s| s.starts_with("configuration reloaded; upstream")),
+        "{:?}",
+        notify.seen
+    );
     assert!(gw.terminate(Duration::from_secs(15)).await.success());
     assert_eq!(notify.count("STOPPING=1"), 1, "{:?}", notify.seen);
     assert!(

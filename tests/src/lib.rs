@@ -198,6 +198,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     /// Extra environment of the process (set before `restart`).
     pub env: Vec<(String, String)>,
+    /// What `@STATE_DIR@` stands for in its config.
+    state: PathBuf,
 }
 
 impl Gateway {
@@ -220,17 +222,30 @@ impl Gateway {
     /// Writes the config into `dir` without starting the process (set
     /// `env` first, then `restart`).
     pub fn prepare(dir: tempfile::TempDir, config: &str, state: &Path) -> Gateway {
-        let config = config.replace("@STATE_DIR@", &state.display().to_string());
-        std::fs::write(dir.path().join("gateway.toml"), config).expect("write the gateway config");
-        Gateway {
+        let gw = Gateway {
             child: None,
             dir,
             env: Vec::new(),
-        }
+            state: state.to_owned(),
+        };
+        gw.write_config(config);
+        gw
+    }
+
+    /// Writes its config file (for a restart or a reload), `@STATE_DIR@` as
+    /// at the start.
+    pub fn write_config(&self, config: &str) {
+        let config = config.replace("@STATE_DIR@", &self.state.display().to_string());
+        std::fs::write(self.config_path(), config).expect("write the gateway config");
     }
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("gateway.toml")
+    }
+
+    /// The pid file the gateway is started with (`run --pid-file`).
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.path().join("gateway.pid")
     }
 
     /// Starts the process again with the same config and state.
@@ -248,6 +263,8 @@ impl Gateway {
             .arg(self.config_path())
             .arg("--metrics-file")
             .arg(self.dir.path().join("metrics.prom"))
+            .arg("--pid-file")
+            .arg(self.pid_file())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -13,6 +13,7 @@ use super::raw::{RawAlarm, RawAnomaly, RawSensorRule};
 use super::stats::StatSet;
 use crate::alarm::{AlarmKind, AlarmSpec, Delay, RateSpec, Severity, Threshold};
 use crate::anomaly::AnomalySpec;
+pub use crate::policy::Delivery;
 
 /// Settings for the sensors whose id matches a glob pattern.
 #[derive(Debug, Clone)]
@@ -32,45 +33,14 @@ pub struct SensorRule {
 
 impl SensorRule {
     /// The index of the most specific rule whose pattern matches `id`; ties
-    /// go to the rule that comes first in the file.
+    /// go to the rule that comes first in the file (the core's choice,
+    /// [`crate::policy::best_match`]).
     pub fn best(rules: &[SensorRule], id: &str) -> Option<usize> {
-        let mut best: Option<(usize, usize)> = None;
-        for (i, r) in rules.iter().enumerate() {
-            if r.matcher.is_match(id) {
-                let spec = r.specificity();
-                if best.is_none_or(|(b, _)| spec > b) {
-                    best = Some((spec, i));
-                }
-            }
-        }
-        best.map(|(_, i)| i)
-    }
-
-    /// More literal characters means a more specific pattern.
-    pub fn specificity(&self) -> usize {
-        self.pattern
-            .chars()
-            .filter(|c| !matches!(c, '*' | '?' | '[' | ']' | '{' | '}'))
-            .count()
+        crate::policy::best_match(rules.iter().map(|r| (r.pattern.as_str(), &r.matcher)), id)
     }
 }
 
-/// How a sensor's readings go upstream.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Delivery {
-    /// Window summaries.
-    Summary,
-    /// Report by exception: a value is sent when it moved by more than a
-    /// deadband from the last one sent, or after `max_silence` anyway.
-    OnChange {
-        deadband: Option<f64>,
-        deadband_percent: Option<f64>,
-        max_silence_ms: Option<i64>,
-    },
-    /// Every reading, for event-like signals.
-    Raw,
-}
-
+/// How a rule names its delivery mode (the type is the core's, in `policy.rs`).
 impl Delivery {
     pub fn name(&self) -> &'static str {
         self.mode().name()

@@ -4,25 +4,7 @@
 use toml::Spanned;
 
 use super::diag::{suggest, Cx};
-
-/// Which window statistics a sensor reports. `count`, the window bounds and
-/// the sensor id are always present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatSet {
-    pub min: bool,
-    pub max: bool,
-    pub mean: bool,
-    pub std: bool,
-    pub first_last: bool,
-    pub rms: bool,
-    pub p2p: bool,
-    pub crest: bool,
-    pub skewness: bool,
-    pub kurtosis: bool,
-    pub slope: bool,
-    /// p50, p90, p95, p99.
-    pub percentiles: [bool; 4],
-}
+pub use crate::policy::StatSet;
 
 /// One statistic a rule may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,53 +50,8 @@ const STATS: &[(&str, Stat, bool)] = &[
     ("first_last", Stat::FirstLast, true),
 ];
 
+/// How a rule names its statistics (the type is the core's, in `policy.rs`).
 impl StatSet {
-    /// What a rule without `stats` reports.
-    pub const DEFAULT: StatSet = StatSet {
-        min: true,
-        max: true,
-        mean: true,
-        std: true,
-        first_last: true,
-        ..StatSet::NONE
-    };
-    pub const NONE: StatSet = StatSet {
-        min: false,
-        max: false,
-        mean: false,
-        std: false,
-        first_last: false,
-        rms: false,
-        p2p: false,
-        crest: false,
-        skewness: false,
-        kurtosis: false,
-        slope: false,
-        percentiles: [false; 4],
-    };
-    /// Every statistic.
-    pub const EVERYTHING: StatSet = StatSet {
-        min: true,
-        max: true,
-        mean: true,
-        std: true,
-        first_last: true,
-        rms: true,
-        p2p: true,
-        crest: true,
-        skewness: true,
-        kurtosis: true,
-        slope: true,
-        percentiles: [true; 4],
-    };
-    /// The quantiles of `percentiles`, in order, with their names.
-    pub const QUANTILES: [(f64, &'static str); 4] =
-        [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")];
-
-    pub fn any_percentile(&self) -> bool {
-        self.percentiles.iter().any(|p| *p)
-    }
-
     /// The names, as a rule lists them.
     pub fn names(&self) -> Vec<&'static str> {
         STATS

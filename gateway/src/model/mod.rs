@@ -184,6 +184,13 @@ impl SensorRegistry {
             .insert(wire_name.into(), (key, generation));
     }
 
+    /// Forgets every cached wire name, so that each is resolved again (after
+    /// a reload, a topic may name another sensor); sensors keep their keys.
+    pub fn clear_wire_names(&mut self) {
+        self.by_wire_name.clear();
+        self.retired_since_purge = 0;
+    }
+
     /// Forgets a sensor: its slot is reused by a later one, and wire names
     /// cached for it no longer resolve.
     pub fn retire(&mut self, key: SensorKey) {

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::{Processor, Record};
 use crate::alarm::{AlarmEvent, AlarmKind, SensorAlarms, Transition};
 use crate::anomaly::{AnomalyEvent, Baseline};
-use crate::config::Delivery;
 use crate::model::payload::{AlarmBody, AnomalyBody, RecordKind, ValueBody};
 use crate::model::Lane;
 use crate::model::{Reading, SensorInfo, SensorKey};
+use crate::policy::Delivery;
 use crate::reject::CommandReject;
 use crate::window::WindowStats;
 
@@ -73,6 +73,16 @@ impl Extra {
     /// crash lost them before the buffer stored them.
     pub(crate) fn ledger_is_empty(&self) -> bool {
         self.ledger.iter().all(|l| l.events.is_empty())
+    }
+
+    /// Forgets the alarm states (a reload removed the sensor's alarms);
+    /// returns how many were active. Pending ledger events stay until they
+    /// are durable.
+    pub(super) fn drop_alarms(&mut self) -> usize {
+        let active = self.alarms.states.iter().filter(|a| a.active).count();
+        self.alarms = SensorAlarms::default();
+        forget_settled(self);
+        active
     }
 }
 
@@ -235,15 +245,7 @@ impl Processor {
     /// The unit of a sensor: its rule's, else its serial mapping's.
     pub(super) fn unit_of(&self, key: SensorKey) -> Option<Arc<str>> {
         let state = &self.sensors[key.index()];
-        state
-            .rule
-            .and_then(|r| {
-                self.settings.rules[r as usize]
-                    .unit
-                    .as_deref()
-                    .map(Arc::from)
-            })
-            .or_else(|| state.unit.clone())
+        state.policy.unit.clone().or_else(|| state.unit.clone())
     }
 
     /// The next record's sequence number.
@@ -263,9 +265,7 @@ impl Processor {
         out: &mut Vec<Record>,
     ) -> bool {
         let state = &mut self.sensors[r.sensor.index()];
-        let Some(rule) = state.rule.map(|i| &self.settings.rules[i as usize]) else {
-            return true;
-        };
+        let rule = &*state.policy;
         let Some(extra) = state.extra.as_mut() else {
             return true;
         };
@@ -310,9 +310,7 @@ impl Processor {
     /// Time-driven checks of one sensor: stale alarms, heartbeats.
     pub(super) fn analyse_time(&mut self, key: SensorKey, now_ms: i64, out: &mut Vec<Record>) {
         let state = &mut self.sensors[key.index()];
-        let Some(rule) = state.rule.map(|i| &self.settings.rules[i as usize]) else {
-            return;
-        };
+        let rule = &*state.policy;
         let Some(extra) = state.extra.as_mut() else {
             return;
         };
@@ -356,10 +354,7 @@ impl Processor {
         out: &mut Vec<Record>,
     ) {
         let state = &mut self.sensors[key.index()];
-        let Some(spec) = state
-            .rule
-            .and_then(|i| self.settings.rules[i as usize].anomaly)
-        else {
+        let Some(spec) = state.policy.anomaly else {
             return;
         };
         let Some(extra) = state.extra.as_mut() else {
@@ -394,10 +389,7 @@ impl Processor {
             .ok_or_else(|| CommandError::UnknownSensor(sensor.to_owned()))?;
         let state = &mut self.sensors[key.index()];
         let no_alarms = || CommandError::NoAlarms(sensor.to_owned());
-        let spec = state
-            .rule
-            .and_then(|i| self.settings.rules[i as usize].alarm.clone())
-            .ok_or_else(no_alarms)?;
+        let spec = state.policy.alarm.clone().ok_or_else(no_alarms)?;
         let extra = state.extra.as_mut().ok_or_else(no_alarms)?;
         let not_active = || CommandError::NotActive(cmd.alarm_id.clone());
         // Checked first: the ledger forgets the occurrence of an alarm that

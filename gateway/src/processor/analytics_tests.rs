@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::test_support::{described, rule, settings, windows_of, with_high_alarm};
 use super::*;
 use crate::config::Config;
 use crate::model::Lane;
@@ -60,6 +61,83 @@ hysteresis = 1.0
 broker = "127.0.0.1:1884"
 "#;
 
+/// The settings `RULES` gives, built in code.
+fn rules() -> CoreSettings {
+    use crate::alarm::{AlarmKind, AlarmSpec, Severity, Threshold};
+    use crate::anomaly::AnomalySpec;
+    use crate::policy::{Delivery, SensorPolicy, StatSet};
+    let vibration = SensorPolicy {
+        stats: StatSet {
+            min: false,
+            max: false,
+            std: false,
+            ..StatSet::EVERYTHING
+        },
+        unit: Some("mm/s".into()),
+        alarm: Some(Arc::new(AlarmSpec {
+            thresholds: vec![
+                Threshold {
+                    kind: AlarmKind::High,
+                    limit: 2.8,
+                    severity: Severity::Warning,
+                },
+                Threshold {
+                    kind: AlarmKind::HighHigh,
+                    limit: 4.5,
+                    severity: Severity::Critical,
+                },
+            ],
+            hysteresis: 0.2,
+            latch: true,
+            stale_after_ms: Some(5 * S),
+            ..AlarmSpec::default()
+        })),
+        anomaly: Some(AnomalySpec {
+            warmup_windows: 5,
+            min_relative_std: 0.01,
+            ..AnomalySpec::default()
+        }),
+        ..windows_of(S)
+    };
+    let level = SensorPolicy {
+        delivery: Delivery::OnChange {
+            deadband: Some(0.5),
+            deadband_percent: None,
+            max_silence_ms: Some(10 * S),
+        },
+        ..windows_of(10 * S)
+    };
+    let door = SensorPolicy {
+        delivery: Delivery::Raw,
+        ..windows_of(10 * S)
+    };
+    let mut pressure = with_high_alarm(windows_of(S), 10.0);
+    if let Some(alarm) = pressure.alarm.as_mut() {
+        Arc::make_mut(alarm).hysteresis = 1.0;
+    }
+    let mut s = settings(vec![
+        rule("*/vibration", vibration),
+        rule("*/level", level),
+        rule("*/door", door),
+        rule("*/pressure", pressure),
+    ]);
+    // The configuration's defaults.
+    s.gateway_id = "gw".into();
+    s.allowed_lateness_ms = 2 * S;
+    s.max_sensors = 20_000;
+    s.max_payload_bytes = 4096;
+    s
+}
+
+#[test]
+fn the_core_takes_from_the_rules_file_what_these_tests_build_in_code() {
+    let config = Config::parse(RULES, Path::new("t.toml")).unwrap();
+    assert_eq!(
+        described(&CoreSettings::from_config(&config)),
+        described(&rules())
+    );
+}
+
 struct Core {
     p: Processor,
     metrics: Arc<Metrics>,
@@ -68,10 +146,9 @@ struct Core {
 
 impl Core {
     fn new() -> Self {
-        let config = Config::parse(RULES, Path::new("t.toml")).unwrap();
         let metrics = Arc::new(Metrics::new());
         Core {
-            p: Processor::new(CoreSettings::from_config(&config), metrics.clone(), 1),
+            p: Processor::new(rules(), metrics.clone(), 1),
             metrics,
             out: Vec::new(),
         }

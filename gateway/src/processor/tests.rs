@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use super::test_support::{described, rule, settings, windows_of, with_high_alarm};
 use super::*;
 use crate::config::Config;
 
@@ -43,6 +44,35 @@ summary_topic = "gw/{{gateway}}/{{line}}/{{sensor}}"
     Config::parse(&text, Path::new("t.toml")).unwrap()
 }
 
+/// The settings `config("")` gives, built in code.
+fn base() -> CoreSettings {
+    let temp = SensorPolicy {
+        min: -40.0,
+        max: 150.0,
+        unit: Some("degC".into()),
+        ..windows_of(1_000)
+    };
+    let mut s = settings(vec![
+        rule("*/temp", temp),
+        rule("l1/m1/temp", windows_of(2_000)),
+    ]);
+    s.allowed_lateness_ms = 500;
+    s.max_sensors = 3;
+    s.max_payload_bytes = 200;
+    let labels = ["line", "machine", "sensor"].map(String::from);
+    s.summary_topic = crate::topic::OutputTemplate::parse("gw/{gateway}/{line}/{sensor}", &labels)
+        .expect("a valid template");
+    s
+}
+
+#[test]
+fn the_core_takes_from_a_configuration_file_what_its_tests_build_in_code() {
+    assert_eq!(
+        described(&CoreSettings::from_config(&config(""))),
+        described(&base())
+    );
+}
+
 struct Check {
     p: Processor,
     metrics: Arc<Metrics>,
@@ -52,7 +82,7 @@ struct Check {
 impl Check {
     fn new() -> Self {
         let metrics = Arc::new(Metrics::new());
-        let p = Processor::new(CoreSettings::from_config(&config("")), metrics.clone(), 1);
+        let p = Processor::new(base(), metrics.clone(), 1);
         Check {
             p,
             metrics,
@@ -171,7 +201,7 @@ fn invalid_readings_are_counted_by_reason_and_never_summarised() {
 #[test]
 fn nan_and_infinity_are_rejected() {
     let metrics = Arc::new(Metrics::new());
-    let mut p = Processor::new(CoreSettings::from_config(&config("")), metrics.clone(), 1);
+    let mut p = Processor::new(base(), metrics.clone(), 1);
     let mut out = Vec::new();
     p.ingest(
         &RawMessage {
@@ -246,7 +276,7 @@ fn receive_time_is_used_without_a_timestamp() {
 #[test]
 fn sequence_numbers_are_monotonic_across_sensors_and_continue_from_start_value() {
     let metrics = Arc::new(Metrics::new());
-    let mut p = Processor::new(CoreSettings::from_config(&config("")), metrics, 41);
+    let mut p = Processor::new(base(), metrics, 41);
     let mut out = Vec::new();
     for (i, topic) in ["plant/a/b/temp", "plant/a/c/temp", "plant/a/d/temp"]
         .iter()
@@ -279,9 +309,9 @@ fn sensor_limit_is_enforced_and_counted() {
 #[test]
 fn bounded_flush_hands_out_slices_and_loses_nothing() {
     let metrics = Arc::new(Metrics::new());
-    let mut text = config("");
-    text.pipeline.max_sensors = 1000;
-    let mut p = Processor::new(CoreSettings::from_config(&text), metrics, 1);
+    let mut settings = base();
+    settings.max_sensors = 1000;
+    let mut p = Processor::new(settings, metrics, 1);
     let mut out = Vec::new();
     for m in 0..500 {
         let msg = RawMessage {
@@ -311,9 +341,8 @@ fn bounded_flush_hands_out_slices_and_loses_nothing() {
 #[test]
 fn a_flood_of_sensors_ages_out_and_a_later_sensor_is_summarised() {
     let metrics = Arc::new(Metrics::new());
-    let settings = CoreSettings::from_config(&config(""));
     let mut c = Check {
-        p: Processor::new(settings, metrics.clone(), 1),
+        p: Processor::new(base(), metrics.clone(), 1),
         metrics,
         out: Vec::new(),
     };
@@ -370,10 +399,13 @@ fn a_retired_sensor_slot_is_reused_without_its_old_name_or_state() {
 
 #[test]
 fn a_silent_sensor_with_an_active_alarm_is_never_retired() {
-    let rule = "[[sensor]]\nmatch = \"*/press\"\nwindow = \"1s\"\n[sensor.alarm]\nhigh = 10.0\n";
+    let mut settings = base();
+    settings
+        .rules
+        .push(rule("*/press", with_high_alarm(windows_of(1_000), 10.0)));
     let metrics = Arc::new(Metrics::new());
     let mut c = Check {
-        p: Processor::new(CoreSettings::from_config(&config(rule)), metrics.clone(), 1),
+        p: Processor::new(settings, metrics.clone(), 1),
         metrics,
         out: Vec::new(),
     };

@@ -102,10 +102,12 @@ const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
 /// shutdown, for the core to flush its windows.
 pub const SHUTDOWN_FLUSH_BOUND: Duration = Duration::from_secs(10);
 
-/// The sink's channels: records from the core, commands to it.
+/// The sink's channels: records from the core, commands to it, and new
+/// connection settings at a reload.
 pub struct SinkIo {
     pub records: mpsc::Receiver<Record>,
     pub commands: mpsc::Sender<Command>,
+    pub relink: mpsc::Receiver<SinkSettings>,
 }
 
 /// What the sink connects with and how it introduces itself.
@@ -123,8 +125,64 @@ struct LinkDuties {
     status_interval: Duration,
 }
 
+/// The link task of one connection configuration, with what the sink needs
+/// to talk to it and to stop it.
+struct LinkTask {
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LinkTask {
+    /// Starts the link task of `settings`; returns it with the upstream
+    /// section, which the sink keeps.
+    fn spawn(
+        settings: SinkSettings,
+        metrics: &Arc<Metrics>,
+        commands: &mpsc::Sender<Command>,
+    ) -> (LinkTask, UpstreamConfig) {
+        let SinkSettings {
+            cfg,
+            mut opts,
+            status,
+        } = settings;
+        opts.set_last_will(status.last_will());
+        let (tx, events) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(drive_link(
+            opts,
+            cfg.reconnect_backoff_max,
+            usize::from(cfg.inflight) * 2 + 16,
+            tx,
+            metrics.clone(),
+            cancel.clone(),
+            LinkDuties {
+                command_topic: cfg.command_topic.clone(),
+                commands: commands.clone(),
+                status,
+                status_interval: cfg.status_interval,
+            },
+        ));
+        let link = LinkTask {
+            events,
+            cancel,
+            task,
+        };
+        (link, cfg)
+    }
+
+    /// Cancels the link task (it says goodbye: a clean offline status, then
+    /// DISCONNECT) and waits for it.
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Runs the sink until the record channel closes and the buffer drains (or
-/// the grace period ends).
+/// the grace period ends). Settings from `relink` (a reload changed the
+/// upstream connection) replace the link task: the connection is closed and
+/// opened again with the new options; the buffer, and what it holds, stays.
 pub async fn run(
     settings: SinkSettings,
     mut buffer: Buffer,
@@ -136,29 +194,10 @@ pub async fn run(
     let SinkIo {
         mut records,
         commands,
+        mut relink,
     } = io;
-    let SinkSettings {
-        cfg,
-        mut opts,
-        status,
-    } = settings;
-    opts.set_last_will(status.last_will());
-    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
-    let link_cancel = CancellationToken::new();
-    let link = tokio::spawn(drive_link(
-        opts,
-        cfg.reconnect_backoff_max,
-        usize::from(cfg.inflight) * 2 + 16,
-        link_tx,
-        metrics.clone(),
-        link_cancel.clone(),
-        LinkDuties {
-            command_topic: cfg.command_topic.clone(),
-            commands,
-            status,
-            status_interval: cfg.status_interval,
-        },
-    ));
+    let (mut link, mut cfg) = LinkTask::spawn(settings, &metrics, &commands);
+    let mut relink_open = true;
 
     let mut state = SinkState {
         epoch: 0,
@@ -166,7 +205,7 @@ pub async fn run(
         awaiting_pkid: VecDeque::new(),
         pkid_to_seq: HashMap::new(),
     };
-    let window = usize::from(cfg.inflight);
+    let mut window = usize::from(cfg.inflight);
     let mut input_open = true;
     let mut deadline: Option<Instant> = None;
     let mut tick = tokio::time::interval(MAINTAIN_EVERY);
@@ -229,7 +268,7 @@ pub async fn run(
                     tracing::info!(queued = buffer.len(), grace = ?cfg.shutdown_grace, "Pipeline stopped; the backlog is on disk; delivering what we can.");
                 }
             },
-            ev = link_rx.recv() => match ev {
+            ev = link.events.recv() => match ev {
                 Some(ev) => {
                     let was_up = state.client.is_some();
                     state.on_link_event(ev, &mut buffer, &metrics);
@@ -237,6 +276,20 @@ pub async fn run(
                 }
                 None => break,
             },
+            new = relink.recv(), if relink_open => {
+                let Some(new) = new else {
+                    relink_open = false;
+                    continue;
+                };
+                tracing::info!(broker = %new.cfg.broker, client_id = %new.cfg.client_id, "Reconnecting upstream with the reloaded settings; the buffer stays.");
+                link.stop().await;
+                (link, cfg) = LinkTask::spawn(new, &metrics, &commands);
+                // What was in flight is sent again on the new connection.
+                state.on_link_event(LinkEvent::Down { epoch: state.epoch }, &mut buffer, &metrics);
+                state.epoch = 0;
+                window = usize::from(cfg.inflight);
+                maintain = true;
+            }
             _ = tick.tick() => maintain = true,
             _ = sleep_until(commit_at) => maintain = true,
             _ = shutdown.cancelled(), if !stopping => {
@@ -261,8 +314,7 @@ pub async fn run(
         tracing::info!(undelivered = left, "Stopping with records not yet acknowledged by upstream; they are in the buffer and will be delivered after restart.");
     }
     // The link says goodbye (a clean offline status, then DISCONNECT).
-    link_cancel.cancel();
-    let _ = link.await;
+    link.stop().await;
     metrics.upstream_connected.set(0);
     tracing::info!("Upstream sink stopped.");
 }
