@@ -510,25 +510,46 @@ impl Metrics {
         Self::default()
     }
 
-    /// Registers a serial port's metrics.
+    /// Registers a serial port's metrics; a port started again (after a
+    /// reload) keeps its counters, so they never go backwards.
     pub fn serial_port(&self, port: &str) -> Arc<SerialPortMetrics> {
+        let Ok(mut v) = self.serial.0.lock() else {
+            return Arc::default();
+        };
+        if let Some(m) = v.iter().find(|m| m.port == port) {
+            return m.clone();
+        }
         let m = Arc::new(SerialPortMetrics {
             port: port.to_owned(),
             ..Default::default()
         });
-        if let Ok(mut v) = self.serial.0.lock() {
-            v.push(m.clone());
-        }
+        v.push(m.clone());
         m
     }
 
-    /// Registers an MQTT source; the gauge is 1 while it is connected.
+    /// Registers an MQTT source; the gauge is 1 while it is connected. A
+    /// source started again (after a reload) gets its gauge back.
     pub fn mqtt_source(&self, name: &str) -> Arc<Gauge> {
-        let g = Arc::new(Gauge::default());
-        if let Ok(mut v) = self.mqtt_sources.0.lock() {
-            v.push((name.to_owned(), g.clone()));
+        let Ok(mut v) = self.mqtt_sources.0.lock() else {
+            return Arc::default();
+        };
+        if let Some((_, g)) = v.iter().find(|(n, _)| n == name) {
+            return g.clone();
         }
+        let g = Arc::new(Gauge::default());
+        v.push((name.to_owned(), g.clone()));
         g
+    }
+
+    /// Forgets the sources a reload removed: their series leave the
+    /// exposition and `/readyz` no longer waits for them.
+    pub fn keep_sources(&self, names: &[&str]) {
+        if let Ok(mut v) = self.mqtt_sources.0.lock() {
+            v.retain(|(n, _)| names.contains(&n.as_str()));
+        }
+        if let Ok(mut v) = self.serial.0.lock() {
+            v.retain(|m| names.contains(&m.port.as_str()));
+        }
     }
 
     /// Every registered source, MQTT sources first, each in configuration
@@ -555,12 +576,14 @@ impl Metrics {
     /// Records the configuration file's SHA-256 (once; later calls are
     /// ignored).
     pub fn set_config_sha256(&self, hex: &str) {
-        let _ = self.config_info.0.set(hex.to_owned());
+        if let Ok(mut h) = self.config_info.0.lock() {
+            *h = Some(hex.to_owned());
+        }
     }
 
-    /// The configuration file's SHA-256, once set.
-    pub fn config_sha256(&self) -> Option<&str> {
-        self.config_info.0.get().map(String::as_str)
+    /// The running configuration file's SHA-256, once set.
+    pub fn config_sha256(&self) -> Option<String> {
+        self.config_info.0.lock().ok().and_then(|h| h.clone())
     }
 
     /// Time since the gateway started.
@@ -733,10 +756,10 @@ impl BuildInfo {
     const TARGET: &'static str = env!("GATEWAY_TARGET");
 }
 
-/// `gateway_config_info`: the configuration file's SHA-256, set once at
-/// start-up.
+/// `gateway_config_info`: the running configuration file's SHA-256, set
+/// at start-up and by every applied reload.
 #[derive(Debug, Default)]
-struct ConfigInfo(std::sync::OnceLock<String>);
+struct ConfigInfo(std::sync::Mutex<Option<String>>);
 
 /// Seconds since the metrics were made, which is at the process's start.
 #[derive(Debug)]
@@ -840,16 +863,16 @@ impl Render for ConfigInfo {
         let Some(name) = text.own_header(spec, "gauge") else {
             return;
         };
-        if let Some(hex) = self.0.get() {
-            let _ = writeln!(text.out, "{name}{{sha256=\"{}\"}} 1", escape_label(hex));
+        if let Some(hex) = self.0.lock().ok().and_then(|h| h.clone()) {
+            let _ = writeln!(text.out, "{name}{{sha256=\"{}\"}} 1", escape_label(&hex));
         }
     }
 
     #[cfg(test)]
     fn fill(&self, _: &mut tests::Filler) {
-        let _ = self
-            .0
-            .set("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into());
+        if let Ok(mut h) = self.0.lock() {
+            *h = Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into());
+        }
     }
 }
 
@@ -1218,15 +1241,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_config_hash_is_set_once() {
+    fn the_config_hash_follows_the_running_config() {
         let m = Metrics::new();
         assert_eq!(m.config_sha256(), None);
         m.set_config_sha256("ab");
         m.set_config_sha256("cd");
-        assert_eq!(m.config_sha256(), Some("ab"));
+        assert_eq!(m.config_sha256().as_deref(), Some("cd"));
         assert!(m
             .render_prometheus()
-            .contains("gateway_config_info{sha256=\"ab\"} 1\n"));
+            .contains("gateway_config_info{sha256=\"cd\"} 1\n"));
     }
 
     #[test]

@@ -296,6 +296,9 @@ impl Reloader {
             None
         };
         plan.log();
+        // What the gateway reports of its configuration follows the file
+        // (`gateway_config_info`, the status topic).
+        self.metrics.set_config_sha256(&plan.config.digest);
         if plan.is_empty() {
             tracing::info!("Reload applied: nothing a reload changes was changed.");
             self.running = plan.config;
@@ -327,6 +330,8 @@ impl Reloader {
             .copied()
             .collect();
         self.sources.stop(&restart, SOURCE_STOP_WAIT).await;
+        let names: Vec<&str> = plan.config.sources.iter().map(|s| s.name()).collect();
+        self.metrics.keep_sources(&names);
         for i in plan.sources_changed.iter().chain(&plan.sources_added) {
             self.sources.start(&plan.config, *i);
         }

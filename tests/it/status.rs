@@ -43,13 +43,29 @@ async fn birth_status_and_last_will(kind: BrokerKind) {
     for (v, retained) in &seen {
         assert_eq!(v["state"], "online", "{v}");
         assert_eq!(v["gateway"], "gw-e2e");
-        assert_eq!(v["sources"], serde_json::json!(["plant"]));
+        assert_eq!(v["sources"][0]["name"], "plant", "{v}");
+        assert_eq!(v["sources"][0]["kind"], "mqtt", "{v}");
         assert_eq!(v["config_sha256"].as_str().map(str::len), Some(64), "{v}");
         assert!(v["backlog_records"].is_i64(), "{v}");
         // A live subscription gets them as they are published (retain
         // flag cleared); a late subscriber gets the last one retained.
         assert!(!retained, "{v}");
     }
+    // A reload with a changed file: the next status carries its digest.
+    let before = seen[0].0["config_sha256"].clone();
+    gw.write_config(&(config.clone() + "# edited\n"));
+    let pid_file = gw.pid_file().display().to_string();
+    assert_eq!(gw.command(&["reload", "--pid-file", &pid_file]).0, 0);
+    wait_until(
+        "a status with the new digest",
+        Duration::from_secs(20),
+        || {
+            sub.status_snapshot()
+                .last()
+                .is_some_and(|(v, _)| v["config_sha256"] != before)
+        },
+    )
+    .await;
     let late = Subscriber::start(upstream.addr, "gateways/gw-e2e/status").await;
     wait_until("the retained status", Duration::from_secs(10), || {
         !late.status_snapshot().is_empty()

@@ -214,6 +214,9 @@ pub(super) struct Cx<'a> {
     /// source's broker): two connections with one id take over each other's
     /// session at the broker.
     pub(super) client_ids: Vec<(String, Range<usize>)>,
+    /// Every source's name with where it was set (or, when defaulted, the
+    /// source's broker or device): names label metrics and key a reload.
+    pub(super) source_names: Vec<(String, Range<usize>)>,
 }
 
 impl<'a> Cx<'a> {
@@ -225,6 +228,7 @@ impl<'a> Cx<'a> {
             gateway_id: String::new(),
             labels: Vec::new(),
             client_ids: Vec::new(),
+            source_names: Vec::new(),
         }
     }
 

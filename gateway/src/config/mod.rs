@@ -276,6 +276,7 @@ impl<'a> Cx<'a> {
         let labels = std::mem::take(&mut self.labels);
         let upstream = self.upstream(upstream, &gateway.id, &labels);
         self.check_client_ids();
+        self.check_source_names();
         let upstream = upstream?;
         Some(Config {
             gateway,

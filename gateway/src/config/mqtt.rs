@@ -117,6 +117,22 @@ impl Cx<'_> {
     }
 
     /// Reports client ids used by more than one connection.
+    /// Reports a source name used twice: names label the metrics of a
+    /// source and tell sources apart at a reload.
+    pub(super) fn check_source_names(&mut self) {
+        let names = std::mem::take(&mut self.source_names);
+        for (i, (name, span)) in names.iter().enumerate() {
+            if let Some((_, first)) = names[..i].iter().find(|(other, _)| other == name) {
+                let line = self.line_of(first.start);
+                self.at(
+                    span.clone(),
+                    format!("the source name `{name}` is already used on line {line}"),
+                    Some("give each `[[source]]` its own `name` (unnamed sources are named after their kind or device)".into()),
+                );
+            }
+        }
+    }
+
     pub(super) fn check_client_ids(&mut self) {
         let ids = std::mem::take(&mut self.client_ids);
         for (i, (id, span)) in ids.iter().enumerate() {

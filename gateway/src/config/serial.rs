@@ -107,6 +107,7 @@ impl Cx<'_> {
                 );
             }
         }
+        let name_span = raw.name.as_ref().map_or(raw.device.span(), |n| n.span());
         let name = raw.name.map(|n| n.into_inner()).unwrap_or_else(|| {
             // The device's file name, made a valid name.
             let base = std::path::Path::new(&device)
@@ -129,6 +130,7 @@ impl Cx<'_> {
                 crate::topic::excerpt(&base).to_owned()
             }
         });
+        self.source_names.push((name.clone(), name_span));
         let baud = raw.baud.as_ref().map(|b| *b.get_ref()).unwrap_or(115_200);
         if let Some(b) = &raw.baud {
             if !(50..=4_000_000).contains(b.get_ref()) {

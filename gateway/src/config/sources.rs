@@ -209,10 +209,12 @@ impl<'a> Cx<'a> {
             Some(p) => self.payload(p),
         };
         // A source without a name is named after its kind.
+        let name_span = raw.name.as_ref().map_or(raw.broker.span(), |n| n.span());
         let name = raw
             .name
             .map(|n| n.into_inner())
             .unwrap_or_else(|| SourceKind::Mqtt.name().into());
+        self.source_names.push((name.clone(), name_span));
         let client_id = self.client_id(
             raw.client_id,
             format!("sensor-gateway-{}-{name}", self.gateway_id),

@@ -381,3 +381,16 @@ fn an_http_address_without_a_port_or_with_a_host_name_is_refused() {
     let msgs = messages(&format!("{MINIMAL}\n[http]\nport = 9108\n"));
     assert!(msgs[0].contains("unknown field `port`"), "{msgs:?}");
 }
+
+#[test]
+fn a_source_name_used_twice_is_reported_with_both_lines() {
+    let text = MINIMAL.to_owned()
+        + "\n[[source]]\nkind = \"mqtt\"\nname = \"plant\"\nbroker = \"127.0.0.1:1885\"\nclient_id = \"a\"\ntopic_template = \"p/{sensor}\"\n"
+        + "\n[[source]]\nkind = \"serial\"\nname = \"plant\"\ndevice = \"/dev/ttyUSB0\"\nformat = \"line\"\n";
+    let msgs = messages(&text);
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("the source name `plant` is already used on line 15")),
+        "{msgs:?}"
+    );
+}

@@ -146,7 +146,7 @@ impl LinkTask {
             mut opts,
             status,
         } = settings;
-        opts.set_last_will(status.last_will());
+        opts.set_last_will(status.last_will(metrics));
         let (tx, events) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(drive_link(
@@ -461,7 +461,7 @@ async fn drive_link(
                     if was_up {
                         // A clean offline replaces the birth; a clean
                         // DISCONNECT then discards the last will.
-                        let bye = status.offline(true, Some((&metrics, crate::now_ms())));
+                        let bye = status.offline(true, &metrics, Some(crate::now_ms()));
                         let _ = client.try_publish(status.topic.clone(), QoS::AtMostOnce, true, bye);
                     }
                     mqtt::disconnect(&client, &mut eventloop).await;

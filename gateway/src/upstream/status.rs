@@ -30,12 +30,9 @@ pub struct StatusIdentity {
     pub topic: String,
     pub gateway: String,
     pub version: &'static str,
-    /// SHA-256 of the config file, hex.
-    pub config_digest: String,
     /// RFC 3339, UTC.
     pub started_at: String,
     pub started_ms: i64,
-    pub sources: Vec<String>,
 }
 
 impl StatusIdentity {
@@ -46,19 +43,17 @@ impl StatusIdentity {
             topic: config.upstream.status_topic.clone(),
             gateway: config.gateway.id.clone(),
             version: env!("CARGO_PKG_VERSION"),
-            config_digest: config.digest.clone(),
             started_at: humantime::format_rfc3339_seconds(started).to_string(),
             started_ms,
-            sources: config.sources.iter().map(|s| s.name().to_owned()).collect(),
         }
     }
 
     /// Registered at connect; the broker publishes it if the connection
     /// dies without a clean disconnect.
-    pub fn last_will(&self) -> LastWill {
+    pub fn last_will(&self, metrics: &Metrics) -> LastWill {
         LastWill::new(
             self.topic.clone(),
-            self.offline(false, None),
+            self.offline(false, metrics, None),
             QoS::AtLeastOnce,
             true,
         )
@@ -66,31 +61,44 @@ impl StatusIdentity {
 
     /// The birth and periodic message.
     pub fn online(&self, metrics: &Metrics, now_ms: i64) -> Vec<u8> {
-        self.render(
-            "online",
-            None,
-            Some(Figures::read(metrics, now_ms, self.started_ms)),
-        )
+        let figures = Figures::read(metrics, now_ms, self.started_ms);
+        self.render("online", None, metrics, Some(figures))
     }
 
-    /// The message of a clean shutdown (`clean`) or of the last will.
-    pub fn offline(&self, clean: bool, figures: Option<(&Metrics, i64)>) -> Vec<u8> {
-        self.render(
-            "offline",
-            Some(clean),
-            figures.map(|(m, now)| Figures::read(m, now, self.started_ms)),
-        )
+    /// The message of a clean shutdown (`clean`) or of the last will;
+    /// `now_ms` adds the figures (a clean shutdown has them, the last will
+    /// registered at connect has not).
+    pub fn offline(&self, clean: bool, metrics: &Metrics, now_ms: Option<i64>) -> Vec<u8> {
+        let figures = now_ms.map(|now| Figures::read(metrics, now, self.started_ms));
+        self.render("offline", Some(clean), metrics, figures)
     }
 
-    fn render(&self, state: &str, clean: Option<bool>, figures: Option<Figures>) -> Vec<u8> {
+    /// The configuration digest and the sources are the running ones (a
+    /// reload changes them), read from `metrics`.
+    fn render(
+        &self,
+        state: &str,
+        clean: Option<bool>,
+        metrics: &Metrics,
+        figures: Option<Figures>,
+    ) -> Vec<u8> {
+        let sources: Vec<SourceStatus> = metrics
+            .source_states()
+            .into_iter()
+            .map(|s| SourceStatus {
+                name: s.name,
+                kind: s.kind,
+                connected: s.connected,
+            })
+            .collect();
         let msg = StatusMessage {
             state,
             clean,
             gateway: &self.gateway,
             version: self.version,
-            config_sha256: &self.config_digest,
+            config_sha256: metrics.config_sha256().unwrap_or_default(),
             started_at: &self.started_at,
-            sources: &self.sources,
+            sources,
             figures,
         };
         // Serializing plain data into a Vec cannot fail.
@@ -105,11 +113,18 @@ struct StatusMessage<'a> {
     clean: Option<bool>,
     gateway: &'a str,
     version: &'a str,
-    config_sha256: &'a str,
+    config_sha256: String,
     started_at: &'a str,
-    sources: &'a [String],
+    sources: Vec<SourceStatus>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     figures: Option<Figures>,
+}
+
+#[derive(Serialize)]
+struct SourceStatus {
+    name: String,
+    kind: &'static str,
+    connected: bool,
 }
 
 /// The figures of a status message, read from the metrics.
@@ -176,16 +191,22 @@ mod tests {
             topic: "gateways/gw1/status".into(),
             gateway: "gw1".into(),
             version: "1.2.3",
-            config_digest: "ab".repeat(32),
             started_at: "2026-11-26T10:00:00Z".into(),
             started_ms: 1_000_000,
-            sources: vec!["plant".into(), "line1".into()],
         }
+    }
+
+    fn metrics() -> Metrics {
+        let m = Metrics::new();
+        m.set_config_sha256(&"ab".repeat(32));
+        m.mqtt_source("plant").set(1);
+        let _ = m.serial_port("line1");
+        m
     }
 
     #[test]
     fn the_last_will_is_a_retained_offline_that_says_it_was_not_clean() {
-        let will = identity().last_will();
+        let will = identity().last_will(&metrics());
         assert_eq!(will.topic, "gateways/gw1/status");
         assert!(will.retain);
         assert_eq!(will.qos, QoS::AtLeastOnce);
@@ -198,7 +219,7 @@ mod tests {
 
     #[test]
     fn the_birth_carries_identity_and_backlog() {
-        let m = Metrics::new();
+        let m = metrics();
         m.upstream_queue_records.set(7);
         m.upstream_queue_bytes.set(700);
         m.buffer_oldest_ts_ms.set(1_001_000);
@@ -208,7 +229,17 @@ mod tests {
         assert!(v.get("clean").is_none());
         assert_eq!(v["version"], "1.2.3");
         assert_eq!(v["started_at"], "2026-11-26T10:00:00Z");
-        assert_eq!(v["sources"], serde_json::json!(["plant", "line1"]));
+        assert_eq!(
+            v["sources"],
+            serde_json::json!([
+                {"name": "plant", "kind": "mqtt", "connected": true},
+                {"name": "line1", "kind": "serial", "connected": false}
+            ])
+        );
+        // A reload changes the digest the next message carries.
+        m.set_config_sha256(&"cd".repeat(32));
+        let v: serde_json::Value = serde_json::from_slice(&identity().online(&m, now)).unwrap();
+        assert_eq!(v["config_sha256"], "cd".repeat(32));
         assert_eq!(v["backlog_records"], 7);
         assert_eq!(v["backlog_bytes"], 700);
         assert_eq!(v["oldest_age_s"], 60);
