@@ -226,7 +226,18 @@ pub fn status_line(metrics: &Metrics, now_ms: i64) -> String {
     } else {
         String::new()
     };
-    format!("{upstream}; {}{age}{left}", backlog_text(metrics))
+    let states = metrics.source_states();
+    let up = states.iter().filter(|s| s.connected).count();
+    let sources = match states.iter().find(|s| !s.connected) {
+        Some(down) if up + 1 == states.len() => {
+            format!("source {} DOWN", down.name)
+        }
+        _ => format!("sources {up}/{} up", states.len()),
+    };
+    format!(
+        "{upstream}; {sources}; {}{age}{left}",
+        backlog_text(metrics)
+    )
 }
 
 fn backlog_text(metrics: &Metrics) -> String {
@@ -421,19 +432,26 @@ broker = "broker.example.net:8883"
         m.outage_seconds_left.set(-1);
         assert_eq!(
             status_line(&m, 1_000 + 5_400_000),
-            "upstream DOWN (buffering); backlog 1234 records (2048 KiB), oldest 1h30m"
+            "upstream DOWN (buffering); sources 0/0 up; backlog 1234 records (2048 KiB), oldest 1h30m"
         );
         m.outage_seconds_left.set(3 * 86_400 + 7_200);
         assert_eq!(
             status_line(&m, 1_000 + 5_400_000),
-            "upstream DOWN (buffering); backlog 1234 records (2048 KiB), oldest 1h30m; buffer full in 3d2h at this rate"
+            "upstream DOWN (buffering); sources 0/0 up; backlog 1234 records (2048 KiB), oldest 1h30m; buffer full in 3d2h at this rate"
         );
         m.upstream_connected.set(1);
         m.upstream_queue_records.set(0);
         m.upstream_queue_bytes.set(0);
+        m.mqtt_source("plant").set(1);
+        let _ = m.serial_port("rs485");
         assert_eq!(
             status_line(&m, 0),
-            "upstream connected; backlog 0 records (0 KiB)"
+            "upstream connected; source rs485 DOWN; backlog 0 records (0 KiB)"
+        );
+        m.serial_port("rs485").connected.set(1);
+        assert_eq!(
+            status_line(&m, 0),
+            "upstream connected; sources 2/2 up; backlog 0 records (0 KiB)"
         );
     }
 }

@@ -83,7 +83,7 @@ async fn under_systemd_it_reports_ready_status_watchdog_and_stopping() {
             notify
                 .statuses()
                 .iter()
-                .any(|s| s.starts_with("upstream connected; backlog"))
+                .any(|s| s.starts_with("upstream connected; sources 1/1 up; backlog"))
         },
     )
     .await;
