@@ -4,7 +4,7 @@
 //! fields rejected; stage two checks values and their relations and builds
 //! the typed [`Config`], one file per section (`gateway.rs`, `sources.rs`
 //! with `mqtt.rs` and `serial.rs`, `rules.rs` with `stats.rs`,
-//! `pipeline.rs`, `upstream.rs`, `buffer.rs`), each with its type, its
+//! `pipeline.rs`, `upstream.rs`, `buffer.rs`, `clock.rs`), each with its type, its
 //! validation and how `check` prints it. Both stages collect every mistake
 //! they find as a [`Diagnostic`] with a line and column and a hint
 //! (`diag.rs`), so an operator fixes a file in one pass rather than one
@@ -12,6 +12,7 @@
 //! order.
 
 mod buffer;
+mod clock;
 mod diag;
 mod gateway;
 mod mqtt;
@@ -24,6 +25,7 @@ mod stats;
 mod upstream;
 
 pub use buffer::{BufferConfig, Durability, WhenFull};
+pub use clock::ClockConfig;
 pub use diag::Diagnostic;
 pub use gateway::GatewayConfig;
 pub use mqtt::BrokerAddr;
@@ -40,7 +42,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use diag::{named, render_diagnostics, suggest, Cx, Named};
-use raw::{RawBuffer, RawGateway, RawPipeline, RawSensorRule, RawUpstream};
+use raw::{RawBuffer, RawClock, RawGateway, RawPipeline, RawSensorRule, RawUpstream};
 use sources::SourceKind;
 
 /// The validated configuration of one gateway.
@@ -52,6 +54,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub upstream: UpstreamConfig,
     pub buffer: BufferConfig,
+    pub clock: ClockConfig,
 }
 
 /// Everything wrong with a configuration file.
@@ -110,6 +113,7 @@ impl Config {
         self.pipeline.render(&mut s);
         self.upstream.render(&mut s);
         self.buffer.render(&mut s);
+        self.clock.render(&mut s);
         s
     }
 }
@@ -123,6 +127,7 @@ enum Section {
     Pipeline,
     Upstream,
     Buffer,
+    Clock,
 }
 
 named!(Section, "section":
@@ -132,6 +137,7 @@ named!(Section, "section":
     Pipeline => "pipeline",
     Upstream => "upstream",
     Buffer => "buffer",
+    Clock => "clock",
 );
 
 impl<'a> Cx<'a> {
@@ -139,7 +145,7 @@ impl<'a> Cx<'a> {
     /// relations need: gateway (its id names default client ids), sources
     /// (their labels feed the upstream's templates), rules (checked
     /// against serial channel units), buffer (its `max_age` bounds the
-    /// pipeline's `max_event_age`), pipeline, upstream, client ids.
+    /// pipeline's `max_event_age`), pipeline, clock, upstream, client ids.
     fn build(&mut self) -> Option<Config> {
         let root = match DeTable::parse(self.text) {
             Ok(r) => r,
@@ -153,6 +159,7 @@ impl<'a> Cx<'a> {
         let mut pipeline = None;
         let mut upstream = None;
         let mut buffer = None;
+        let mut clock = None;
         let mut source_items = Vec::new();
         let mut saw_source = false;
         let mut saw_gateway = false;
@@ -167,6 +174,7 @@ impl<'a> Cx<'a> {
                 }
                 Some(Section::Pipeline) => pipeline = self.section::<RawPipeline>(value),
                 Some(Section::Buffer) => buffer = self.section::<RawBuffer>(value),
+                Some(Section::Clock) => clock = self.section::<RawClock>(value),
                 Some(Section::Upstream) => {
                     saw_upstream = true;
                     upstream = self.section::<RawUpstream>(value);
@@ -215,6 +223,7 @@ impl<'a> Cx<'a> {
         self.check_mapped_units(&rules);
         let buffer = self.buffer(buffer);
         let pipeline = self.pipeline(pipeline, buffer.max_age_ms);
+        let clock = self.clock(clock);
         let Some(gateway) = gateway else {
             if !saw_gateway {
                 self.at(
@@ -246,6 +255,7 @@ impl<'a> Cx<'a> {
             pipeline,
             upstream,
             buffer,
+            clock,
         })
     }
 
