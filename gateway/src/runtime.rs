@@ -33,6 +33,10 @@ use core_clock::CoreClock;
 /// Otherwise the core sleeps until its next timer is due
 /// ([`Processor::next_due`], the state saver's retry or baseline save).
 const DURABLE_POLL: Duration = Duration::from_millis(100);
+/// The processor's timers are scanned at most this often (a scan visits
+/// every sensor): sensors whose due times lie a few ms apart cost one scan
+/// per interval, as the fixed tick did, not one each.
+const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// Messages taken from the channel per wake-up before flushing output.
 const BATCH: usize = 256;
 
@@ -405,6 +409,7 @@ async fn process(
     // for it.
     clock.check(&mut processor, &metrics, &mut out);
     let mut durable_seen = (0, 0);
+    let mut last_scan: Option<tokio::time::Instant> = None;
     let mut overflow_log = Throttle::default();
     let mut command_log = CommandLogLimiter::new(upstream::COMMAND_LOG_INTERVAL_MS);
     let mut batch = Vec::with_capacity(BATCH);
@@ -413,7 +418,12 @@ async fn process(
         // The processor's timers run only on a trusted clock and while no
         // alarm events are kept back (only the save is retried then).
         let ticks = clock.is_trusted() && (!hold.is_full() || rx.is_closed());
-        let wake = next_wake(ticks.then_some(&processor), &saver, &hold, durable_seen.0);
+        let wake = next_wake(
+            ticks.then_some((&processor, last_scan)),
+            &saver,
+            &hold,
+            durable_seen.0,
+        );
         let wake = [wake, clock.poll_at()].into_iter().flatten().min();
         tokio::select! {
             // At shutdown (input closed) the input is drained whatever is
@@ -476,6 +486,7 @@ async fn process(
                     }
                     continue;
                 }
+                last_scan = Some(tokio::time::Instant::now());
                 // Windows of many sensors end together: pass them on in
                 // slices, so memory holds one slice, not all of them.
                 loop {
@@ -522,19 +533,22 @@ async fn process(
 
 /// When the core's task next has timed work: the processor's next due
 /// window, stale alarm, heartbeat or retirement (when `processor` is
-/// given: its timers run); the state saver's retry or
+/// given: its timers run; no sooner than [`MIN_SCAN_INTERVAL`] after its
+/// last scan); the state saver's retry or
 /// baseline save; a look at the fsync mark while alarm events passed on are
 /// not yet durable. `None`: nothing is pending, sleep until input comes.
 fn next_wake(
-    processor: Option<&Processor>,
+    processor: Option<(&Processor, Option<tokio::time::Instant>)>,
     saver: &StateSaver,
     hold: &AlarmHold,
     durable_seen: u64,
 ) -> Option<tokio::time::Instant> {
     let now = tokio::time::Instant::now();
-    let core = processor.and_then(Processor::next_due).map(|due| {
+    let core = processor.and_then(|(p, last_scan)| {
+        let due = p.next_due()?;
         let wait = due.saturating_sub(crate::now_ms()).max(0);
-        now + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+        let at = now + Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+        Some(last_scan.map_or(at, |t| at.max(t + MIN_SCAN_INTERVAL)))
     });
     let durable = (hold.highest_passed > durable_seen).then(|| now + DURABLE_POLL);
     [core, saver.next_due(), durable]

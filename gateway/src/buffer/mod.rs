@@ -1064,7 +1064,7 @@ impl Buffer {
     /// When [`Self::maintain`] next has work that only time brings (`now_ms`
     /// as given to it): the group commit, a record that waited
     /// `spill_after`, the fsync after `commit_interval` of what was written,
-    /// pushed or settled since the last one, a read or reservation retry,
+    /// pushed or settled since the last one (or a cursor left to write), a read or reservation retry,
     /// gauges left stale. `None`: nothing until the next push, ack or
     /// change of the link. The sink sleeps until then instead of ticking.
     pub fn next_due(&self, now_ms: i64) -> Option<i64> {
@@ -1072,7 +1072,9 @@ impl Buffer {
             .then(|| self.oldest_unspilled())
             .flatten()
             .map(|pushed| pushed.saturating_add(self.cfg.spill_after_ms));
+        let has_disk = self.lanes.iter().any(|l| !l.segments.is_empty());
         let unsynced = self.sync_wanted
+            || (self.cursor_dirty && has_disk)
             || self
                 .lanes
                 .iter()

@@ -91,7 +91,8 @@ pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
 /// At most one log line per rejection reason of commands in this interval.
 pub const COMMAND_LOG_INTERVAL_MS: i64 = 10_000;
 
-/// After records, acknowledgements or a change of the link, the buffer's
+/// After records, acknowledgements or a change of the link, and while
+/// records wait for a connected upstream or the core for room, the buffer's
 /// periodic work runs again this much later (so that a stream of PUBACKs
 /// costs one `maintain` per interval, not one each). Otherwise the sink
 /// sleeps until the buffer's next timer ([`Buffer::next_due`]).
@@ -170,6 +171,12 @@ pub async fn run(
             } else {
                 tracing::info!("The buffer has room again; taking records.");
             }
+        }
+        // While records wait for a connected upstream, or the core waits for
+        // room, something is pending: look again at least every
+        // MAINTAIN_AFTER, as the fixed tick did.
+        if blocked || (state.client.is_some() && !buffer.is_empty()) {
+            maintain_at = earliest(maintain_at, Instant::now() + MAINTAIN_AFTER);
         }
         tokio::select! {
             r = records.recv(), if input_open && room => match r {
