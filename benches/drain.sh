@@ -12,11 +12,7 @@ DURATION=${DURATION:-15}
 DURABILITY=${DURABILITY:-outage}
 cargo build --release -q -p sensor-gateway -p sensor-sim
 BIN=target/release
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP" 2>/dev/null || true; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. benches/lib.sh
 mosq() {
     printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000000\nmax_inflight_messages 1000\n' "$1" > "$TMP/m$1.conf"
     mosquitto -c "$TMP/m$1.conf" 2>/dev/null &

@@ -87,6 +87,7 @@ fn readings(sensors: usize, n: usize) -> Vec<SerialReading> {
             unit: None,
             ts_ms: T0 + (i / sensors) as i64 * 10,
             value: 2.0 + ((i % 97) as f64 * 0.37).sin(),
+            gateway_clock: false,
         })
         .collect()
 }

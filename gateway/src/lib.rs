@@ -10,6 +10,7 @@ pub mod alarm;
 pub mod anomaly;
 pub mod backoff;
 pub mod buffer;
+pub mod clock;
 pub mod config;
 pub mod decode;
 #[doc(hidden)]

@@ -145,6 +145,14 @@ const HTTP_REQUESTS: Family = Family {
     key: "outcome",
 };
 
+const CLOCK_JUMPS: Family = Family {
+    name: "gateway_clock_jumps_total",
+    help:
+        "Steps of the wall clock against the monotonic clock by more than a second, by direction.",
+    kind: "counter",
+    key: "direction",
+};
+
 /// Declares [`Metrics`]: each field with its type and its [`Spec`], in the
 /// order of the Prometheus text.
 macro_rules! declare_metrics {
@@ -459,6 +467,27 @@ declare_metrics! {
         "gateway_reloads_rejected_total",
         "Configuration reloads (SIGHUP) refused because the file could not be read or is invalid; the running configuration stayed.",
     ),
+    /// 1 once the wall clock is trusted (synchronised, or past
+    /// `clock.not_before` unless `clock.require_sync`).
+    pub clock_trusted: Gauge = own(
+        "gateway_clock_trusted",
+        "1 once the gateway's wall clock is trusted (synchronised, or past clock.not_before unless clock.require_sync); until then readings wait.",
+    ),
+    pub clock_synchronized: Gauge = own(
+        "gateway_clock_synchronized",
+        "1 while the kernel reports the wall clock synchronised (adjtimex).",
+    ),
+    pub clock_waiting_inputs: Gauge = own(
+        "gateway_clock_waiting_inputs",
+        "Messages and serial batches waiting for a trustworthy clock.",
+    ),
+    /// Inputs that waited for a trustworthy clock and were stamped again.
+    pub clock_restamped: Counter = own(
+        "gateway_clock_restamped_total",
+        "Messages and serial batches that waited for a trustworthy clock and were stamped again by it.",
+    ),
+    pub clock_jumps_forward: Counter = member(&CLOCK_JUMPS, "forward"),
+    pub clock_jumps_backward: Counter = member(&CLOCK_JUMPS, "backward"),
 }
 
 /// What one serial port reports. The port's decoder is owned by its task;

@@ -50,6 +50,23 @@ pub enum Input {
     Serial(Vec<SerialReading>),
 }
 
+impl Input {
+    /// Moves the times the gateway clock gave this input by `delta_ms`: the
+    /// arrival time of a message, the event times of serial readings that
+    /// came from the gateway clock. Times from the sender's own clock stay.
+    /// Used when the input waited for the clock to become trustworthy.
+    pub fn correct_gateway_times(&mut self, delta_ms: i64) {
+        match self {
+            Input::Message(m) => m.received_ms = m.received_ms.saturating_add(delta_ms),
+            Input::Serial(readings) => {
+                for r in readings.iter_mut().filter(|r| r.gateway_clock) {
+                    r.ts_ms = r.ts_ms.saturating_add(delta_ms);
+                }
+            }
+        }
+    }
+}
+
 /// How a source's messages are interpreted.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
@@ -138,6 +155,14 @@ pub struct Processor {
     anomaly_events: Vec<crate::anomaly::AnomalyEvent>,
     /// Scratch space for encoding a record's payload, reused.
     scratch: Vec<u8>,
+    /// The earliest gateway time after the last complete scan of
+    /// [`Processor::flush_due_bounded`] at which time alone changes
+    /// something (a window closes for silence, a stale alarm or heartbeat
+    /// is due, a sensor retires); lowered by every accepted reading.
+    /// `i64::MIN` until the first scan: due at once.
+    next_due_ms: i64,
+    /// The same, gathered by the scan in progress.
+    scan_due_ms: i64,
 }
 
 impl Processor {
@@ -160,7 +185,58 @@ impl Processor {
             alarm_events: Vec::new(),
             anomaly_events: Vec::new(),
             scratch: Vec::with_capacity(1024),
+            next_due_ms: i64::MIN,
+            scan_due_ms: i64::MAX,
         }
+    }
+
+    /// The gateway time at which [`Processor::flush_due`] next has work,
+    /// if any: the shell sleeps until then instead of ticking. Valid once
+    /// a scan of `flush_due` completed; new readings only make it earlier.
+    pub fn next_due(&self) -> Option<i64> {
+        (self.next_due_ms != i64::MAX).then_some(self.next_due_ms)
+    }
+
+    /// When time alone next changes sensor `i`, later than `now_ms`
+    /// (`i64::MAX`: never, until a reading arrives). Times already past are
+    /// left out: what they made due was done at `now_ms`, or waits for
+    /// something other than time (a latched alarm keeps a silent sensor).
+    fn sensor_due(&self, i: usize, now_ms: i64) -> i64 {
+        let s = &self.sensors[i];
+        if !s.live || s.last_arrival_ms == i64::MIN {
+            return i64::MAX;
+        }
+        let mut due = if s.open.is_empty() {
+            s.last_arrival_ms.saturating_add(s.retire_after_ms)
+        } else {
+            s.last_arrival_ms
+                .saturating_add(s.policy.window_ms)
+                .saturating_add(self.settings.allowed_lateness_ms)
+        };
+        if let Some(extra) = &s.extra {
+            let rule = &s.policy;
+            let stale = rule
+                .alarm
+                .as_ref()
+                .and_then(|a| a.stale_after_ms)
+                .map(|after| s.last_arrival_ms.saturating_add(after));
+            let heartbeat = extra.heartbeat_due(&rule.delivery);
+            for t in [stale, heartbeat].into_iter().flatten() {
+                if t > now_ms {
+                    due = due.min(t);
+                }
+            }
+        }
+        if due > now_ms {
+            due
+        } else {
+            i64::MAX
+        }
+    }
+
+    fn note_due(&mut self, due: i64) {
+        self.next_due_ms = self.next_due_ms.min(due);
+        self.scan_due_ms = self.scan_due_ms.min(due);
     }
 
     pub fn registry(&self) -> &SensorRegistry {
@@ -380,6 +456,8 @@ impl Processor {
             .max_event_ms
             .saturating_sub(self.settings.allowed_lateness_ms);
         self.close_sensor(r.sensor, watermark, out);
+        let due = self.sensor_due(r.sensor.index(), now_ms);
+        self.note_due(due);
     }
 
     /// Emits every window that is complete at `now_ms` (by watermark or
@@ -396,6 +474,9 @@ impl Processor {
     pub fn flush_due_bounded(&mut self, now_ms: i64, out: &mut Vec<Record>, max: usize) -> bool {
         let lateness = self.settings.allowed_lateness_ms;
         let limit = out.len().saturating_add(max);
+        if self.flush_cursor == 0 {
+            self.scan_due_ms = i64::MAX;
+        }
         while self.flush_cursor < self.sensors.len() {
             let i = self.flush_cursor;
             self.flush_cursor += 1;
@@ -412,6 +493,8 @@ impl Processor {
                 {
                     self.retire(SensorKey(i as u32));
                 }
+                let due = self.sensor_due(i, now_ms);
+                self.note_due(due);
                 continue;
             }
             let idle = now_ms.saturating_sub(s.last_arrival_ms) >= s.policy.window_ms + lateness;
@@ -421,12 +504,50 @@ impl Processor {
                 s.max_event_ms.saturating_sub(lateness)
             };
             self.close_sensor(SensorKey(i as u32), watermark, out);
+            let due = self.sensor_due(i, now_ms);
+            self.note_due(due);
             if out.len() >= limit {
                 return false;
             }
         }
         self.flush_cursor = 0;
+        self.next_due_ms = self.scan_due_ms;
         true
+    }
+
+    /// The gateway clock stepped by `delta_ms` (positive: forward) and now
+    /// reads `now_ms`. What was measured on it moves with it: the arrival
+    /// times behind the silence checks (a window closing for silence, stale
+    /// alarms, heartbeats, retirement), so a step is not mistaken for
+    /// silence or for activity. After a backward step, readings stamped by
+    /// the corrected clock would fall into windows already emitted: every
+    /// sensor whose marks are ahead of the clock emits its open windows
+    /// now, and its lateness and watermark marks are brought back to the
+    /// clock, so that live readings are not counted `late`.
+    pub fn clock_stepped(&mut self, delta_ms: i64, now_ms: i64, out: &mut Vec<Record>) {
+        for i in 0..self.sensors.len() {
+            let s = &mut self.sensors[i];
+            if !s.live {
+                continue;
+            }
+            if s.last_arrival_ms != i64::MIN {
+                s.last_arrival_ms = s.last_arrival_ms.saturating_add(delta_ms).min(now_ms);
+            }
+            if let Some(extra) = s.extra.as_mut() {
+                extra.clock_stepped(delta_ms);
+            }
+            if delta_ms >= 0 || (s.closed_until_ms <= now_ms && s.max_event_ms <= now_ms) {
+                continue;
+            }
+            self.close_sensor(SensorKey(i as u32), i64::MAX, out);
+            let s = &mut self.sensors[i];
+            let floor = now_ms.saturating_sub(self.settings.allowed_lateness_ms);
+            let window_start = floor.saturating_sub(floor.rem_euclid(s.policy.window_ms));
+            s.closed_until_ms = s.closed_until_ms.min(window_start);
+            s.max_event_ms = s.max_event_ms.min(now_ms);
+        }
+        // Due times moved: the next scan finds them again.
+        self.next_due_ms = i64::MIN;
     }
 
     /// Whether nothing of a silent sensor would be lost by forgetting it:

@@ -30,8 +30,18 @@ use crate::reload::{CoreReload, ReloadTrigger, Reloader};
 use crate::supervisor::{self, Liveness, Probe};
 use crate::upstream;
 
-/// How often the core checks for windows to close.
-const TICK: Duration = Duration::from_millis(100);
+mod core_clock;
+use core_clock::CoreClock;
+
+/// How often the core looks at the buffer's fsync mark while alarm events
+/// it passed on are not yet known durable (their ledger waits for it).
+/// Otherwise the core sleeps until its next timer is due
+/// ([`Processor::next_due`], the state saver's retry or baseline save).
+const DURABLE_POLL: Duration = Duration::from_millis(100);
+/// The processor's timers are scanned at most this often (a scan visits
+/// every sensor): sensors whose due times lie a few ms apart cost one scan
+/// per interval, as the fixed tick did, not one each.
+const MIN_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// Messages taken from the channel per wake-up before flushing output.
 const BATCH: usize = 256;
 
@@ -136,6 +146,7 @@ pub async fn run(
             output: rec_tx,
             commands: cmd_rx,
             reloads: core_reload_rx,
+            clock: CoreClock::new(&config.clock),
         },
         StateSaver::new(state_dir, metrics.clone()),
         reemitted,
@@ -321,6 +332,19 @@ impl StateSaver {
         }
     }
 
+    /// When [`Self::save_if_needed`] next has work without new changes: the
+    /// retry after a failed save, or the periodic save of changed
+    /// baselines.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        if !(self.alarms_pending || self.baselines_pending) {
+            return None;
+        }
+        Some(match self.failed_at {
+            Some(t) => t + SAVE_RETRY_AFTER,
+            None => self.last_save + BASELINE_SAVE_EVERY,
+        })
+    }
+
     /// Saves when alarm state changed (before its events go out, so a
     /// restart neither repeats nor forgets an alarm), when baselines changed
     /// and the last save is old enough, or when `force`d. A failed save is
@@ -385,6 +409,9 @@ const HOLD_LOG_INTERVAL_MS: i64 = 60_000;
 struct AlarmHold {
     held: VecDeque<Record>,
     log: Throttle,
+    /// The highest seq of an alarm-lane record let through: until the
+    /// buffer's fsync mark passes it, the ledger waits for the mark.
+    highest_passed: u64,
 }
 
 impl AlarmHold {
@@ -398,6 +425,8 @@ impl AlarmHold {
                 out.extend(self.held.drain(..));
                 out.extend(rest);
             }
+            let passed = out.iter().filter(|r| r.lane == Lane::Alarm).map(|r| r.seq);
+            self.highest_passed = passed.fold(self.highest_passed, u64::max);
             return;
         }
         let mut rest = Vec::with_capacity(out.len());
@@ -494,6 +523,8 @@ struct CoreIo {
     output: mpsc::Sender<Record>,
     commands: mpsc::Receiver<Command>,
     reloads: mpsc::Receiver<CoreReload>,
+    /// Decides when the input may be processed (a trusted wall clock).
+    clock: CoreClock,
 }
 
 /// The core's task: feeds messages to the processor, ticks it, applies
@@ -512,6 +543,7 @@ async fn process(
         output: tx,
         mut commands,
         mut reloads,
+        mut clock,
     } = io;
     // Alarm events lost in a crash and emitted again: their new seqs are
     // saved before they go out, like every alarm change.
@@ -521,27 +553,47 @@ async fn process(
     if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
         return;
     }
+    // Whether the wall clock can be trusted is known before anything waits
+    // for it.
+    clock.check(&mut processor, &metrics, &mut out);
     let mut durable_seen = (0, 0);
+    let mut last_scan: Option<tokio::time::Instant> = None;
     let mut overflow_log = Throttle::default();
     let mut command_log = CommandLogLimiter::new(upstream::COMMAND_LOG_INTERVAL_MS);
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
     let mut commands_open = true;
     let mut reloads_open = true;
     loop {
         probe.answer();
+        // The processor's timers run only on a trusted clock and while no
+        // alarm events are kept back (only the save is retried then).
+        let ticks = clock.is_trusted() && (!hold.is_full() || rx.is_closed());
+        let wake = next_wake(
+            ticks.then_some((&processor, last_scan)),
+            &saver,
+            &hold,
+            durable_seen.0,
+        );
+        let wake = [wake, clock.poll_at()].into_iter().flatten().min();
         tokio::select! {
             _ = probe.asked() => {}
             // At shutdown (input closed) the input is drained whatever is
             // kept back: its channel bounds what that adds.
-            n = rx.recv_many(&mut batch, BATCH), if !hold.is_full() || rx.is_closed() => {
+            n = rx.recv_many(&mut batch, BATCH), if (!hold.is_full() && !clock.is_full()) || rx.is_closed() => {
                 if n == 0 {
                     break;
                 }
-                let now = crate::now_ms();
-                for msg in batch.drain(..) {
-                    processor.ingest_input(&msg, now, &mut out);
+                match clock.check(&mut processor, &metrics, &mut out) {
+                    (_, Some(now)) => {
+                        for msg in batch.drain(..) {
+                            processor.ingest_input(&msg, now, &mut out);
+                        }
+                    }
+                    (at, None) => {
+                        for msg in batch.drain(..) {
+                            clock.wait(msg, at, &metrics);
+                        }
+                    }
                 }
                 saver.save_if_needed(&mut processor, false).await;
                 if !pass_on(&mut out, &mut hold, &saver, &tx, &metrics).await {
@@ -561,12 +613,13 @@ async fn process(
                     return;
                 }
             }
-            cmd = commands.recv(), if commands_open && !hold.is_full() => {
+            // Commands wait in their channel while the clock is not trusted.
+            cmd = commands.recv(), if commands_open && !hold.is_full() && clock.is_trusted() => {
                 let Some(cmd) = cmd else {
                     commands_open = false;
                     continue;
                 };
-                let now = crate::now_ms();
+                let now = clock.check(&mut processor, &metrics, &mut out).1.unwrap_or_else(crate::now_ms);
                 match processor.command(&cmd, now, &mut out) {
                     Err(e) => {
                         saver.metrics.reject_command(e.reason());
@@ -583,9 +636,12 @@ async fn process(
                     return;
                 }
             }
-            _ = tick.tick() => {
-                let now = crate::now_ms();
-                confirm_durable(&mut processor, &hold, &metrics, &mut durable_seen, &mut overflow_log, now);
+            _ = sleep_until(wake) => {
+                let (at, now) = clock.check(&mut processor, &metrics, &mut out);
+                confirm_durable(&mut processor, &hold, &metrics, &mut durable_seen, &mut overflow_log, at.wall_ms);
+                let Some(now) = now else {
+                    continue;
+                };
                 if hold.is_full() && !rx.is_closed() {
                     // Only retry the save until the kept-back events can go.
                     saver.save_if_needed(&mut processor, false).await;
@@ -594,6 +650,7 @@ async fn process(
                     }
                     continue;
                 }
+                last_scan = Some(tokio::time::Instant::now());
                 // Windows of many sensors end together: pass them on in
                 // slices, so memory holds one slice, not all of them.
                 loop {
@@ -609,6 +666,7 @@ async fn process(
             }
         }
     }
+    clock.drain(&mut processor, &mut out);
     let mut flushed = 0;
     loop {
         let done = processor.flush_all_bounded(&mut out, BATCH);
@@ -635,6 +693,40 @@ async fn process(
         sensors = processor.registry().len(),
         "Processing core stopped; open windows flushed."
     );
+}
+
+/// When the core's task next has timed work: the processor's next due
+/// window, stale alarm, heartbeat or retirement (when `processor` is
+/// given: its timers run; no sooner than [`MIN_SCAN_INTERVAL`] after its
+/// last scan); the state saver's retry or
+/// baseline save; a look at the fsync mark while alarm events passed on are
+/// not yet durable. `None`: nothing is pending, sleep until input comes.
+fn next_wake(
+    processor: Option<(&Processor, Option<tokio::time::Instant>)>,
+    saver: &StateSaver,
+    hold: &AlarmHold,
+    durable_seen: u64,
+) -> Option<tokio::time::Instant> {
+    let now = tokio::time::Instant::now();
+    let core = processor.and_then(|(p, last_scan)| {
+        let due = p.next_due()?;
+        let wait = due.saturating_sub(crate::now_ms()).max(0);
+        let at = now + Duration::from_millis(u64::try_from(wait).unwrap_or(0));
+        Some(last_scan.map_or(at, |t| at.max(t + MIN_SCAN_INTERVAL)))
+    });
+    let durable = (hold.highest_passed > durable_seen).then(|| now + DURABLE_POLL);
+    [core, saver.next_due(), durable]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sends `out` to the sink, in order; false if the sink is gone (it gave up

@@ -85,6 +85,13 @@ pub struct Writer {
     unsynced: bool,
 }
 
+impl Writer {
+    /// Bytes are waiting to be written or fsynced.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced || !self.pending.is_empty()
+    }
+}
+
 #[derive(Debug)]
 pub struct Reader {
     pub base: u64,

@@ -93,6 +93,9 @@ const LOG_TEXT_MAX: usize = 200;
 /// fsynced share its commit; none of them is handed out before it.
 pub const GROUP_COMMIT_MS: i64 = 2;
 
+/// The buffer's gauges are updated at most this often.
+const GAUGES_EVERY_MS: i64 = 100;
+
 /// Errors that stop the buffer from opening at all (a state directory that
 /// cannot be created or written). Damaged contents are never an error.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +175,12 @@ pub struct Buffer {
     last_gauges_ms: i64,
     /// Bytes of records pushed per second, for `gateway_outage_seconds_left`.
     input_rate: outage::InputRate,
+    /// `maintain` left the gauges as they were (updated less than 100 ms
+    /// before): they are due again then.
+    gauges_stale: bool,
+    /// Records were pushed or settled since the last fsync: the next one
+    /// (after `commit_interval`) moves the durable mark and the cursor.
+    sync_wanted: bool,
     metrics: Arc<Metrics>,
     log_damage: Throttle,
     /// Lines about records dropped by age or by the disk bound.
@@ -244,6 +253,8 @@ impl Buffer {
             cursor_dirty: true,
             durable_acked: acked,
             last_sync_ms: 0,
+            gauges_stale: false,
+            sync_wanted: true,
             commit_due_ms: None,
             last_synced_seq: max_seen,
             highest_written_seq: max_seen,
@@ -338,6 +349,7 @@ impl Buffer {
     /// be handed out.
     pub fn push(&mut self, rec: Record, now_ms: i64) {
         self.input_rate.add(encoded_len(&rec), now_ms);
+        self.sync_wanted = true;
         let lane = rec.lane;
         self.next_seq = self.next_seq.max(rec.seq + 1);
         let write_now = rec.lane == Lane::Alarm
@@ -984,6 +996,7 @@ impl Buffer {
             None => l.sent_hwm,
         };
         if acked > l.acked {
+            self.sync_wanted = true;
             let l = &mut self.lanes[lane];
             l.acked = acked;
             while l.mem.front().is_some_and(|m| m.rec.seq <= acked) {
@@ -1055,10 +1068,72 @@ impl Buffer {
                 }
             }
         }
-        if now_ms.saturating_sub(self.last_gauges_ms) >= 100 {
+        self.gauges_stale = now_ms.saturating_sub(self.last_gauges_ms) < GAUGES_EVERY_MS;
+        if !self.gauges_stale {
             self.last_gauges_ms = now_ms;
             self.update_gauges(now_ms);
         }
+    }
+
+    /// When [`Self::maintain`] next has work that only time brings (`now_ms`
+    /// as given to it): the group commit, a record that waited
+    /// `spill_after`, the fsync after `commit_interval` of what was written,
+    /// pushed or settled since the last one (or a cursor left to write), a read or reservation retry,
+    /// gauges left stale. `None`: nothing until the next push, ack or
+    /// change of the link. The sink sleeps until then instead of ticking.
+    pub fn next_due(&self, now_ms: i64) -> Option<i64> {
+        let spill = (self.cfg.durability == Durability::Outage)
+            .then(|| self.oldest_unspilled())
+            .flatten()
+            .map(|pushed| pushed.saturating_add(self.cfg.spill_after_ms));
+        let has_disk = self.lanes.iter().any(|l| !l.segments.is_empty());
+        let unsynced = self.sync_wanted
+            || (self.cursor_dirty && has_disk)
+            || self
+                .lanes
+                .iter()
+                .any(|l| l.unwritten || l.writer.as_ref().is_some_and(|w| w.has_unsynced()));
+        let sync = unsynced.then(|| {
+            self.last_sync_ms
+                .saturating_add(self.cfg.commit_interval_ms)
+        });
+        let read_retry = self
+            .lanes
+            .iter()
+            .filter_map(|l| l.read_retry.map(|r| r.at_ms))
+            .min();
+        let gauges = self
+            .gauges_stale
+            .then(|| self.last_gauges_ms.saturating_add(GAUGES_EVERY_MS));
+        [
+            self.commit_due_ms,
+            spill,
+            sync,
+            read_retry,
+            self.reserve_retry_at_ms,
+            gauges,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|at| at.max(now_ms))
+    }
+
+    /// When the oldest record still without a disk copy and not settled
+    /// was pushed.
+    fn oldest_unspilled(&self) -> Option<i64> {
+        LANES
+            .into_iter()
+            .filter_map(|lane| {
+                let l = &self.lanes[lane];
+                l.unspilled
+                    .iter()
+                    .find(|&&(_, seq)| {
+                        seq > l.acked && self.find_copy(lane, seq).is_some_and(|m| !m.on_disk)
+                    })
+                    .map(|&(pushed, _)| pushed)
+            })
+            .min()
     }
 
     /// Whether a record without a disk copy has waited `spill_after`
@@ -1162,6 +1237,7 @@ impl Buffer {
             }
         }
         self.commit_due_ms = None;
+        self.sync_wanted = false;
         // Everything at or below the mark is durable, acknowledged or
         // counted as dropped: a record still only in memory (a summary held
         // in `outage` mode while upstream acknowledges promptly, or one whose

@@ -4,7 +4,7 @@
 //! fields rejected; stage two checks values and their relations and builds
 //! the typed [`Config`], one file per section (`gateway.rs`, `sources.rs`
 //! with `mqtt.rs` and `serial.rs`, `rules.rs` with `stats.rs`,
-//! `pipeline.rs`, `upstream.rs`, `buffer.rs`, `http.rs`), each with its type, its
+//! `pipeline.rs`, `upstream.rs`, `buffer.rs`, `http.rs`, `clock.rs`), each with its type, its
 //! validation and how `check` prints it. Both stages collect every mistake
 //! they find as a [`Diagnostic`] with a line and column and a hint
 //! (`diag.rs`), so an operator fixes a file in one pass rather than one
@@ -12,6 +12,7 @@
 //! order.
 
 mod buffer;
+mod clock;
 mod diag;
 mod gateway;
 mod http;
@@ -25,6 +26,7 @@ mod stats;
 mod upstream;
 
 pub use buffer::{BufferConfig, Durability, WhenFull};
+pub use clock::ClockConfig;
 pub use diag::Diagnostic;
 pub use gateway::GatewayConfig;
 pub use http::HttpConfig;
@@ -43,7 +45,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use diag::{named, render_diagnostics, suggest, Cx, Named};
-use raw::{RawBuffer, RawGateway, RawHttp, RawPipeline, RawSensorRule, RawUpstream};
+use raw::{RawBuffer, RawClock, RawGateway, RawHttp, RawPipeline, RawSensorRule, RawUpstream};
 use sources::SourceKind;
 
 /// The validated configuration of one gateway.
@@ -60,6 +62,7 @@ pub struct Config {
     pub digest: String,
     /// The metrics and health endpoints; `None` (no `[http]`) runs none.
     pub http: Option<HttpConfig>,
+    pub clock: ClockConfig,
 }
 
 /// Everything wrong with a configuration file.
@@ -132,6 +135,7 @@ impl Config {
         self.upstream.render(&mut s);
         self.buffer.render(&mut s);
         HttpConfig::render(self.http.as_ref(), &mut s);
+        self.clock.render(&mut s);
         s
     }
 }
@@ -157,6 +161,7 @@ enum Section {
     Upstream,
     Buffer,
     Http,
+    Clock,
 }
 
 named!(Section, "section":
@@ -167,6 +172,7 @@ named!(Section, "section":
     Upstream => "upstream",
     Buffer => "buffer",
     Http => "http",
+    Clock => "clock",
 );
 
 impl<'a> Cx<'a> {
@@ -174,7 +180,7 @@ impl<'a> Cx<'a> {
     /// relations need: gateway (its id names default client ids), sources
     /// (their labels feed the upstream's templates), rules (checked
     /// against serial channel units), buffer (its `max_age` bounds the
-    /// pipeline's `max_event_age`), pipeline, http, upstream, client ids.
+    /// pipeline's `max_event_age`), pipeline, http, clock, upstream, client ids.
     fn build(&mut self) -> Option<Config> {
         let root = match DeTable::parse(self.text) {
             Ok(r) => r,
@@ -189,6 +195,7 @@ impl<'a> Cx<'a> {
         let mut upstream = None;
         let mut buffer = None;
         let mut http = None;
+        let mut clock = None;
         let mut source_items = Vec::new();
         let mut saw_source = false;
         let mut saw_gateway = false;
@@ -204,6 +211,7 @@ impl<'a> Cx<'a> {
                 Some(Section::Pipeline) => pipeline = self.section::<RawPipeline>(value),
                 Some(Section::Buffer) => buffer = self.section::<RawBuffer>(value),
                 Some(Section::Http) => http = self.section::<RawHttp>(value),
+                Some(Section::Clock) => clock = self.section::<RawClock>(value),
                 Some(Section::Upstream) => {
                     saw_upstream = true;
                     upstream = self.section::<RawUpstream>(value);
@@ -253,6 +261,7 @@ impl<'a> Cx<'a> {
         let buffer = self.buffer(buffer);
         let pipeline = self.pipeline(pipeline, buffer.max_age_ms);
         let http = http.and_then(|h| self.http(h));
+        let clock = self.clock(clock);
         let Some(gateway) = gateway else {
             if !saw_gateway {
                 self.at(
@@ -287,6 +296,7 @@ impl<'a> Cx<'a> {
             buffer,
             http,
             digest: digest(self.text),
+            clock,
         })
     }
 

@@ -216,3 +216,10 @@ pub struct RawChannel {
     pub sensor: String,
     pub unit: Option<String>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClock {
+    pub require_sync: Option<bool>,
+    pub not_before: Option<Spanned<String>>,
+}

@@ -394,3 +394,25 @@ fn a_source_name_used_twice_is_reported_with_both_lines() {
         "{msgs:?}"
     );
 }
+
+#[test]
+fn the_clock_is_trusted_from_the_build_time_unless_configured_and_a_bad_date_is_reported() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(!c.clock.require_sync);
+    assert_eq!(c.clock.not_before_ms, ClockConfig::build_time_ms());
+    assert!(
+        c.clock.not_before_ms > 1_767_225_600_000,
+        "built after 2026-01-01"
+    );
+    let text =
+        format!("{MINIMAL}\n[clock]\nrequire_sync = true\nnot_before = \"2026-01-01T00:00:00Z\"\n");
+    let c = parse(&text).unwrap();
+    assert!(c.clock.require_sync);
+    assert_eq!(c.clock.not_before_ms, 1_767_225_600_000);
+    assert_eq!(parse(&c.render_effective()).unwrap().clock, c.clock);
+    let diags = parse(&format!("{MINIMAL}\n[clock]\nnot_before = \"yesterday\"\n")).unwrap_err();
+    assert_eq!(diags.len(), 1);
+    assert!(diags[0]
+        .message
+        .contains("`yesterday` is not a date and time"));
+}

@@ -29,6 +29,30 @@ pub(crate) struct Extra {
     ledger: Vec<AlarmLedger>,
 }
 
+impl Extra {
+    /// When an `on_change` sensor's heartbeat is due (gateway time), if it
+    /// has one.
+    pub(super) fn heartbeat_due(&self, delivery: &Delivery) -> Option<i64> {
+        let Delivery::OnChange {
+            max_silence_ms: Some(silence),
+            ..
+        } = delivery
+        else {
+            return None;
+        };
+        self.last_sent
+            .map(|(_, _, sent_at)| sent_at.saturating_add(*silence))
+    }
+
+    /// The gateway clock stepped: the time the last value was sent moves
+    /// with it.
+    pub(super) fn clock_stepped(&mut self, delta_ms: i64) {
+        if let Some((_, _, sent_at)) = self.last_sent.as_mut() {
+            *sent_at = sent_at.saturating_add(delta_ms);
+        }
+    }
+}
+
 /// The most alarm events one sensor's ledger keeps while they are not known
 /// to be durable. An occurrence emits at most three (`raised`,
 /// `acknowledged`, `cleared`), and the buffer makes alarm events durable as

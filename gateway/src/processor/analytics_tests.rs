@@ -540,6 +540,7 @@ fn a_restored_serial_sensor_keeps_its_mapped_unit() {
         unit: Some(Arc::from("bar")),
         ts_ms: T0,
         value: 4.2,
+        gateway_clock: false,
     };
     c.p.ingest_serial(&r, T0, &mut c.out);
     c.p.flush_all(&mut c.out);

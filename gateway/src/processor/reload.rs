@@ -103,6 +103,9 @@ impl Processor {
                 }
             }
         }
+        // Windows, stale limits and heartbeats may have changed: the next
+        // scan finds every sensor's due time again.
+        self.next_due_ms = i64::MIN;
         plan
     }
 

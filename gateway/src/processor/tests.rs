@@ -538,6 +538,7 @@ fn serial_readings_with_invalid_sensor_ids_are_rejected_as_bad_name() {
             unit: None,
             ts_ms: T0,
             value: 1.0,
+            gateway_clock: false,
         };
         c.p.ingest_serial(&r, T0, &mut c.out);
     }
@@ -585,6 +586,7 @@ fn serial_readings_add_up_to_accepted_plus_rejected() {
         unit: None,
         ts_ms,
         value,
+        gateway_clock: false,
     };
     for r in [
         reading("n1/temp", 20.0, T0),

@@ -95,8 +95,12 @@ pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
 /// At most one log line per rejection reason of commands in this interval.
 pub const COMMAND_LOG_INTERVAL_MS: i64 = 10_000;
 
-/// How often the buffer's timers (group commit, spilling) are checked.
-const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
+/// After records, acknowledgements or a change of the link, and while
+/// records wait for a connected upstream or the core for room, the buffer's
+/// periodic work runs again this much later (so that a stream of PUBACKs
+/// costs one `maintain` per interval, not one each). Otherwise the sink
+/// sleeps until the buffer's next timer ([`Buffer::next_due`]).
+const MAINTAIN_AFTER: Duration = Duration::from_millis(100);
 
 /// How much longer than `shutdown_grace` the sink waits, from the start of
 /// shutdown, for the core to flush its windows.
@@ -208,8 +212,9 @@ pub async fn run(
     let mut window = usize::from(cfg.inflight);
     let mut input_open = true;
     let mut deadline: Option<Instant> = None;
-    let mut tick = tokio::time::interval(MAINTAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When `maintain` runs next: after activity, or when a buffer timer is
+    // due; `None` while nothing is pending.
+    let mut maintain_at: Option<Instant> = None;
     let mut blocked = false;
     let mut stopping = false;
     let mut maintain = true;
@@ -217,18 +222,19 @@ pub async fn run(
     loop {
         probe.answer();
         let now = crate::now_ms();
-        // Timers and writes after new records or a tick; never per PUBACK,
+        // Timers and writes after new records or when a timer is due; never per PUBACK,
         // so draining a backlog costs O(1) per record.
         if maintain {
             buffer.maintain(now, state.client.is_some());
             maintain = false;
+            maintain_at = buffer.next_due(now).map(|at| {
+                Instant::now() + Duration::from_millis(u64::try_from(at - now).unwrap_or(0))
+            });
         }
         // Alarms just pushed wait a few ms for their group commit, so that a
-        // burst shares one fsync; nothing is published before it.
-        let commit_at = buffer
-            .commit_due()
-            .map(|at| Instant::now() + Duration::from_millis(u64::try_from(at - now).unwrap_or(0)));
-        if commit_at.is_none() {
+        // burst shares one fsync (`next_due` includes it); nothing is
+        // published before it.
+        if buffer.commit_due().is_none() {
             state.pump(&mut buffer, window, &cfg, &metrics, now);
         }
         if !input_open && buffer.is_empty() {
@@ -245,11 +251,18 @@ pub async fn run(
                 tracing::info!("The buffer has room again; taking records.");
             }
         }
+        // While records wait for a connected upstream, or the core waits for
+        // room, something is pending: look again at least every
+        // MAINTAIN_AFTER, as the fixed tick did.
+        if blocked || (state.client.is_some() && !buffer.is_empty()) {
+            maintain_at = earliest(maintain_at, Instant::now() + MAINTAIN_AFTER);
+        }
         tokio::select! {
             _ = probe.asked() => {}
             r = records.recv(), if input_open && room => match r {
                 Some(rec) => {
                     maintain = true;
+                    maintain_at = earliest(maintain_at, Instant::now() + MAINTAIN_AFTER);
                     let now = crate::now_ms();
                     buffer.push(rec, now);
                     while buffer.has_room() {
@@ -273,6 +286,7 @@ pub async fn run(
                     let was_up = state.client.is_some();
                     state.on_link_event(ev, &mut buffer, &metrics);
                     maintain |= was_up != state.client.is_some();
+                    maintain_at = earliest(maintain_at, Instant::now() + MAINTAIN_AFTER);
                 }
                 None => break,
             },
@@ -290,8 +304,7 @@ pub async fn run(
                 window = usize::from(cfg.inflight);
                 maintain = true;
             }
-            _ = tick.tick() => maintain = true,
-            _ = sleep_until(commit_at) => maintain = true,
+            _ = sleep_until(maintain_at) => maintain = true,
             _ = shutdown.cancelled(), if !stopping => {
                 stopping = true;
                 deadline = earliest(deadline, Instant::now() + cfg.shutdown_grace + SHUTDOWN_FLUSH_BOUND);

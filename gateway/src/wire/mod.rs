@@ -273,6 +273,10 @@ pub struct SerialReading {
     pub unit: Option<Arc<str>>,
     pub ts_ms: i64,
     pub value: f64,
+    /// `ts_ms` comes from the gateway clock (arrival, or node uptime mapped
+    /// onto it), not from the node's own clock: it moves with the gateway
+    /// clock when that is corrected.
+    pub gateway_clock: bool,
 }
 
 /// Counters of one port, cumulative.
@@ -630,7 +634,7 @@ impl PortDecoder {
         seq: Option<u32>,
         time: Option<u64>,
         now_ms: i64,
-    ) -> Option<i64> {
+    ) -> Option<EventTime> {
         let (uptime, fixed_ts) = match self.settings.time {
             NodeTime::Uptime => (time, None),
             // Checked against the gateway clock by the core (`future`,
@@ -642,7 +646,16 @@ impl PortDecoder {
         match state.observe(seq, uptime, now_ms) {
             Verdict::Accept { ts_ms } => {
                 self.counters.frames += 1;
-                Some(fixed_ts.unwrap_or(ts_ms))
+                Some(match fixed_ts {
+                    Some(ts) => EventTime {
+                        ts_ms: ts,
+                        gateway_clock: false,
+                    },
+                    None => EventTime {
+                        ts_ms,
+                        gateway_clock: true,
+                    },
+                })
             }
             Verdict::Duplicate => {
                 let detail = DropDetail::Duplicate { seq };
@@ -694,20 +707,28 @@ impl PortDecoder {
         Some(t)
     }
 
-    fn emit_to(&mut self, t: &Target, ts_ms: i64, value: f64, out: &mut Vec<SerialReading>) {
+    fn emit_to(&mut self, t: &Target, ts: EventTime, value: f64, out: &mut Vec<SerialReading>) {
         match &t.sensor {
             Some(sensor) => {
                 self.counters.readings += 1;
                 out.push(SerialReading {
                     sensor: sensor.clone(),
                     unit: t.unit.clone(),
-                    ts_ms,
+                    ts_ms: ts.ts_ms,
                     value,
+                    gateway_clock: ts.gateway_clock,
                 });
             }
             None => self.counters.unmapped += 1,
         }
     }
+}
+
+/// A reading's event time and which clock gave it.
+#[derive(Debug, Clone, Copy)]
+struct EventTime {
+    ts_ms: i64,
+    gateway_clock: bool,
 }
 
 /// A hasher for small integer keys (node ids, node and channel pairs):
