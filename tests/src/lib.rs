@@ -5,7 +5,8 @@
 //!   `sensor-sim broker`, or Mosquitto), which can be stopped and restarted on
 //!   the same port.
 //! - [`Gateway`]: the `sensor-gateway` binary run with a config file, its
-//!   metrics file readable, stoppable with SIGTERM.
+//!   metrics file readable, stoppable with SIGTERM; `GATEWAY_BIN` and
+//!   `GATEWAY_RUNNER` swap in another build of it ([`gateway_command`]).
 //! - [`Subscriber`] and [`Publisher`]: plain rumqttc clients.
 //!
 //! Waiting is always for an observable condition with a deadline, never a
@@ -36,6 +37,36 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The `sensor-gateway` to run: this workspace's build, or the binary that
+/// `GATEWAY_BIN` names, started through `GATEWAY_RUNNER` when that is set (an
+/// emulator such as `qemu-arm-static`): CI runs end-to-end tests against the
+/// cross-built ARM binaries this way. A named binary that is missing fails
+/// the test; it is never skipped.
+pub fn gateway_command() -> Command {
+    let runner = std::env::var_os("GATEWAY_RUNNER").filter(|r| !r.is_empty());
+    let Some(path) = std::env::var_os("GATEWAY_BIN").filter(|p| !p.is_empty()) else {
+        assert!(
+            runner.is_none(),
+            "GATEWAY_RUNNER is set but GATEWAY_BIN is not: name the binary the runner should run"
+        );
+        return Command::new(bin("sensor-gateway"));
+    };
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "GATEWAY_BIN={} is missing: build it first",
+        path.display()
+    );
+    match runner {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(path);
+            c
+        }
+        None => Command::new(path),
+    }
 }
 
 /// Repository root (for configs/).
@@ -257,7 +288,7 @@ impl Gateway {
             .append(true)
             .open(self.dir.path().join("gateway.log"))
             .expect("gateway log file");
-        let child = Command::new(bin("sensor-gateway"))
+        let child = gateway_command()
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
@@ -286,7 +317,7 @@ impl Gateway {
     /// Runs `sensor-gateway` with other arguments (for `buffer status` and
     /// `buffer verify`) and returns (exit code, stdout + stderr).
     pub fn command(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(bin("sensor-gateway"))
+        let out = gateway_command()
             .args(args)
             .output()
             .expect("run sensor-gateway");

@@ -57,6 +57,10 @@ pub struct BufferConfig {
 impl BufferConfig {
     /// Minimum `max_disk_bytes`: small devices need small buffers.
     pub const MIN_DISK_BYTES: u64 = 1024 * 1024;
+    /// Maximum `segment_bytes`: recovery reads a segment into memory whole,
+    /// which a 32-bit device cannot do at all for 2 GiB and more, and a
+    /// Pi-class one should not do for more than a few MiB.
+    pub const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
     /// The section as `check` prints it.
     pub(super) fn render(&self, s: &mut String) {
@@ -100,11 +104,18 @@ impl Cx<'_> {
         let segment_default = (max_disk_bytes / 16).clamp(64 * 1024, 1024 * 1024);
         let segment_bytes = match &raw.segment_bytes {
             None => segment_default,
-            Some(v) if *v.get_ref() < 4096 || *v.get_ref() > max_disk_bytes / 4 => {
+            Some(v)
+                if *v.get_ref() < 4096
+                    || *v.get_ref() > max_disk_bytes / 4
+                    || *v.get_ref() > BufferConfig::MAX_SEGMENT_BYTES =>
+            {
                 self.at(
                     v.span(),
-                    "`segment_bytes` must be at least 4096 and at most a quarter of max_disk_bytes",
-                    Some("leave it out to get max_disk_bytes / 16".into()),
+                    format!(
+                        "`segment_bytes` must be at least 4096, at most a quarter of max_disk_bytes and at most {} (64 MiB: recovery reads a segment into memory whole)",
+                        BufferConfig::MAX_SEGMENT_BYTES
+                    ),
+                    Some("leave it out to get max_disk_bytes / 16, at most 1 MiB".into()),
                 );
                 segment_default
             }

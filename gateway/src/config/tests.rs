@@ -193,6 +193,23 @@ fn messages(text: &str) -> Vec<String> {
 }
 
 #[test]
+fn a_segment_too_big_to_read_into_memory_is_refused() {
+    // 4 GiB: at most a quarter of max_disk_bytes, but a 32-bit gateway could
+    // never read such a segment back at start-up.
+    let text =
+        format!("{MINIMAL}\n[buffer]\nmax_disk_bytes = 17179869184\nsegment_bytes = 4294967296\n");
+    let msgs = messages(&text);
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("`segment_bytes` must be") && m.contains("64 MiB")),
+        "{msgs:?}"
+    );
+    let ok =
+        format!("{MINIMAL}\n[buffer]\nmax_disk_bytes = 17179869184\nsegment_bytes = 67108864\n");
+    assert_eq!(parse(&ok).unwrap().buffer.segment_bytes, 64 * 1024 * 1024);
+}
+
+#[test]
 fn a_failed_output_template_hides_no_other_upstream_mistake() {
     let text = MINIMAL.replace(
         "broker = \"127.0.0.1:1884\"",
