@@ -18,6 +18,11 @@
 #
 # Usage: benches/idle.sh                  (DURATION=60, PROFILE=release)
 #        PROFILE=debug DURATION=60 STRACE=1 benches/idle.sh
+#        GATEWAY_BIN=target/cross-aarch64/aarch64-unknown-linux-gnu/release/sensor-gateway \
+#            GATEWAY_RUNNER=qemu-aarch64-static benches/idle.sh
+#        (another binary, e.g. the ARM build that CI makes, run through a
+#        QEMU user-mode emulator: the process measured is then QEMU with the
+#        gateway in it, so RSS includes QEMU's own code and translation cache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-60}
@@ -46,7 +51,7 @@ awk -v p1="$P1" -v p2="$P2" -v dir="$TMP/state" '
 
 start_gateway() {
     rm -rf "$TMP/state" "$TMP/gw.prom"
-    RUST_LOG=info "$BIN/sensor-gateway" run --config "$TMP/gateway.toml" --metrics-file "$TMP/gw.prom" 2> "$TMP/gw.log" &
+    RUST_LOG=info ${GATEWAY_RUNNER:-} "${GATEWAY_BIN:-$BIN/sensor-gateway}" run --config "$TMP/gateway.toml" --metrics-file "$TMP/gw.prom" 2> "$TMP/gw.log" &
     GW=$!
     PIDS+=("$GW")
     # Both links up: the source subscribed, upstream connected.
@@ -74,7 +79,7 @@ kill -TERM "$GW"; wait "$GW" || true
 
 cat <<REPORT
 machine:  $(nproc) cores, $(awk '/model name/ {sub(/.*: /, ""); print; exit}' /proc/cpuinfo)
-broker:   $BROKER (both), build: $PROFILE, config: $CONFIG (brokers local, no TLS)
+broker:   $BROKER (both), build: ${GATEWAY_BIN:-$PROFILE}${GATEWAY_RUNNER:+ under $GATEWAY_RUNNER}, config: $CONFIG (brokers local, no TLS)
 idle for: $(awk -v a="$T0" -v b="$T1" 'BEGIN { printf "%.1f", b - a }') s after $WARMUP s of warm-up
 context switches/s: $(awk -v a="$S0" -v b="$S1" -v t0="$T0" -v t1="$T1" 'BEGIN { printf "%.2f", (b - a) / (t1 - t0) }')  (threads: $THREADS; totals since start: $PER_THREAD)
 CPU:      $(awk -v a="$C0" -v b="$C1" -v hz="$HZ" -v t0="$T0" -v t1="$T1" 'BEGIN { printf "%.3f", 100 * (b - a) / hz / (t1 - t0) }') % of one core
