@@ -116,33 +116,40 @@ impl Cx<'_> {
         id
     }
 
-    /// Reports client ids used by more than one connection.
     /// Reports a source name used twice: names label the metrics of a
     /// source and tell sources apart at a reload.
     pub(super) fn check_source_names(&mut self) {
         let names = std::mem::take(&mut self.source_names);
-        for (i, (name, span)) in names.iter().enumerate() {
-            if let Some((_, first)) = names[..i].iter().find(|(other, _)| other == name) {
-                let line = self.line_of(first.start);
-                self.at(
-                    span.clone(),
-                    format!("the source name `{name}` is already used on line {line}"),
-                    Some("give each `[[source]]` its own `name` (unnamed sources are named after their kind or device)".into()),
-                );
-            }
-        }
+        self.report_repeats(&names, |name, line| {
+            (
+                format!("the source name `{name}` is already used on line {line}"),
+                "give each `[[source]]` its own `name` (unnamed sources are named after their kind or device)",
+            )
+        });
     }
 
+    /// Reports client ids used by more than one connection.
     pub(super) fn check_client_ids(&mut self) {
         let ids = std::mem::take(&mut self.client_ids);
-        for (i, (id, span)) in ids.iter().enumerate() {
-            if let Some((_, first)) = ids[..i].iter().find(|(other, _)| other == id) {
-                let line = self.line_of(first.start);
-                self.at(
-                    span.clone(),
-                    format!("the MQTT client id `{id}` is already used on line {line}"),
-                    Some("give each source and the upstream its own `client_id`: a broker disconnects the older of two connections with one id, so they would take over each other's session".into()),
-                );
+        self.report_repeats(&ids, |id, line| {
+            (
+                format!("the MQTT client id `{id}` is already used on line {line}"),
+                "give each source and the upstream its own `client_id`: a broker disconnects the older of two connections with one id, so they would take over each other's session",
+            )
+        });
+    }
+
+    /// Reports every value of `items` seen before, at its place, naming the
+    /// line of the first; `say` gives the message and the hint.
+    fn report_repeats(
+        &mut self,
+        items: &[(String, std::ops::Range<usize>)],
+        say: impl Fn(&str, usize) -> (String, &'static str),
+    ) {
+        for (i, (value, span)) in items.iter().enumerate() {
+            if let Some((_, first)) = items[..i].iter().find(|(other, _)| other == value) {
+                let (message, hint) = say(value, self.line_of(first.start));
+                self.at(span.clone(), message, Some(hint.into()));
             }
         }
     }
