@@ -602,8 +602,8 @@ impl Metrics {
         out
     }
 
-    /// Records the configuration file's SHA-256 (once; later calls are
-    /// ignored).
+    /// Records the running configuration file's SHA-256 (at start-up, and
+    /// again at every applied reload).
     pub fn set_config_sha256(&self, hex: &str) {
         if let Ok(mut h) = self.config_info.0.lock() {
             *h = Some(hex.to_owned());

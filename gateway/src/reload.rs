@@ -44,6 +44,8 @@ const NEEDS_RESTART: &[&str] = &[
     "pipeline.channel_capacity",
     "pipeline.max_sensors",
     "[buffer]",
+    "[http]",
+    "[clock]",
 ];
 
 /// What differs between the running configuration and a new one, and the
@@ -83,6 +85,8 @@ impl ReloadPlan {
             differs(&old.pipeline.channel_capacity, &p.channel_capacity),
             differs(&old.pipeline.max_sensors, &p.max_sensors),
             differs(&old.buffer, &config.buffer),
+            differs(&old.http, &config.http),
+            differs(&old.clock, &config.clock),
         ];
         for (name, changed) in NEEDS_RESTART.iter().zip(kept) {
             if changed {
@@ -91,6 +95,8 @@ impl ReloadPlan {
         }
         config.gateway = old.gateway.clone();
         config.buffer = old.buffer.clone();
+        config.http = old.http.clone();
+        config.clock = old.clock.clone();
         config.pipeline.channel_capacity = old.pipeline.channel_capacity;
         config.pipeline.max_sensors = old.pipeline.max_sensors;
 
@@ -405,5 +411,21 @@ broker = "127.0.0.1:{upstream_port}"
         let back = ReloadPlan::between(&plan.config, old);
         assert_eq!(back.sources_removed, [1]);
         assert!(back.needs_restart.is_empty());
+    }
+
+    #[test]
+    fn a_changed_http_or_clock_section_is_named_as_needing_a_restart_and_kept() {
+        let old = config("10s", 1884, "/var/lib/a", "");
+        let text = |extra: &str| {
+            let base = "[gateway]\nid = \"gw\"\nstate_dir = \"/var/lib/a\"\n\n[[source]]\nkind = \"mqtt\"\nbroker = \"127.0.0.1:1883\"\ntopic_template = \"plant/{line}/{machine}/{sensor}\"\n\n[[sensor]]\nmatch = \"*/temp\"\nwindow = \"10s\"\n\n[[sensor]]\nmatch = \"*/pressure\"\nwindow = \"10s\"\n\n[upstream]\nbroker = \"127.0.0.1:1884\"\n";
+            Config::parse(&format!("{base}{extra}"), Path::new("t.toml")).unwrap()
+        };
+        let plan = ReloadPlan::between(
+            &old,
+            text("\n[http]\nlisten = \"127.0.0.1:9200\"\n\n[clock]\nrequire_sync = true\n"),
+        );
+        assert_eq!(plan.needs_restart, ["[http]", "[clock]"]);
+        assert_eq!(plan.config.http, old.http);
+        assert_eq!(plan.config.clock, old.clock);
     }
 }

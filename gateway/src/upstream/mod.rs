@@ -145,12 +145,7 @@ impl LinkTask {
         metrics: &Arc<Metrics>,
         commands: &mpsc::Sender<Command>,
     ) -> (LinkTask, UpstreamConfig) {
-        let SinkSettings {
-            cfg,
-            mut opts,
-            status,
-        } = settings;
-        opts.set_last_will(status.last_will(metrics));
+        let SinkSettings { cfg, opts, status } = settings;
         let (tx, events) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(drive_link(
@@ -463,7 +458,11 @@ async fn drive_link(
     let broker = format!("{}:{}", opts.broker_address().0, opts.broker_address().1);
     'outer: loop {
         epoch += 1;
-        let (client, mut eventloop) = AsyncClient::new(opts.clone(), request_capacity);
+        // The last will is rendered for each connection: it names the
+        // running configuration and sources (a reload changes them).
+        let mut opts = opts.clone();
+        opts.set_last_will(status.last_will(&metrics));
+        let (client, mut eventloop) = AsyncClient::new(opts, request_capacity);
         let mut was_up = false;
         let mut status_due = tokio::time::interval(status_interval);
         status_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
