@@ -602,6 +602,15 @@ impl Metrics {
         out
     }
 
+    /// Seconds since the oldest record not yet acknowledged was measured;
+    /// `None` when nothing waits. Read by the `STATUS=` line and the
+    /// status topic.
+    pub fn oldest_backlog_age_s(&self, now_ms: i64) -> Option<i64> {
+        let oldest = self.buffer_oldest_ts_ms.get();
+        (oldest > 0 && self.upstream_queue_records.get() > 0)
+            .then(|| now_ms.saturating_sub(oldest).max(0) / 1000)
+    }
+
     /// Records the running configuration file's SHA-256 (at start-up, and
     /// again at every applied reload).
     pub fn set_config_sha256(&self, hex: &str) {

@@ -209,15 +209,9 @@ pub fn status_line(metrics: &Metrics, now_ms: i64) -> String {
     } else {
         "upstream DOWN (buffering)"
     };
-    let oldest = metrics.buffer_oldest_ts_ms.get();
-    let age = if oldest > 0 && metrics.upstream_queue_records.get() > 0 {
-        format!(
-            ", oldest {}",
-            human_secs(now_ms.saturating_sub(oldest).max(0) / 1000)
-        )
-    } else {
-        String::new()
-    };
+    let age = metrics
+        .oldest_backlog_age_s(now_ms)
+        .map_or(String::new(), |s| format!(", oldest {}", human_secs(s)));
     // Time left matters while upstream is down: how long the buffer holds
     // at the current input rate.
     let left = metrics.outage_seconds_left.get();

@@ -158,17 +158,12 @@ struct LaneFigures {
 impl Figures {
     fn read(m: &Metrics, now_ms: i64, started_ms: i64) -> Self {
         let records = m.upstream_queue_records.get().max(0);
-        let oldest = m.buffer_oldest_ts_ms.get();
         Self {
             ts: now_ms,
             uptime_s: (now_ms - started_ms).max(0) / 1000,
             backlog_records: records,
             backlog_bytes: m.upstream_queue_bytes.get().max(0),
-            oldest_age_s: if records > 0 && oldest > 0 {
-                (now_ms - oldest).max(0) / 1000
-            } else {
-                0
-            },
+            oldest_age_s: m.oldest_backlog_age_s(now_ms).unwrap_or(0),
             lanes: [Lane::Alarm, Lane::Summary].map(|lane| LaneFigures {
                 lane: lane.dir_name(),
                 records: m.backlog_records.get(lane),
