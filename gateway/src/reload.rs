@@ -199,7 +199,7 @@ fn link_changed(old: &Config, new: &Config) -> bool {
         format!(
             "{:?}",
             (
-                &u.broker,
+                (&u.brokers, u.protocol),
                 &u.client_id,
                 &u.command_topic,
                 u.qos,

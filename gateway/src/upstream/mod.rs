@@ -76,8 +76,8 @@ pub fn unpublishable(topic: &str, payload_len: usize) -> Option<&'static str> {
 /// Builds the rumqttc options for the upstream connection.
 pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
     let endpoint = match &cfg.tls {
-        None => Endpoint::Tcp(&cfg.broker),
-        Some(tls) => Endpoint::Tls(&cfg.broker, mqtt::tls::client_config(tls)?),
+        None => Endpoint::Tcp(&cfg.brokers[0]),
+        Some(tls) => Endpoint::Tls(&cfg.brokers[0], mqtt::tls::client_config(tls)?),
     };
     Ok(mqtt::options(ClientSettings {
         client_id: &cfg.client_id,
@@ -213,7 +213,7 @@ pub async fn run(
     let mut blocked = false;
     let mut stopping = false;
     let mut maintain = true;
-    tracing::info!(broker = %cfg.broker, client_id = %cfg.client_id, "Starting upstream sink.");
+    tracing::info!(brokers = ?cfg.brokers, client_id = %cfg.client_id, "Starting upstream sink.");
     loop {
         probe.answer();
         let now = crate::now_ms();
@@ -290,7 +290,7 @@ pub async fn run(
                     relink_open = false;
                     continue;
                 };
-                tracing::info!(broker = %new.cfg.broker, client_id = %new.cfg.client_id, "Reconnecting upstream with the reloaded settings; the buffer stays.");
+                tracing::info!(brokers = ?new.cfg.brokers, client_id = %new.cfg.client_id, "Reconnecting upstream with the reloaded settings; the buffer stays.");
                 link.stop().await;
                 (link, cfg) = LinkTask::spawn(new, &metrics, &commands);
                 // What was in flight is sent again on the new connection.
