@@ -24,6 +24,7 @@ mod analytics;
 mod buffer;
 mod hostile;
 mod http;
+mod mqtt5;
 mod outage;
 mod pipeline;
 mod powercut;

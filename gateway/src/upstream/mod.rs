@@ -502,11 +502,18 @@ impl SinkState {
     /// a backoff; meanwhile it holds a place of the in-flight window.
     fn refuse(&mut self, seq: u64, why: Refusal, buffer: &mut Buffer, metrics: &Metrics) {
         metrics.refused_upstream(why);
-        let delay = self.refusal_backoff.failed(std::time::Instant::now());
+        // Refusals that arrive while others wait join their round: the
+        // backoff grows once per round, not once per record.
+        let now = Instant::now();
+        let at = match self.parked.back() {
+            Some(&(at, _)) if at > now => at,
+            _ => now + self.refusal_backoff.failed(std::time::Instant::now()),
+        };
+        let delay = at - now;
         if self.refused.len() < self.window.max(1) * 4 {
             self.refused.insert(seq);
         }
-        self.parked.push_back((Instant::now() + delay, seq));
+        self.parked.push_back((at, seq));
         if let Some(suppressed) = self.refusal_log.allow(why, crate::now_ms()) {
             let topic = buffer.in_flight_topic(seq).unwrap_or_default();
             tracing::warn!(seq, topic = %topic, reason = why.name(), retry_in = ?delay, suppressed_since_last = suppressed, fix = why.fix(), "Upstream refused a record; it is kept in the buffer and sent again (counted in gateway_upstream_refused_total).");
