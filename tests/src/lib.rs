@@ -12,6 +12,8 @@
 //! Waiting is always for an observable condition with a deadline, never a
 //! sleep that hopes.
 
+pub mod workload;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
