@@ -93,9 +93,7 @@ impl Batcher {
             || self.has_alarm
             || self.pending.is_some()
             || self.seqs.len() >= self.settings.max_records
-            || self
-                .opened
-                .is_some_and(|at| now >= at + self.cfg.max_delay)
+            || self.opened.is_some_and(|at| now >= at + self.cfg.max_delay)
     }
 
     /// When the open batch is due by `max_delay`.
