@@ -473,6 +473,7 @@ fn broker_lists_that_cannot_be_meant_are_refused() {
     assert!(messages(&v4)[0].contains("unknown protocol `4`"));
 }
 
+#[test]
 fn batching_is_off_unless_configured() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.upstream.batch, BatchConfig::off("gw-1"));
