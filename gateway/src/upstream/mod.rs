@@ -347,6 +347,11 @@ struct SinkState {
     parked: VecDeque<(Instant, Unit)>,
     /// The open batch, when `[upstream.batch]` sends envelopes.
     batcher: Option<batch::Batcher>,
+    /// Payload bytes of the publishes on the wire (awaiting their PUBACK).
+    inflight_bytes: usize,
+    /// Bounds `inflight_bytes` on a slow link ([`AckRate`]).
+    ack_rate: AckRate,
+    keep_alive: Duration,
     /// How long the next refused record waits: doubles with each refusal
     /// up to [`REFUSAL_RETRY_MAX`], back to one second once a record that
     /// had been refused is acknowledged.
@@ -375,12 +380,17 @@ impl SinkState {
             refusal_backoff: Backoff::new(Duration::from_secs(1), REFUSAL_RETRY_MAX),
             refused: std::collections::HashSet::new(),
             refusal_log: crate::reject::LogLimiter::new(REFUSAL_LOG_INTERVAL_MS),
+            inflight_bytes: 0,
+            ack_rate: AckRate::new(),
+            keep_alive: cfg.keep_alive,
         }
     }
 
     /// New connection settings (a reload), once the old link is gone.
     fn reconfigure(&mut self, cfg: &UpstreamConfig) {
         self.epoch = 0;
+        self.keep_alive = cfg.keep_alive;
+        self.ack_rate.reset();
         self.inflight_cfg = cfg.inflight;
         self.window = usize::from(cfg.inflight);
         self.batcher = cfg
@@ -394,6 +404,23 @@ impl SinkState {
         self.awaiting_pkid.len() + self.pkid_to_seq.len() + self.parked.len()
     }
 
+    /// Whether another publish may go out: the window has room, and the
+    /// link has taken what is on it ([`AckRate`]; one publish always may).
+    fn has_room(&self) -> bool {
+        self.messages_in_flight() < self.window
+            && (self.inflight_bytes == 0
+                || self.inflight_bytes < self.ack_rate.limit(self.keep_alive))
+    }
+
+    /// A publish of `bytes` went to the client.
+    fn sent(&mut self, unit: Unit) {
+        if self.inflight_bytes == 0 {
+            self.ack_rate.started(Instant::now());
+        }
+        self.inflight_bytes += unit.bytes();
+        self.awaiting_pkid.push_back(unit);
+    }
+
     /// Publishes what waits, while the window has room. `flush`: an open
     /// batch goes out without waiting for more records (shutdown).
     fn pump(&mut self, buffer: &mut Buffer, metrics: &Metrics, now_ms: i64, flush: bool) {
@@ -401,12 +428,11 @@ impl SinkState {
             self.pump_batches(buffer, metrics, now_ms, flush);
             return;
         }
-        let Some(publisher) = &mut self.publisher else {
-            return;
-        };
         let max_age_ms = buffer.max_age_ms();
-        // (`messages_in_flight`, written out: `publisher` borrows `self`.)
-        while self.awaiting_pkid.len() + self.pkid_to_seq.len() + self.parked.len() < self.window {
+        while self.has_room() {
+            let Some(publisher) = self.publisher.as_mut() else {
+                return;
+            };
             let Some(rec) = buffer.next_unsent(now_ms) else {
                 break;
             };
@@ -427,7 +453,7 @@ impl SinkState {
             };
             match publisher.publish(&msg) {
                 Ok(()) => {
-                    self.awaiting_pkid.push_back(Unit::One(rec.seq));
+                    self.sent(Unit::One(rec.seq, rec.payload.len()));
                     metrics.upstream_published.inc();
                     metrics.upstream_payload_bytes.add(rec.payload.len() as u64);
                 }
@@ -445,7 +471,7 @@ impl SinkState {
     /// [`Self::pump`] with envelopes: each publish carries a batch.
     fn pump_batches(&mut self, buffer: &mut Buffer, metrics: &Metrics, now_ms: i64, flush: bool) {
         let max_age_ms = buffer.max_age_ms();
-        while self.publisher.is_some() && self.messages_in_flight() < self.window {
+        while self.publisher.is_some() && self.has_room() {
             let Some(b) = self.batcher.as_mut() else {
                 return;
             };
@@ -480,7 +506,7 @@ impl SinkState {
                     metrics
                         .upstream_payload_bytes
                         .add(sealed.payload.len() as u64);
-                    self.awaiting_pkid.push_back(Unit::Batch(sealed.seqs));
+                    self.sent(Unit::Batch(sealed.seqs, sealed.payload.len()));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "Publish not queued; will retry.");
@@ -503,6 +529,8 @@ impl SinkState {
         self.awaiting_pkid.clear();
         self.pkid_to_seq.clear();
         self.parked.clear();
+        self.inflight_bytes = 0;
+        self.ack_rate.acked(0, Instant::now(), true);
         if let Some(b) = &mut self.batcher {
             b.reset();
         }
@@ -565,6 +593,9 @@ impl SinkState {
             } if epoch == self.epoch => {
                 if let Some((unit, sent)) = self.pkid_to_seq.remove(&pkid) {
                     metrics.upstream_puback_latency.observe(sent.elapsed());
+                    self.inflight_bytes = self.inflight_bytes.saturating_sub(unit.bytes());
+                    self.ack_rate
+                        .acked(unit.bytes(), Instant::now(), self.inflight_bytes == 0);
                     for &seq in unit.seqs() {
                         buffer.ack(seq);
                         metrics.upstream_acked.inc();
@@ -580,6 +611,7 @@ impl SinkState {
                 refused: Some(why),
             } if epoch == self.epoch => {
                 if let Some((unit, _)) = self.pkid_to_seq.remove(&pkid) {
+                    self.inflight_bytes = self.inflight_bytes.saturating_sub(unit.bytes());
                     self.refuse(unit, why, buffer, metrics);
                 }
             }
@@ -617,17 +649,99 @@ impl SinkState {
 }
 
 /// The records one publish carries: one, or an envelope's.
+/// (With the payload bytes of the publish.)
 enum Unit {
-    One(u64),
-    Batch(Vec<u64>),
+    One(u64, usize),
+    Batch(Vec<u64>, usize),
 }
 
 impl Unit {
     fn seqs(&self) -> &[u64] {
         match self {
-            Unit::One(seq) => std::slice::from_ref(seq),
-            Unit::Batch(seqs) => seqs,
+            Unit::One(seq, _) => std::slice::from_ref(seq),
+            Unit::Batch(seqs, _) => seqs,
         }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Unit::One(_, b) | Unit::Batch(_, b) => *b,
+        }
+    }
+}
+
+/// The rate at which the broker acknowledges payload bytes, measured over
+/// intervals of at least a second while something is in flight, smoothed.
+/// On a slow link (a cellular uplink with a bandwidth cap) it bounds what
+/// the sink puts in flight, so that a keep-alive ping never waits longer
+/// than half the keep-alive behind queued publishes and PUBACKs do not
+/// take longer than the broker or the link allows.
+#[derive(Debug)]
+struct AckRate {
+    bytes_per_s: Option<f64>,
+    interval_start: Option<Instant>,
+    interval_bytes: usize,
+}
+
+impl AckRate {
+    /// What may be in flight before anything was measured, and the least
+    /// ever allowed.
+    const FLOOR_BYTES: usize = 32 * 1024;
+    /// The most that is ever in flight, however fast the link.
+    const CEILING_BYTES: usize = 16 * 1024 * 1024;
+
+    fn new() -> AckRate {
+        AckRate {
+            bytes_per_s: None,
+            interval_start: None,
+            interval_bytes: 0,
+        }
+    }
+
+    /// Something was sent while nothing was in flight: measuring starts.
+    fn started(&mut self, now: Instant) {
+        if self.interval_start.is_none() {
+            self.interval_start = Some(now);
+            self.interval_bytes = 0;
+        }
+    }
+
+    /// `bytes` were acknowledged; `idle` when nothing is in flight after.
+    fn acked(&mut self, bytes: usize, now: Instant, idle: bool) {
+        let Some(start) = self.interval_start else {
+            return;
+        };
+        self.interval_bytes += bytes;
+        let elapsed = now.saturating_duration_since(start).as_secs_f64();
+        if elapsed >= 1.0 {
+            let rate = self.interval_bytes as f64 / elapsed;
+            self.bytes_per_s = Some(match self.bytes_per_s {
+                None => rate,
+                Some(r) => 0.7 * r + 0.3 * rate,
+            });
+            self.interval_start = Some(now);
+            self.interval_bytes = 0;
+        }
+        if idle {
+            // An idle link measures nothing; the next burst starts anew.
+            self.interval_start = None;
+        }
+    }
+
+    /// The most payload bytes to have in flight with this keep-alive.
+    fn limit(&self, keep_alive: Duration) -> usize {
+        match self.bytes_per_s {
+            None => Self::FLOOR_BYTES,
+            Some(r) => {
+                let bytes = r * keep_alive.as_secs_f64() / 2.0;
+                (bytes as usize).clamp(Self::FLOOR_BYTES, Self::CEILING_BYTES)
+            }
+        }
+    }
+
+    /// Forget the link (a new connection may be another node or path).
+    fn reset(&mut self) {
+        *self = AckRate::new();
     }
 }
 
@@ -672,6 +786,37 @@ mod tests {
             earliest(earliest(None, flush_bound), grace_end),
             Some(grace_end)
         );
+    }
+
+    #[test]
+    fn on_a_slow_link_what_is_in_flight_follows_the_acknowledged_rate() {
+        let t0 = Instant::now();
+        let ka = Duration::from_secs(30);
+        let mut r = AckRate::new();
+        // Nothing measured yet: a small start.
+        assert_eq!(r.limit(ka), AckRate::FLOOR_BYTES);
+        r.started(t0);
+        // 8 KB/s, a 64 kbit/s uplink: half a keep-alive of it.
+        for s in 1..=10 {
+            r.acked(8_000, t0 + Duration::from_secs(s), false);
+        }
+        assert_eq!(r.limit(ka), 120_000);
+        // A fast link: bounded by the ceiling.
+        let mut fast = AckRate::new();
+        fast.started(t0);
+        fast.acked(100_000_000, t0 + Duration::from_secs(1), true);
+        assert_eq!(fast.limit(ka), AckRate::CEILING_BYTES);
+        // An idle spell measures nothing: the rate stands.
+        fast.acked(10, t0 + Duration::from_secs(100), true);
+        assert_eq!(fast.limit(ka), AckRate::CEILING_BYTES);
+    }
+
+    #[test]
+    fn message_expiry_is_what_is_left_of_max_age() {
+        assert_eq!(expiry_s(0, 0, 5_000), None);
+        assert_eq!(expiry_s(60_000, 10_000, 20_000), Some(50));
+        // Already older than max_age: the broker still gets a second.
+        assert_eq!(expiry_s(60_000, 0, 600_000), Some(1));
     }
 
     #[test]
