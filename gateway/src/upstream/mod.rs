@@ -127,6 +127,8 @@ struct LinkDuties {
     commands: mpsc::Sender<Command>,
     status: StatusIdentity,
     status_interval: Duration,
+    /// Names the TLS files in connection errors.
+    tls: Option<crate::config::TlsConfig>,
 }
 
 /// The link task of one connection configuration, with what the sink needs
@@ -160,6 +162,7 @@ impl LinkTask {
                 commands: commands.clone(),
                 status,
                 status_interval: cfg.status_interval,
+                tls: cfg.tls.clone(),
             },
         ));
         let link = LinkTask {
@@ -451,6 +454,7 @@ async fn drive_link(
         commands,
         status,
         status_interval,
+        tls,
     } = duties;
     let mut backoff = Backoff::new(Duration::from_millis(250), backoff_max);
     let mut command_log = CommandLogLimiter::new(COMMAND_LOG_INTERVAL_MS);
@@ -535,6 +539,7 @@ async fn drive_link(
                     let now = std::time::Instant::now();
                     let delay = backoff.failed(now);
                     if let Some(unlogged) = backoff.log_due(now) {
+                        let e = mqtt::tls::describe_connection_error(&e, tls.as_ref());
                         if was_up {
                             tracing::warn!(%broker, error = %e, retry_in = ?delay, "Lost the upstream connection; buffering and retrying.");
                         } else {
