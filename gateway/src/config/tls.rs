@@ -449,6 +449,25 @@ mod tests {
     }
 
     #[test]
+    fn replaced_certificate_files_make_the_settings_differ_for_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        let ca = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.self_signed(&key).unwrap().pem()
+        };
+        let table = format!("[upstream.tls]\nca_file = \"{}\"\n", ca_file.display());
+        std::fs::write(&ca_file, ca("first")).unwrap();
+        let before = parse_upstream(&table).unwrap().upstream.tls;
+        std::fs::write(&ca_file, ca("second")).unwrap();
+        let after = parse_upstream(&table).unwrap().upstream.tls;
+        assert!(before.is_some());
+        assert_ne!(format!("{before:?}"), format!("{after:?}"));
+    }
+
+    #[test]
     fn a_password_without_a_user_name_is_refused() {
         let errs = parse_upstream("password = \"x\"\n").unwrap_err();
         assert_eq!(errs, ["11: a password is set without `username`"]);
