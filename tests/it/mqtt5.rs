@@ -163,3 +163,47 @@ async fn a_broker_without_mqtt5_is_spoken_to_in_3_1_1_with_one_warning() {
         "one warning:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_while_the_gateway_is_away_arrives_when_it_is_back() {
+    if !mosquitto_available() {
+        return;
+    }
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let upstream = Broker::start(BrokerKind::Mosquitto).await;
+    let config = gateway_config(source.addr, upstream.addr, "") + "protocol = \"5\"\n";
+    let mut gw = Gateway::start(&config);
+    gw.wait_ready().await;
+    wait_until(
+        "connected upstream in MQTT 5",
+        Duration::from_secs(15),
+        || {
+            gw.metric("gateway_upstream_protocol_version") == 5.0
+                && gw.metric("gateway_upstream_connected") == 1.0
+        },
+    )
+    .await;
+    gw.kill();
+    // An operator acknowledges while the gateway is away (QoS 1, not
+    // retained): the broker keeps it in the gateway's session.
+    let mut operator = Publisher::connect(upstream.addr).await;
+    operator
+        .send(
+            "gateways/gw-e2e/command",
+            r#"{"command":"ack","alarm_id":"l1/m1/temp:high","occurrence":1,"by":"night shift"}"#,
+        )
+        .await;
+    operator.flush().await;
+    gw.restart();
+    wait_until(
+        "the command kept by the broker arrives",
+        Duration::from_secs(20),
+        || gw.metric("gateway_commands_received_total") >= 1.0,
+    )
+    .await;
+    // It names no active alarm here: counted as such, not lost.
+    assert_eq!(
+        gw.metric("gateway_commands_received_total"),
+        gw.metric("gateway_commands_rejected_total{reason=\"unknown_alarm\"}")
+    );
+}
