@@ -201,7 +201,7 @@ fn link_changed(old: &Config, new: &Config) -> bool {
         format!(
             "{:?}",
             (
-                (&u.brokers, u.protocol),
+                (&u.brokers, u.protocol, &u.batch),
                 &u.client_id,
                 &u.command_topic,
                 u.qos,
@@ -463,5 +463,25 @@ broker = "127.0.0.1:{upstream_port}"
         assert_eq!(plan.needs_restart, ["[http]", "[clock]"]);
         assert_eq!(plan.config.http, old.http);
         assert_eq!(plan.config.clock, old.clock);
+    }
+
+    #[test]
+    fn a_changed_protocol_broker_list_or_batching_reconnects_upstream() {
+        let old = config("10s", 1884, "/var/lib/a", "");
+        let text = |upstream: &str| {
+            let base = "[gateway]\nid = \"gw\"\nstate_dir = \"/var/lib/a\"\n\n[[source]]\nkind = \"mqtt\"\nbroker = \"127.0.0.1:1883\"\ntopic_template = \"plant/{line}/{machine}/{sensor}\"\n\n[[sensor]]\nmatch = \"*/temp\"\nwindow = \"10s\"\n\n[[sensor]]\nmatch = \"*/pressure\"\nwindow = \"10s\"\n\n[upstream]\n";
+            Config::parse(&format!("{base}{upstream}"), Path::new("t.toml")).unwrap()
+        };
+        for changed in [
+            "broker = \"127.0.0.1:1884\"\nprotocol = \"3.1.1\"\n",
+            "brokers = [\"127.0.0.1:1884\", \"127.0.0.1:1885\"]\n",
+            "broker = \"127.0.0.1:1884\"\n[upstream.batch]\nmax_records = 50\n",
+        ] {
+            let plan = ReloadPlan::between(&old, text(changed));
+            assert!(plan.upstream_changed, "{changed}");
+            assert!(!plan.core_changed, "{changed}");
+        }
+        let same = ReloadPlan::between(&old, text("broker = \"127.0.0.1:1884\"\n"));
+        assert!(same.is_empty());
     }
 }
