@@ -14,6 +14,8 @@
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
 //! - `reload`: `sensor-gateway reload` keeps the windows, alarms and
 //!   baselines of sensors whose rule did not change; a bad config is refused.
+//! - `consume`: the reference consumer decodes envelopes of every kind and
+//!   plain messages, drops duplicates, counts what it cannot decode.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //!
@@ -22,6 +24,7 @@
 
 mod analytics;
 mod buffer;
+mod consume;
 mod hostile;
 mod http;
 mod outage;

@@ -1,0 +1,186 @@
+//! The reference consumer (`sensor-gateway consume`) against real brokers:
+//! hand-built envelopes of every encoding and compression, plain JSON
+//! records, duplicates of both and undecodable messages go in; exactly the
+//! records, once each, and the exact tally come out.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use sensor_gateway::envelope::{Compression, Encoding};
+use sensor_gateway::model::{Lane, Record};
+use sensor_gateway_e2e::*;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_writes_every_record_once_rumqttd_3_1_1() {
+    exact_records(BrokerKind::Rumqttd, "3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_writes_every_record_once_mosquitto_3_1_1() {
+    if mosquitto_available() {
+        exact_records(BrokerKind::Mosquitto, "3.1.1").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_writes_every_record_once_mosquitto_5() {
+    if mosquitto_available() {
+        exact_records(BrokerKind::Mosquitto, "5").await;
+    }
+}
+
+const BATCH_TOPIC: &str = "gateways/gw-a/batch";
+const SUMMARY_TOPIC: &str = "gateways/gw-b/summary/l1/m1/temp";
+
+/// A summary as the gateway writes it, with numbers CBOR must keep exact.
+fn payload(gateway: &str, seq: u64) -> Value {
+    json!({
+        "schema": 1, "kind": "summary", "gateway": gateway, "seq": seq,
+        "sensor": "l1/m1/temp", "labels": {"line": "l1", "machine": "m1"}, "unit": "degC",
+        "window_start": 1_800_000_000_000u64 + seq * 10_000, "count": 100,
+        "mean": 21.25 + seq as f64 * 0.1, "min": -0.000_001, "max": 1e300, "std": 0.1,
+    })
+}
+
+fn record(gateway: &str, seq: u64, lane: Lane) -> Record {
+    Record {
+        seq,
+        lane,
+        ts_ms: 0,
+        topic: format!("gateways/{gateway}/summary/l1/m1/temp"),
+        payload: payload(gateway, seq).to_string().into_bytes(),
+    }
+}
+
+fn envelope(encoding: Encoding, compression: Compression, recs: &[Record]) -> Vec<u8> {
+    sensor_gateway::envelope::encode(encoding, compression, recs).expect("an envelope")
+}
+
+/// The line the consumer writes for `rec`.
+fn line(rec: &Record) -> Value {
+    let payload: Value = serde_json::from_slice(&rec.payload).expect("JSON");
+    json!({"topic": rec.topic, "gateway": payload["gateway"], "seq": rec.seq, "payload": payload})
+}
+
+/// `sensor-gateway consume` with its standard error in `dir/stderr`.
+fn start_consumer(broker: &Broker, protocol: &str, dir: &Path, count: usize) -> Child {
+    let stderr = std::fs::File::create(dir.join("stderr")).expect("a stderr file");
+    gateway_command()
+        .args(["consume", "--broker", &broker.addr.to_string()])
+        .args([
+            "--topic",
+            "gateways/+/batch",
+            "--topic",
+            "gateways/+/summary/#",
+        ])
+        .args(["--protocol", protocol, "--timeout", "60s"])
+        .args(["--client-id", &format!("e2e-consume-{protocol}")])
+        .arg("--count")
+        .arg(count.to_string())
+        .arg("--output")
+        .arg(dir.join("records.jsonl"))
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("sensor-gateway consume starts")
+}
+
+async fn exact_records(kind: BrokerKind, protocol: &str) {
+    let broker = Broker::start(kind).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+
+    // Gateway A sends envelopes: three records in each of the six kinds,
+    // one on the alarm lane. Gateway B sends plain JSON messages.
+    let mut expected = Vec::new();
+    let mut messages: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut seq = 0;
+    for encoding in Encoding::ALL {
+        for compression in Compression::ALL {
+            let recs: Vec<Record> = (0..3)
+                .map(|i| {
+                    seq += 1;
+                    let lane = if i == 0 { Lane::Alarm } else { Lane::Summary };
+                    record("gw-a", seq, lane)
+                })
+                .collect();
+            expected.extend(recs.iter().map(line));
+            messages.push((BATCH_TOPIC, envelope(encoding, compression, &recs)));
+        }
+    }
+    let b: Vec<Record> = (1..=4).map(|s| record("gw-b", s, Lane::Summary)).collect();
+    expected.extend(b[..3].iter().map(line));
+    for r in &b[..3] {
+        messages.push((SUMMARY_TOPIC, r.payload.clone()));
+    }
+    // Duplicates: a whole envelope again (3), an envelope holding one old
+    // and one new record (1), plain repeats from each gateway (2).
+    let again = messages[5].1.clone();
+    messages.push((BATCH_TOPIC, again));
+    let mixed = [
+        record("gw-a", 2, Lane::Summary),
+        record("gw-a", 100, Lane::Summary),
+    ];
+    expected.push(line(&mixed[1]));
+    messages.push((
+        BATCH_TOPIC,
+        envelope(Encoding::Json, Compression::None, &mixed),
+    ));
+    messages.push((SUMMARY_TOPIC, record("gw-a", 5, Lane::Summary).payload));
+    messages.push((SUMMARY_TOPIC, b[1].payload.clone()));
+    // Undecodable: garbage, and an envelope cut short.
+    messages.push((SUMMARY_TOPIC, b"\xff\x00 not a record".to_vec()));
+    let mut cut = envelope(Encoding::Cbor, Compression::Zstd, &b[..2]);
+    cut.truncate(cut.len() - 5);
+    messages.push((BATCH_TOPIC, cut));
+    // Last, one new record: --count is reached only after all the above.
+    expected.push(line(&b[3]));
+
+    let mut consumer = start_consumer(&broker, protocol, dir.path(), expected.len());
+    wait_until(
+        "the consumer's subscriptions",
+        Duration::from_secs(20),
+        || stderr().contains("consume: subscribed"),
+    )
+    .await;
+    let mut publisher = Publisher::connect(broker.addr).await;
+    for (topic, bytes) in &messages {
+        publisher.send(topic, bytes.clone()).await;
+    }
+    publisher.flush().await;
+    publisher.send(SUMMARY_TOPIC, b[3].payload.clone()).await;
+    publisher.flush().await;
+
+    let mut status = None;
+    wait_until(
+        "the consumer to stop at --count",
+        Duration::from_secs(30),
+        || {
+            status = consumer.try_wait().expect("the consumer's status");
+            status.is_some()
+        },
+    )
+    .await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", stderr());
+
+    let text = std::fs::read_to_string(dir.path().join("records.jsonl")).expect("the output");
+    let mut got: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let key = |v: &Value| (v["gateway"].to_string(), v["seq"].as_u64());
+    got.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(got, expected);
+    let total = messages.len() + 1;
+    assert!(
+        stderr().contains(&format!(
+            "consume: records={} duplicates=6 undecodable=2 messages={total} unchecked=0 unsequenced=0 gateways_forgotten=0",
+            expected.len()
+        )),
+        "{}",
+        stderr()
+    );
+}
