@@ -14,6 +14,8 @@
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
 //! - `reload`: `sensor-gateway reload` keeps the windows, alarms and
 //!   baselines of sensors whose rule did not change; a bad config is refused.
+//! - `bandwidth`: upstream bytes per reading and per record for every
+//!   envelope setting on the condition-monitoring rules; the goals as ratios.
 //! - `consume`: the reference consumer decodes envelopes of every kind and
 //!   plain messages, drops duplicates, counts what it cannot decode.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
@@ -23,6 +25,7 @@
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
 
 mod analytics;
+mod bandwidth;
 mod buffer;
 mod consume;
 mod hostile;
