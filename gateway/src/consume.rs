@@ -26,15 +26,8 @@ pub use dedup::{Dedup, Verdict, MAX_GATEWAYS, MAX_GATEWAY_LEN, WINDOW};
 pub use lines::{Reader, Tally, Undecodable};
 
 use crate::backoff::Backoff;
-use crate::config::{BrokerAddr, TlsConfig};
-use crate::mqtt::{self, ClientSettings, Endpoint, Session};
-
-/// The MQTT protocol version the consumer speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    V5,
-    V311,
-}
+use crate::config::{BrokerAddr, Protocol, TlsConfig};
+use crate::mqtt::{self, ClientSettings, Endpoint, Session, V5Settings};
 
 /// What `consume` was asked to do.
 #[derive(Debug, Clone)]
@@ -71,8 +64,6 @@ pub enum Ending {
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Undecodable messages described on standard error; the rest are counted.
 const DESCRIBED_AT_MOST: u64 = 10;
-/// How long the broker keeps an MQTT 5 session while the consumer is away.
-const SESSION_EXPIRY_S: u32 = 7 * 24 * 3600;
 
 /// Parses `host:port` (`[v6]:port` for an IPv6 address).
 pub fn parse_broker(text: &str) -> Result<BrokerAddr, String> {
@@ -222,32 +213,27 @@ enum Link {
 
 impl Link {
     fn new(opts: &ConsumeOptions) -> anyhow::Result<Link> {
-        let endpoint = match &opts.tls {
-            Some(t) => Endpoint::Tls(&opts.broker, mqtt::tls::client_config(t)?),
-            None => Endpoint::Tcp(&opts.broker),
+        let settings = || -> anyhow::Result<ClientSettings<'_>> {
+            let endpoint = match &opts.tls {
+                Some(t) => Endpoint::Tls(&opts.broker, mqtt::tls::client_config(t)?),
+                None => Endpoint::Tcp(&opts.broker),
+            };
+            Ok(ClientSettings {
+                client_id: &opts.client_id,
+                endpoint,
+                keep_alive: Duration::from_secs(30),
+                credentials: None,
+                session: Session::Persistent,
+                max_packet: (MAX_MESSAGE_BYTES + 64 * 1024, 64 * 1024),
+            })
         };
-        let v4 = mqtt::options(ClientSettings {
-            client_id: &opts.client_id,
-            endpoint,
-            keep_alive: Duration::from_secs(30),
-            credentials: None,
-            session: Session::Persistent,
-            max_packet: (MAX_MESSAGE_BYTES + 64 * 1024, 64 * 1024),
-        });
         Ok(match opts.protocol {
             Protocol::V311 => {
-                let (client, events) = rumqttc::AsyncClient::new(v4, 64);
+                let (client, events) = rumqttc::AsyncClient::new(mqtt::options(settings()?), 64);
                 Link::V4(client, Box::new(events))
             }
             Protocol::V5 => {
-                let (host, port) = v4.broker_address();
-                let mut v5 = rumqttc::v5::MqttOptions::new(&opts.client_id, host, port);
-                v5.set_transport(v4.transport());
-                v5.set_keep_alive(v4.keep_alive());
-                v5.set_clean_start(false);
-                v5.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
-                v5.set_manual_acks(true);
-                v5.set_max_packet_size(Some((MAX_MESSAGE_BYTES + 64 * 1024) as u32));
+                let v5 = mqtt::options_v5(settings()?, V5Settings { topic_alias_max: 0 });
                 let (client, events) = rumqttc::v5::AsyncClient::new(v5, 64);
                 Link::V5(client, Box::new(events))
             }

@@ -89,11 +89,17 @@ struct ConsumeArgs {
     /// The MQTT protocol version.
     #[arg(long, value_name = "VERSION", default_value = "5", value_parser = ["5", "3.1.1"])]
     protocol: String,
+    /// Connect with TLS, trusting the system's CAs (or --ca-file).
+    #[arg(long)]
+    tls: bool,
     /// Connect with TLS, trusting this PEM CA bundle.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
+    /// The name on the broker's certificate, when --broker is an IP address.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
     /// A client certificate (PEM) for mutual TLS, with --key-file.
-    #[arg(long, value_name = "FILE", requires_all = ["key_file", "ca_file"])]
+    #[arg(long, value_name = "FILE", requires = "key_file")]
     cert_file: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "cert_file")]
@@ -116,7 +122,12 @@ struct ConsumeArgs {
 /// `consume`: runs the reference consumer; 0 unless it failed or stopped
 /// before --count records.
 fn consume_command(args: ConsumeArgs) -> ExitCode {
-    use sensor_gateway::consume::{consume, ConsumeOptions, Ending, Protocol};
+    use sensor_gateway::config::{ClientAuth, Protocol, TlsConfig};
+    use sensor_gateway::consume::{consume, ConsumeOptions, Ending};
+    let tls = args.tls
+        || args.ca_file.is_some()
+        || args.server_name.is_some()
+        || args.cert_file.is_some();
     let opts = ConsumeOptions {
         broker: args.broker,
         topics: args.topics,
@@ -125,12 +136,19 @@ fn consume_command(args: ConsumeArgs) -> ExitCode {
         } else {
             Protocol::V5
         },
-        tls: args
-            .ca_file
-            .map(|ca_file| sensor_gateway::config::TlsConfig {
-                ca_file,
-                client_auth: args.cert_file.zip(args.key_file),
-            }),
+        tls: tls.then(|| TlsConfig {
+            ca_file: args.ca_file,
+            client_auth: args
+                .cert_file
+                .zip(args.key_file)
+                .map(|(cert_file, key_file)| ClientAuth {
+                    cert_file,
+                    key_file,
+                }),
+            server_name: args.server_name,
+            client_cert_not_after: None,
+            files_digest: String::new(),
+        }),
         output: args.output,
         count: args.count,
         timeout: args.timeout,
@@ -267,6 +285,9 @@ fn main() -> ExitCode {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", c.render_effective());
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 eprintln!("{}: OK", config.display());
                 ExitCode::SUCCESS
             }
@@ -284,7 +305,12 @@ fn main() -> ExitCode {
         } => {
             init_logging(log_format);
             let config = match Config::load(&config_path) {
-                Ok(c) => c,
+                Ok(c) => {
+                    for w in &c.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    c
+                }
                 Err(e) => {
                     // One log record per mistake: each carries its own
                     // priority under journald.

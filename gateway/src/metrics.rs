@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::model::Lane;
-use crate::reject::{CommandReject, Reason, Reject};
+use crate::reject::{CommandReject, Reason, Refusal, Reject};
 
 /// A count that only goes up.
 #[derive(Debug, Default)]
@@ -272,6 +272,24 @@ declare_metrics! {
         "gateway_upstream_disconnects_total",
         "Upstream connections lost or refused.",
     ),
+    /// Publishes the upstream broker refused (MQTT 5 reason codes), per
+    /// [`Refusal`]; the records stay in the buffer and are sent again.
+    upstream_refused: ByReason<Refusal> = own(
+        "gateway_upstream_refused_total",
+        "Publishes the upstream broker refused with an MQTT 5 reason code, by reason (not delivered: the records stay buffered and are sent again).",
+    ),
+    pub upstream_batches: Counter = own(
+        "gateway_upstream_batches_total",
+        "Envelopes (batches of records, [upstream.batch]) published upstream, retransmissions included.",
+    ),
+    pub upstream_payload_bytes: Counter = own(
+        "gateway_upstream_payload_bytes_total",
+        "Payload bytes of the publishes sent upstream (records or envelopes, after compression), retransmissions included.",
+    ),
+    pub upstream_failovers: Counter = own(
+        "gateway_upstream_failovers_total",
+        "Connections made to another node of `brokers` than the previous connection's.",
+    ),
     /// Records still in the buffer when the gateway stopped (delivered
     /// after the next start).
     pub upstream_undelivered_at_shutdown: Counter = own(
@@ -323,6 +341,14 @@ declare_metrics! {
     pub upstream_connected: Gauge = own(
         "gateway_upstream_connected",
         "1 while the upstream broker is connected.",
+    ),
+    pub upstream_node: Gauge = own(
+        "gateway_upstream_node",
+        "The position (from 0) in `brokers` of the node connected now; -1 while none is.",
+    ),
+    pub upstream_protocol_version: Gauge = own(
+        "gateway_upstream_protocol_version",
+        "The MQTT protocol level of the upstream connection: 4 (3.1.1) or 5; 0 before the first connection.",
     ),
     pub upstream_queue_records: Gauge = own(
         "gateway_upstream_queue_records",
@@ -488,6 +514,12 @@ declare_metrics! {
     ),
     pub clock_jumps_forward: Counter = member(&CLOCK_JUMPS, "forward"),
     pub clock_jumps_backward: Counter = member(&CLOCK_JUMPS, "backward"),
+    /// Set at start, at each reload and once a day; 0 without a client
+    /// certificate.
+    pub tls_client_cert_expiry_seconds: Gauge = own(
+        "gateway_tls_client_cert_expiry_seconds",
+        "Seconds until the upstream TLS client certificate (cert_file) expires, negative once expired; 0 without one. A warning is logged when fewer than 30 days remain.",
+    ),
 }
 
 /// What one serial port reports. The port's decoder is owned by its task;
@@ -639,6 +671,15 @@ impl Metrics {
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected.total()
+    }
+
+    /// Counts a publish the upstream broker refused.
+    pub fn refused_upstream(&self, reason: Refusal) {
+        self.upstream_refused.inc(reason);
+    }
+
+    pub fn upstream_refused(&self, reason: Refusal) -> u64 {
+        self.upstream_refused.get(reason)
     }
 
     /// Counts a command that was not obeyed.
@@ -1294,7 +1335,7 @@ pub(crate) mod tests {
     fn one_line_summarises_the_main_counters() {
         assert_eq!(
             filled().one_line(),
-            "received=8 accepted=15 rejected=4552 summaries=22 delivered=134 queued=-12 dropped=2197 upstream_connected=false"
+            "received=8 accepted=15 rejected=5672 summaries=22 delivered=134 queued=-22 dropped=2617 upstream_connected=false"
         );
     }
 

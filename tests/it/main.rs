@@ -7,8 +7,10 @@
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
 //! - `status`: the retained status topic: birth, periodic, last will, clean offline.
 //! - `systemd`: READY, STATUS, WATCHDOG and STOPPING on a notification socket.
-//! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
-//!   is refused.
+//! - `tls`: upstream over mutual TLS with a password file to Mosquitto;
+//!   wrong CA, expired, wrong host and an untrusted client certificate are
+//!   each explained while the records stay buffered; a key that does not
+//!   match its certificate stops `check` and the daemon.
 //! - `http`: `/metrics` parsed as Prometheus parses it during a run;
 //!   `/readyz` 503 while the uplink is cut, 200 once it is back.
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
@@ -30,6 +32,7 @@ mod buffer;
 mod consume;
 mod hostile;
 mod http;
+mod mqtt5;
 mod outage;
 mod pipeline;
 mod powercut;

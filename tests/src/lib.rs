@@ -133,6 +133,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// More lines of mosquitto.conf (Mosquitto only).
+    extra_conf: String,
 }
 
 /// Whether Mosquitto can be used; with `REQUIRE_MOSQUITTO=1` its absence
@@ -155,14 +157,47 @@ pub fn mosquitto_available() -> bool {
 
 impl Broker {
     pub async fn start(kind: BrokerKind) -> Broker {
+        Broker::start_with(kind, "", &[]).await
+    }
+
+    /// Mosquitto with more lines in its configuration and files (name,
+    /// text) written beside it first; `@DIR@` in the lines is the broker's
+    /// own directory (for an ACL or password file).
+    pub async fn start_mosquitto(extra_conf: &str, files: &[(&str, &str)]) -> Broker {
+        Broker::start_with(BrokerKind::Mosquitto, extra_conf, files).await
+    }
+
+    async fn start_with(kind: BrokerKind, extra_conf: &str, files: &[(&str, &str)]) -> Broker {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write a broker file");
+        }
+        let extra_conf = extra_conf.replace("@DIR@", &dir.path().display().to_string());
         let mut b = Broker {
             kind,
             addr: free_addr(),
             child: None,
-            dir: tempfile::tempdir().expect("a temporary directory"),
+            dir,
+            extra_conf,
         };
         b.restart().await;
         b
+    }
+
+    /// The broker's own directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Asks Mosquitto to read its ACL and password files again (SIGHUP).
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .args(["-HUP", &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -HUP failed");
+        }
     }
 
     /// Starts (again) on the same port.
@@ -182,8 +217,9 @@ impl Broker {
                 std::fs::write(
                     &conf,
                     format!(
-                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n",
-                        self.addr.port()
+                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n{}\n",
+                        self.addr.port(),
+                        self.extra_conf
                     ),
                 )
                 .expect("write mosquitto.conf");

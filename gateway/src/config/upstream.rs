@@ -2,20 +2,43 @@
 //! delivery settings and TLS.
 
 use std::fmt::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::batch::BatchConfig;
-use super::diag::{duration_text, Cx};
-use super::mqtt::{credentials, qos_number, BrokerAddr};
-use super::raw::{RawTls, RawUpstream};
+use super::diag::{duration_text, named, Cx, Named};
+use super::mqtt::{qos_number, BrokerAddr};
+use super::raw::RawUpstream;
+use super::tls::{render_security, Credentials, TlsConfig};
 use crate::topic::OutputTemplate;
+
+/// The most nodes `brokers` may list.
+pub const MAX_BROKERS: usize = 16;
+
+/// The MQTT protocol version the upstream link speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1: a PUBACK carries no reason, so a publish the broker
+    /// refuses (an ACL, say) is acknowledged like any other.
+    V311,
+    /// MQTT 5: PUBACK reason codes, topic aliases, message expiry, user
+    /// properties, receive maximum and session expiry. A broker that does
+    /// not speak it is spoken to in 3.1.1 instead (logged once).
+    V5,
+}
+
+named!(Protocol, "protocol":
+    V5 => "5" ["(the default; falls back to 3.1.1 where the broker lacks it)"],
+    V311 => "3.1.1",
+);
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    pub broker: BrokerAddr,
+    /// The nodes of the upstream broker (or cluster), tried in this order,
+    /// at least one.
+    pub brokers: Vec<BrokerAddr>,
+    pub protocol: Protocol,
     pub client_id: String,
     pub summary_topic: OutputTemplate,
     /// Where alarm and anomaly events go.
@@ -35,17 +58,10 @@ pub struct UpstreamConfig {
     /// QoS 1 publishes awaiting PUBACK at once.
     pub inflight: u16,
     pub shutdown_grace: Duration,
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<Credentials>,
     pub tls: Option<TlsConfig>,
     /// `[upstream.batch]`: envelopes, or one plain message per record.
     pub batch: BatchConfig,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// PEM CA bundle; the system roots are not used, so it is required.
-    pub ca_file: PathBuf,
-    pub client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 impl UpstreamConfig {
@@ -54,12 +70,10 @@ impl UpstreamConfig {
         let d = duration_text;
         let _ = writeln!(
             s,
-            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nstatus_topic = {:?}\nstatus_interval = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
-            self.broker, self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, self.status_topic, d(self.status_interval), qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
+            "[upstream]\nbrokers = [{}]\nprotocol = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nstatus_topic = {:?}\nstatus_interval = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
+            self.brokers.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", "), self.protocol.name(), self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, self.status_topic, d(self.status_interval), qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
         );
-        if let Some(t) = &self.tls {
-            let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
-        }
+        render_security(self.credentials.as_ref(), self.tls.as_ref(), s);
         self.batch.render(s);
     }
 }
@@ -75,13 +89,13 @@ impl Cx<'_> {
     ) -> Option<UpstreamConfig> {
         let tls = match &raw.tls {
             None => Some(None),
-            Some(t) => self.tls(t).map(Some),
+            Some(t) => self.tls(t, "[upstream.tls]").map(Some),
         };
         let mut topic = |v: &Option<Spanned<String>>, name: &str, default: &str| {
             let (text, span) = v
                 .as_ref()
                 .map(|t| (t.get_ref().clone(), t.span()))
-                .unwrap_or_else(|| (default.to_owned(), raw.broker.span()));
+                .unwrap_or_else(|| (default.to_owned(), 0..0));
             match OutputTemplate::parse(&text, labels) {
                 Ok(t) if t.max_len(gateway_id) > crate::topic::MAX_TOPIC_BYTES => {
                     self.at(
@@ -145,7 +159,8 @@ impl Cx<'_> {
                 self.at(q.span(), "upstream QoS must be 1", Some("summaries are delivered at least once: the gateway counts a summary delivered only on the broker's PUBACK".into()));
             }
         }
-        let broker = self.broker(&raw.broker, raw.tls.is_some());
+        let brokers = self.brokers(&raw, raw.tls.is_some());
+        let protocol = self.choice(&raw.protocol, Protocol::V5);
         let client_id = self.client_id(raw.client_id, format!("sensor-gateway-{gateway_id}"), None);
         let keep_alive = self.duration(&raw.keep_alive, Duration::from_secs(30));
         let reconnect_backoff_max =
@@ -153,8 +168,10 @@ impl Cx<'_> {
         let inflight = self.positive(&raw.inflight, "inflight", 32);
         let shutdown_grace = self.duration(&raw.shutdown_grace, Duration::from_secs(5));
         let batch = self.batch(raw.batch.as_ref(), gateway_id);
+        let credentials = self.credentials(raw.username, raw.password, raw.password_file);
         Some(UpstreamConfig {
-            broker: broker?,
+            brokers: brokers?,
+            protocol,
             client_id,
             summary_topic: summary_topic?,
             alarm_topic: alarm_topic?,
@@ -167,10 +184,74 @@ impl Cx<'_> {
             reconnect_backoff_max,
             inflight,
             shutdown_grace,
-            credentials: credentials(raw.username, raw.password),
+            credentials,
             tls: tls?,
             batch,
         })
+    }
+
+    /// `broker` or `brokers` (one of them, a list of at most
+    /// [`MAX_BROKERS`] distinct addresses); `None` (reported) otherwise.
+    fn brokers(&mut self, raw: &RawUpstream, tls: bool) -> Option<Vec<BrokerAddr>> {
+        let list: Vec<&Spanned<String>> = match (&raw.broker, &raw.brokers) {
+            (Some(b), None) => vec![b],
+            (None, Some(l)) if !l.get_ref().is_empty() => l.get_ref().iter().collect(),
+            (None, Some(l)) => {
+                self.at(
+                    l.span(),
+                    "`brokers` is empty",
+                    Some("name at least one broker, such as [\"broker.plant.local:8883\"]".into()),
+                );
+                return None;
+            }
+            (Some(b), Some(_)) => {
+                self.at(
+                    b.span(),
+                    "`[upstream]` sets both `broker` and `brokers`",
+                    Some(
+                        "keep one: `brokers = [..]` lists the nodes of a cluster, tried in order"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+            (None, None) => {
+                self.at(
+                    0..0,
+                    "`[upstream]` needs `broker` (or `brokers` for a cluster)",
+                    Some("for example broker = \"broker.plant.local:8883\"".into()),
+                );
+                return None;
+            }
+        };
+        if list.len() > MAX_BROKERS {
+            self.at(
+                list[MAX_BROKERS].span(),
+                format!(
+                    "`brokers` lists {} addresses, more than {MAX_BROKERS}",
+                    list.len()
+                ),
+                Some("list the nodes of one cluster".into()),
+            );
+            return None;
+        }
+        let mut out: Vec<BrokerAddr> = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for v in list {
+            match self.broker(v, tls) {
+                Some(b) if out.contains(&b) => {
+                    self.at(
+                        v.span(),
+                        format!("`{b}` is listed twice in `brokers`"),
+                        Some("list each node once".into()),
+                    );
+                    ok = false;
+                }
+                Some(b) => out.push(b),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     /// A topic the gateway subscribes or publishes to as is: `{gateway}` is
@@ -194,46 +275,5 @@ impl Cx<'_> {
             );
         }
         text
-    }
-
-    /// Validates `[upstream.tls]`; `None` (reported) when it is unusable.
-    fn tls(&mut self, t: &RawTls) -> Option<TlsConfig> {
-        if t.ca_file.is_none() {
-            self.at(
-                0..0,
-                "`[upstream.tls]` needs `ca_file`",
-                Some(
-                    "point it at the PEM file of the CA that signed the broker's certificate"
-                        .into(),
-                ),
-            );
-        }
-        let client_auth = match (&t.client_cert_file, &t.client_key_file) {
-            (Some(c), Some(k)) => Some(Some((
-                PathBuf::from(c.get_ref()),
-                PathBuf::from(k.get_ref()),
-            ))),
-            (None, None) => Some(None),
-            (Some(c), None) => {
-                self.at(
-                    c.span(),
-                    "`client_cert_file` is set without `client_key_file`",
-                    Some("set both or neither".into()),
-                );
-                None
-            }
-            (None, Some(k)) => {
-                self.at(
-                    k.span(),
-                    "`client_key_file` is set without `client_cert_file`",
-                    Some("set both or neither".into()),
-                );
-                None
-            }
-        };
-        Some(TlsConfig {
-            ca_file: PathBuf::from(t.ca_file.as_ref()?.get_ref()),
-            client_auth: client_auth?,
-        })
     }
 }
