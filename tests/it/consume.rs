@@ -1,7 +1,8 @@
 //! The reference consumer (`sensor-gateway consume`) against real brokers:
 //! hand-built envelopes of every encoding and compression, plain JSON
 //! records, duplicates of both and undecodable messages go in; exactly the
-//! records, once each, and the exact tally come out.
+//! records, once each, and the exact tally come out. And the real gateway's
+//! batches (CBOR, zstd with the dictionary) round trip through it exactly.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -87,6 +88,27 @@ fn start_consumer(broker: &Broker, protocol: &str, dir: &Path, count: usize) -> 
         .expect("sensor-gateway consume starts")
 }
 
+/// The records the consumer wrote, once it stopped at `--count` (exit 0).
+async fn finished_lines(consumer: &mut Child, dir: &Path) -> Vec<Value> {
+    let mut status = None;
+    wait_until(
+        "the consumer to stop at --count",
+        Duration::from_secs(30),
+        || {
+            status = consumer.try_wait().expect("the consumer's status");
+            status.is_some()
+        },
+    )
+    .await;
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
+    std::fs::read_to_string(dir.join("records.jsonl"))
+        .expect("the output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
 async fn exact_records(kind: BrokerKind, protocol: &str) {
     let broker = Broker::start(kind).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -153,23 +175,7 @@ async fn exact_records(kind: BrokerKind, protocol: &str) {
     publisher.send(SUMMARY_TOPIC, b[3].payload.clone()).await;
     publisher.flush().await;
 
-    let mut status = None;
-    wait_until(
-        "the consumer to stop at --count",
-        Duration::from_secs(30),
-        || {
-            status = consumer.try_wait().expect("the consumer's status");
-            status.is_some()
-        },
-    )
-    .await;
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", stderr());
-
-    let text = std::fs::read_to_string(dir.path().join("records.jsonl")).expect("the output");
-    let mut got: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let mut got = finished_lines(&mut consumer, dir.path()).await;
     let key = |v: &Value| (v["gateway"].to_string(), v["seq"].as_u64());
     got.sort_by_key(key);
     expected.sort_by_key(key);
@@ -183,4 +189,81 @@ async fn exact_records(kind: BrokerKind, protocol: &str) {
         "{}",
         stderr()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_batches_round_trip_through_consume_rumqttd() {
+    batches_round_trip(BrokerKind::Rumqttd, "3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_batches_round_trip_through_consume_mosquitto() {
+    if mosquitto_available() {
+        batches_round_trip(BrokerKind::Mosquitto, "5").await;
+    }
+}
+
+/// The real gateway batches summaries into CBOR envelopes compressed with
+/// the shipped dictionary; the consumer writes each summary exactly once.
+async fn batches_round_trip(kind: BrokerKind, protocol: &str) {
+    let source = Broker::start(kind).await;
+    let upstream = Broker::start(kind).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    let mut consumer = start_consumer(&upstream, protocol, dir.path(), 6);
+    wait_until(
+        "the consumer's subscriptions",
+        Duration::from_secs(20),
+        || stderr().contains("consume: subscribed"),
+    )
+    .await;
+    let config = format!(
+        "{}\n[upstream.batch]\nmax_records = 100\nmax_delay = \"2s\"\nencoding = \"cbor\"\ncompression = \"zstd\"\n",
+        gateway_config(source.addr, upstream.addr, "")
+    );
+    let mut gw = Gateway::start(&config);
+    gw.wait_ready().await;
+
+    let base = crate::aligned_base_ms();
+    let mut publisher = Publisher::connect(source.addr).await;
+    for sensor in ["l1/m1/temp", "l1/m1/vib", "l1/m2/temp"] {
+        for window in 0..2i64 {
+            for i in 0..20i64 {
+                let ts = base + window * 1000 + i * 40;
+                publisher
+                    .send(
+                        &format!("plant/{sensor}"),
+                        format!(r#"{{"value":{}.5,"ts":{ts}}}"#, i % 7),
+                    )
+                    .await;
+            }
+        }
+    }
+    publisher.flush().await;
+
+    let lines = finished_lines(&mut consumer, dir.path()).await;
+    let mut seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{lines:#?}");
+    for l in &lines {
+        assert_eq!(l["gateway"], "gw-e2e");
+        assert_eq!(l["payload"]["count"], 20, "{l}");
+        assert!(l["topic"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("gateways/gw-e2e/summary/")));
+    }
+    assert!(
+        stderr().contains("consume: records=6 duplicates=0 undecodable=0"),
+        "{}",
+        stderr()
+    );
+    // The metrics file trails by up to its interval.
+    wait_until(
+        "the envelopes in the metrics",
+        Duration::from_secs(10),
+        || gw.metric("gateway_upstream_batches_total") >= 1.0,
+    )
+    .await;
+    let batches = gw.metric("gateway_upstream_batches_total");
+    assert!(batches <= 6.0, "{batches} envelopes for 6 summaries");
 }

@@ -19,7 +19,8 @@
 //! - `bandwidth`: upstream bytes per reading and per record for every
 //!   envelope setting on the condition-monitoring rules; the goals as ratios.
 //! - `consume`: the reference consumer decodes envelopes of every kind and
-//!   plain messages, drops duplicates, counts what it cannot decode.
+//!   plain messages, drops duplicates, counts what it cannot decode; the
+//!   gateway's batches round trip through it with exact counts.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //!
