@@ -13,22 +13,29 @@ use sensor_gateway::model::{Lane, Record};
 use sensor_gateway_e2e::*;
 use serde_json::{json, Value};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consume_writes_every_record_once_rumqttd_3_1_1() {
-    exact_records(BrokerKind::Rumqttd, "3.1.1").await;
+/// Rumqttd with MQTT 3.1.1, and Mosquitto with 3.1.1 and 5 when installed.
+fn brokers() -> Vec<(BrokerKind, &'static str)> {
+    let mut cases = vec![(BrokerKind::Rumqttd, "3.1.1")];
+    if mosquitto_available() {
+        cases.extend([
+            (BrokerKind::Mosquitto, "3.1.1"),
+            (BrokerKind::Mosquitto, "5"),
+        ]);
+    }
+    cases
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consume_writes_every_record_once_mosquitto_3_1_1() {
-    if mosquitto_available() {
-        exact_records(BrokerKind::Mosquitto, "3.1.1").await;
+async fn consume_writes_every_record_once() {
+    for (kind, protocol) in brokers() {
+        exact_records(kind, protocol).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consume_writes_every_record_once_mosquitto_5() {
-    if mosquitto_available() {
-        exact_records(BrokerKind::Mosquitto, "5").await;
+async fn gateway_batches_round_trip_through_consume() {
+    for (kind, protocol) in brokers() {
+        batches_round_trip(kind, protocol).await;
     }
 }
 
@@ -86,6 +93,21 @@ fn start_consumer(broker: &Broker, protocol: &str, dir: &Path, count: usize) -> 
         .stderr(stderr)
         .spawn()
         .expect("sensor-gateway consume starts")
+}
+
+/// [`start_consumer`], once it has subscribed.
+async fn subscribed_consumer(broker: &Broker, protocol: &str, dir: &Path, count: usize) -> Child {
+    let child = start_consumer(broker, protocol, dir, count);
+    wait_until(
+        "the consumer's subscriptions",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(dir.join("stderr"))
+                .is_ok_and(|e| e.contains("consume: subscribed"))
+        },
+    )
+    .await;
+    child
 }
 
 /// The records the consumer wrote, once it stopped at `--count` (exit 0).
@@ -160,13 +182,7 @@ async fn exact_records(kind: BrokerKind, protocol: &str) {
     // Last, one new record: --count is reached only after all the above.
     expected.push(line(&b[3]));
 
-    let mut consumer = start_consumer(&broker, protocol, dir.path(), expected.len());
-    wait_until(
-        "the consumer's subscriptions",
-        Duration::from_secs(20),
-        || stderr().contains("consume: subscribed"),
-    )
-    .await;
+    let mut consumer = subscribed_consumer(&broker, protocol, dir.path(), expected.len()).await;
     let mut publisher = Publisher::connect(broker.addr).await;
     for (topic, bytes) in &messages {
         publisher.send(topic, bytes.clone()).await;
@@ -191,18 +207,6 @@ async fn exact_records(kind: BrokerKind, protocol: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_batches_round_trip_through_consume_rumqttd() {
-    batches_round_trip(BrokerKind::Rumqttd, "3.1.1").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_batches_round_trip_through_consume_mosquitto() {
-    if mosquitto_available() {
-        batches_round_trip(BrokerKind::Mosquitto, "5").await;
-    }
-}
-
 /// The real gateway batches summaries into CBOR envelopes compressed with
 /// the shipped dictionary; the consumer writes each summary exactly once.
 async fn batches_round_trip(kind: BrokerKind, protocol: &str) {
@@ -210,13 +214,7 @@ async fn batches_round_trip(kind: BrokerKind, protocol: &str) {
     let upstream = Broker::start(kind).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-    let mut consumer = start_consumer(&upstream, protocol, dir.path(), 6);
-    wait_until(
-        "the consumer's subscriptions",
-        Duration::from_secs(20),
-        || stderr().contains("consume: subscribed"),
-    )
-    .await;
+    let mut consumer = subscribed_consumer(&upstream, protocol, dir.path(), 6).await;
     let config = format!(
         "{}\n[upstream.batch]\nmax_records = 100\nmax_delay = \"2s\"\nencoding = \"cbor\"\ncompression = \"zstd\"\n",
         gateway_config(source.addr, upstream.addr, "")
@@ -266,4 +264,35 @@ async fn batches_round_trip(kind: BrokerKind, protocol: &str) {
     .await;
     let batches = gw.metric("gateway_upstream_batches_total");
     assert!(batches <= 6.0, "{batches} envelopes for 6 summaries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_gets_what_it_had_not_written_mosquitto() {
+    if mosquitto_available() {
+        for protocol in ["3.1.1", "5"] {
+            restarted_consumer(protocol).await;
+        }
+    }
+}
+
+/// A consumer that stops after two of four records has acknowledged only
+/// those two; started again with the same client id, its session gives it
+/// the other two, and the file holds each record once.
+async fn restarted_consumer(protocol: &str) {
+    let broker = Broker::start(BrokerKind::Mosquitto).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut first = subscribed_consumer(&broker, protocol, dir.path(), 2).await;
+    let mut publisher = Publisher::connect(broker.addr).await;
+    for seq in 1..=4 {
+        let r = record("gw-r", seq, Lane::Summary);
+        publisher.send(SUMMARY_TOPIC, r.payload).await;
+    }
+    publisher.flush().await;
+    assert_eq!(finished_lines(&mut first, dir.path()).await.len(), 2);
+
+    let mut second = start_consumer(&broker, protocol, dir.path(), 2);
+    let lines = finished_lines(&mut second, dir.path()).await;
+    let mut seqs: Vec<u64> = lines.iter().filter_map(|l| l["seq"].as_u64()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![1, 2, 3, 4], "MQTT {protocol}: {lines:#?}");
 }

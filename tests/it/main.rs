@@ -20,7 +20,8 @@
 //!   envelope setting on the condition-monitoring rules; the goals as ratios.
 //! - `consume`: the reference consumer decodes envelopes of every kind and
 //!   plain messages, drops duplicates, counts what it cannot decode; the
-//!   gateway's batches round trip through it with exact counts.
+//!   gateway's batches round trip through it with exact counts; a restarted
+//!   consumer resumes its session.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //!
