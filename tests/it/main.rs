@@ -24,6 +24,8 @@
 //!   consumer resumes its session.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
+//! - `schemas` (no test of its own): checks what `analytics`, `pipeline` and
+//!   `status` collected upstream against the JSON Schemas in docs/schemas.
 //!
 //! Each scenario runs against the embedded rumqttd broker and against
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
@@ -39,6 +41,7 @@ mod outage;
 mod pipeline;
 mod powercut;
 mod reload;
+mod schemas;
 mod serial;
 mod shutdown;
 mod status;

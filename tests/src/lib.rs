@@ -463,6 +463,8 @@ pub struct Subscriber {
     pub messages: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Status messages: (payload, retained), in order of arrival.
     pub statuses: Arc<Mutex<Vec<(serde_json::Value, bool)>>>,
+    /// The topic of each of `messages`, when kept (`start_keeping_topics`).
+    topics: Option<Arc<Mutex<Vec<String>>>>,
     suback_count: Arc<Mutex<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -471,11 +473,23 @@ impl Subscriber {
     /// Connects to `addr` and subscribes to `filter`, reconnecting and
     /// resubscribing forever.
     pub async fn start(addr: SocketAddr, filter: &str) -> Subscriber {
+        Self::start_with(addr, filter, false).await
+    }
+
+    /// `start`, keeping the topic of every message too (`with_topics`), so
+    /// that a test can check each payload against what its topic implies.
+    pub async fn start_keeping_topics(addr: SocketAddr, filter: &str) -> Subscriber {
+        Self::start_with(addr, filter, true).await
+    }
+
+    async fn start_with(addr: SocketAddr, filter: &str, keep_topics: bool) -> Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let topics = keep_topics.then(|| Arc::new(Mutex::new(Vec::new())));
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let suback_count = Arc::new(Mutex::new(0));
         let (m, s, f) = (messages.clone(), suback_count.clone(), filter.to_owned());
         let st = statuses.clone();
+        let t = topics.clone();
         let id = format!("e2e-sub-{}", addr.port());
         let task = tokio::spawn(async move {
             loop {
@@ -495,7 +509,11 @@ impl Subscriber {
                             if p.topic.ends_with("/status") {
                                 st.lock().expect("lock").push((v, p.retain));
                             } else {
-                                m.lock().expect("lock").push(v);
+                                let mut m = m.lock().expect("lock");
+                                m.push(v);
+                                if let Some(t) = &t {
+                                    t.lock().expect("lock").push(p.topic.clone());
+                                }
                             }
                         }
                         Ok(_) => {}
@@ -508,6 +526,7 @@ impl Subscriber {
         let sub = Subscriber {
             messages,
             statuses,
+            topics,
             suback_count,
             task,
         };
@@ -530,6 +549,23 @@ impl Subscriber {
 
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
         self.messages.lock().expect("lock").clone()
+    }
+
+    /// Every message with its topic, in order of arrival (statuses apart).
+    /// Panics unless the subscriber was started with `start_keeping_topics`.
+    pub fn with_topics(&self) -> Vec<(String, serde_json::Value)> {
+        let messages = self.messages.lock().expect("lock");
+        let topics = self
+            .topics
+            .as_ref()
+            .expect("a subscriber started with start_keeping_topics")
+            .lock()
+            .expect("lock");
+        topics
+            .iter()
+            .cloned()
+            .zip(messages.iter().cloned())
+            .collect()
     }
 
     pub fn status_snapshot(&self) -> Vec<(serde_json::Value, bool)> {
