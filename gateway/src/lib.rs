@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod clock;
 pub mod config;
+pub mod consume;
 pub mod decode;
 pub mod envelope;
 #[doc(hidden)]

@@ -67,11 +67,120 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Subscribe to an upstream broker and write every record the gateways
+    /// sent as a line of JSON, envelopes decoded and duplicates dropped;
+    /// prints a tally to standard error at exit.
+    Consume(ConsumeArgs),
     /// Inspect the durable buffer of a state directory.
     Buffer {
         #[command(subcommand)]
         command: BufferCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ConsumeArgs {
+    /// The broker, host:port.
+    #[arg(long, value_name = "HOST:PORT", value_parser = sensor_gateway::consume::parse_broker)]
+    broker: sensor_gateway::config::BrokerAddr,
+    /// A topic filter to subscribe to with QoS 1 (repeatable), e.g. "gateways/#".
+    #[arg(long = "topic", value_name = "FILTER", required = true)]
+    topics: Vec<String>,
+    /// The MQTT protocol version.
+    #[arg(long, value_name = "VERSION", default_value = "5", value_parser = ["5", "3.1.1"])]
+    protocol: String,
+    /// Connect with TLS, trusting the system's CAs (or --ca-file).
+    #[arg(long)]
+    tls: bool,
+    /// Connect with TLS, trusting this PEM CA bundle.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// The name on the broker's certificate, when --broker is an IP address.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// A client certificate (PEM) for mutual TLS, with --key-file.
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// Append the records here instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Stop once this many records were written (exit 1 if --timeout comes first).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Stop after this long, e.g. "30s".
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Names the persistent session (the broker keeps messages for it while
+    /// the consumer is away); give each consumer its own.
+    #[arg(long, value_name = "ID", default_value = "sensor-gateway-consume")]
+    client_id: String,
+}
+
+/// `consume`: runs the reference consumer; 0 unless it failed or stopped
+/// before --count records.
+fn consume_command(args: ConsumeArgs) -> ExitCode {
+    use sensor_gateway::config::{ClientAuth, Protocol, TlsConfig};
+    use sensor_gateway::consume::{consume, ConsumeOptions, Ending};
+    let tls = args.tls
+        || args.ca_file.is_some()
+        || args.server_name.is_some()
+        || args.cert_file.is_some();
+    let opts = ConsumeOptions {
+        broker: args.broker,
+        topics: args.topics,
+        protocol: if args.protocol == "3.1.1" {
+            Protocol::V311
+        } else {
+            Protocol::V5
+        },
+        tls: tls.then(|| TlsConfig {
+            ca_file: args.ca_file,
+            client_auth: args
+                .cert_file
+                .zip(args.key_file)
+                .map(|(cert_file, key_file)| ClientAuth {
+                    cert_file,
+                    key_file,
+                }),
+            server_name: args.server_name,
+            client_cert_not_after: None,
+            files_digest: String::new(),
+        }),
+        output: args.output,
+        count: args.count,
+        timeout: args.timeout,
+        client_id: args.client_id,
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let signals = tokio::spawn(Signals::install()?.wait(shutdown.clone(), None));
+                let result = consume(&opts, shutdown).await;
+                signals.abort();
+                result
+            })
+        });
+    match result {
+        Ok((tally, ending)) => {
+            eprintln!("consume: {tally}");
+            if ending == Ending::Timeout && opts.count.is_some() {
+                eprintln!("consume: stopped at --timeout before --count records");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -156,6 +265,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Buffer { command } => buffer_command(command),
+        Command::Consume(args) => consume_command(args),
         Command::SystemdIpAllow { config: path } => match Config::load(&path) {
             Ok(c) => {
                 print!(

@@ -5,12 +5,14 @@
 //!   cargo run -p sensor-gateway-e2e --example train-dict [-- OUTPUT]
 //!
 //! OUTPUT defaults to `gateway/dict/summaries-v1.zdict`. The samples are
-//! every record of 30 simulated minutes of 20 machines (seed 1; the
-//! bandwidth measurement uses another seed). Training is deterministic, so
+//! the envelope entries, in JSON and in CBOR, of every record of 30
+//! simulated minutes of 20 machines (seed 1; the bandwidth measurement
+//! uses another seed). Training is deterministic, so
 //! the same sources give the same dictionary and id. A new dictionary
 //! replaces the shipped one only with a new file name (`-v2`) and
 //! the old id kept decodable: see docs/envelope.md.
 
+use sensor_gateway::envelope::{self, Compression, Encoding};
 use sensor_gateway_e2e::workload;
 
 /// Dictionary size: larger ones gain little on summaries and cost memory
@@ -23,7 +25,15 @@ fn main() -> anyhow::Result<()> {
         Into::into,
     );
     let w = workload::condition_monitoring(20, 30 * 60, 1);
-    let samples: Vec<&[u8]> = w.records.iter().map(|r| r.payload.as_slice()).collect();
+    // A sample is what zstd compresses for one record: its envelope entry
+    // (seq, lane, topic, payload), in each encoding.
+    let mut samples = Vec::new();
+    for r in &w.records {
+        for encoding in Encoding::ALL {
+            let one = envelope::encode(encoding, Compression::None, std::slice::from_ref(r))?;
+            samples.push(one[envelope::HEADER_LEN..].to_vec());
+        }
+    }
     let dict = zstd::dict::from_samples(&samples, DICT_BYTES)?;
     std::fs::write(&out, &dict)?;
     println!(

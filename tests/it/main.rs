@@ -16,6 +16,12 @@
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
 //! - `reload`: `sensor-gateway reload` keeps the windows, alarms and
 //!   baselines of sensors whose rule did not change; a bad config is refused.
+//! - `bandwidth`: upstream bytes per reading and per record for every
+//!   envelope setting on the condition-monitoring rules; the goals as ratios.
+//! - `consume`: the reference consumer decodes envelopes of every kind and
+//!   plain messages, drops duplicates, counts what it cannot decode; the
+//!   gateway's batches round trip through it with exact counts; a restarted
+//!   consumer resumes its session.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
 //! - `schemas` (no test of its own): checks what `analytics`, `pipeline` and
@@ -25,7 +31,9 @@
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
 
 mod analytics;
+mod bandwidth;
 mod buffer;
+mod consume;
 mod hostile;
 mod http;
 mod mqtt5;

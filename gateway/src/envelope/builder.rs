@@ -17,6 +17,25 @@ pub enum EncodeError {
     Compress(#[source] std::io::Error),
 }
 
+/// One envelope of all `records`, however many and large (for tools and
+/// tests; the sink bounds its batches with [`BatchBuilder::would_fit`]).
+pub fn encode(
+    encoding: Encoding,
+    compression: Compression,
+    records: &[Record],
+) -> Result<Vec<u8>, EncodeError> {
+    let mut b = BatchBuilder::new(&EnvelopeSettings {
+        encoding,
+        compression,
+        max_records: usize::MAX,
+        max_bytes: usize::MAX,
+    });
+    for r in records {
+        b.push(r)?;
+    }
+    b.finish()
+}
+
 /// Collects records into one envelope. Reused across batches: `finish`
 /// resets it and keeps its buffers and compression context.
 pub struct BatchBuilder {

@@ -46,7 +46,36 @@ pub enum DecodeError {
 pub struct Decoded {
     pub encoding: Encoding,
     pub compression: Compression,
+    /// The header's zstd dictionary id; 0 without one.
+    pub dictionary: u32,
     pub entries: Vec<Entry>,
+}
+
+impl Decoded {
+    /// The envelope as JSON, in the shape `docs/envelope.schema.json`
+    /// describes: the header's values by the names `docs/envelope.md` gives
+    /// them, then the entries.
+    pub fn to_json(&self) -> serde_json::Value {
+        let entries: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "seq": e.seq,
+                    "lane": match e.lane { Lane::Summary => "summary", Lane::Alarm => "alarm" },
+                    "topic": e.topic,
+                    "payload": e.payload,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "version": VERSION,
+            "encoding": match self.encoding { Encoding::Json => "json", Encoding::Cbor => "cbor" },
+            "compression": if self.compression == Compression::None { "none" } else { "zstd" },
+            "dictionary": self.dictionary,
+            "entries": entries,
+        })
+    }
 }
 
 /// One record of an envelope.
@@ -102,6 +131,7 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     Ok(Decoded {
         encoding,
         compression,
+        dictionary: dict,
         entries,
     })
 }

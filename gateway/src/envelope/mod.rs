@@ -34,7 +34,7 @@ mod decode;
 #[cfg(test)]
 mod tests;
 
-pub use builder::{BatchBuilder, EncodeError};
+pub use builder::{encode, BatchBuilder, EncodeError};
 pub use decode::{decode, is_envelope, DecodeError, Decoded, Entry};
 
 /// The first four bytes of every envelope.
