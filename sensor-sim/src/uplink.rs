@@ -1,29 +1,131 @@
 //! A cuttable uplink: a TCP relay between the gateway and its upstream
 //! broker. Cutting it closes every relayed connection and refuses new ones,
 //! which is what a plant's WAN link going down looks like to the gateway.
+//!
+//! A [`LinkProfile`] makes it a cellular link: each direction is paced by
+//! a token bucket, delayed by the one-way latency, held during stalls, and
+//! every connection is closed at the reset times. The profile's arithmetic
+//! lives in [`crate::link`]; this module only applies it to sockets.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+pub use crate::link::LinkProfile;
+use crate::link::{Schedule, TokenBucket};
+
+/// Largest chunk read at once from either side.
+const CHUNK_MAX: usize = 16 * 1024;
 
 /// Handle to a running relay.
 #[derive(Clone)]
 pub struct Uplink {
     up: Arc<watch::Sender<bool>>,
+    /// Bumped to close every relayed connection (a reset).
+    resets: Arc<watch::Sender<u64>>,
+    shared: Arc<Shared>,
     pub listen: SocketAddr,
 }
 
+/// What the relay carried so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStats {
+    /// Bytes delivered to the target (gateway to broker).
+    pub bytes_up: u64,
+    /// Bytes delivered back (broker to gateway).
+    pub bytes_down: u64,
+    /// Connections relayed to the target.
+    pub connections: u64,
+    /// Resets made, by the profile's schedule or by [`Uplink::reset`].
+    pub resets: u64,
+}
+
+struct Shared {
+    profile: LinkProfile,
+    started: Instant,
+    stalls: Mutex<Option<Schedule>>,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    connections: AtomicU64,
+    resets: AtomicU64,
+}
+
+impl Shared {
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Returns once no stall is in progress.
+    async fn stall_over(&self) {
+        loop {
+            let now = self.elapsed();
+            let end = match self.stalls.lock() {
+                Ok(mut s) => s.as_mut().and_then(|s| s.active(now)).map(|(_, end)| end),
+                Err(_) => None,
+            };
+            match end {
+                Some(end) => tokio::time::sleep(end.saturating_sub(now)).await,
+                None => return,
+            }
+        }
+    }
+}
+
 impl Uplink {
-    /// Starts relaying from `listen` (port 0 picks one) to `target`.
+    /// Starts relaying from `listen` (port 0 picks one) to `target`, with
+    /// no latency, no cap and no faults.
     pub async fn start(listen: SocketAddr, target: SocketAddr) -> std::io::Result<Uplink> {
+        Uplink::start_with(listen, target, LinkProfile::default()).await
+    }
+
+    /// Starts relaying through a link shaped by `profile`.
+    pub async fn start_with(
+        listen: SocketAddr,
+        target: SocketAddr,
+        profile: LinkProfile,
+    ) -> std::io::Result<Uplink> {
         let listener = TcpListener::bind(listen).await?;
         let listen = listener.local_addr()?;
         let (tx, rx) = watch::channel(true);
-        let up = Arc::new(tx);
-        tokio::spawn(relay(Some(listener), listen, target, rx));
-        Ok(Uplink { up, listen })
+        let (resets, _) = watch::channel(0u64);
+        let reset_schedule = profile.resets();
+        let shared = Arc::new(Shared {
+            stalls: Mutex::new(profile.stalls()),
+            profile,
+            started: Instant::now(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+        });
+        let uplink = Uplink {
+            up: Arc::new(tx),
+            resets: Arc::new(resets),
+            shared: shared.clone(),
+            listen,
+        };
+        tokio::spawn(relay(
+            Some(listener),
+            listen,
+            target,
+            rx,
+            uplink.resets.clone(),
+            shared.clone(),
+        ));
+        if let Some(schedule) = reset_schedule {
+            tokio::spawn(reset_on_schedule(
+                schedule,
+                Arc::downgrade(&uplink.resets),
+                shared,
+            ));
+        }
+        Ok(uplink)
     }
 
     /// Cuts the link: existing connections are closed, new ones refused.
@@ -39,6 +141,45 @@ impl Uplink {
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
     }
+
+    /// Closes every relayed connection now; new ones are accepted (a
+    /// cellular modem dropping its session).
+    pub fn reset(&self) {
+        reset(&self.resets, &self.shared);
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        let s = &self.shared;
+        LinkStats {
+            bytes_up: s.bytes_up.load(Ordering::Relaxed),
+            bytes_down: s.bytes_down.load(Ordering::Relaxed),
+            connections: s.connections.load(Ordering::Relaxed),
+            resets: s.resets.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn reset(resets: &watch::Sender<u64>, shared: &Shared) {
+    shared.resets.fetch_add(1, Ordering::Relaxed);
+    resets.send_modify(|n| *n += 1);
+}
+
+/// Resets at the profile's times while the uplink has a handle.
+async fn reset_on_schedule(
+    mut schedule: Schedule,
+    resets: Weak<watch::Sender<u64>>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let wait = schedule.next_start().saturating_sub(shared.elapsed());
+        tokio::time::sleep(wait).await;
+        let Some(resets) = resets.upgrade() else {
+            return;
+        };
+        if schedule.fired(shared.elapsed()) {
+            reset(&resets, &shared);
+        }
+    }
 }
 
 async fn relay(
@@ -46,6 +187,8 @@ async fn relay(
     listen: SocketAddr,
     target: SocketAddr,
     mut state: watch::Receiver<bool>,
+    resets: Arc<watch::Sender<u64>>,
+    shared: Arc<Shared>,
 ) {
     loop {
         if !*state.borrow() {
@@ -61,7 +204,7 @@ async fn relay(
             None => match TcpListener::bind(listen).await {
                 Ok(l) => listener.insert(l),
                 Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -69,7 +212,7 @@ async fn relay(
         tokio::select! {
             r = l.accept() => {
                 if let Ok((client, _)) = r {
-                    tokio::spawn(pipe(client, target, state.clone()));
+                    tokio::spawn(pipe(client, target, state.clone(), resets.subscribe(), shared.clone()));
                 }
             }
             r = state.changed() => if r.is_err() { return },
@@ -77,12 +220,25 @@ async fn relay(
     }
 }
 
-async fn pipe(mut client: TcpStream, target: SocketAddr, mut state: watch::Receiver<bool>) {
-    let Ok(mut server) = TcpStream::connect(target).await else {
+async fn pipe(
+    client: TcpStream,
+    target: SocketAddr,
+    mut state: watch::Receiver<bool>,
+    mut resets: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+) {
+    let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = shuttle(client_read, server_write, &shared, &shared.bytes_up);
+    let down = shuttle(server_read, client_write, &shared, &shared.bytes_down);
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = async { tokio::join!(up, down) } => {}
         _ = async {
             loop {
                 let up = *state.borrow_and_update();
@@ -91,5 +247,64 @@ async fn pipe(mut client: TcpStream, target: SocketAddr, mut state: watch::Recei
                 }
             }
         } => {}
+        _ = resets.changed() => {}
     }
+}
+
+/// Carries one direction: reads at most a bucket's burst, waits for the
+/// tokens and for any stall to end, and delivers after the latency.
+async fn shuttle(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    shared: &Shared,
+    delivered: &AtomicU64,
+) {
+    let profile = &shared.profile;
+    let mut bucket = profile.rate_bps.map(|bps| {
+        // About 50 ms worth of bytes, at least a small packet.
+        let burst = (bps / 8 / 20).clamp(256, CHUNK_MAX as u64) as usize;
+        TokenBucket::new(bps, burst, shared.elapsed())
+    });
+    let chunk = bucket.as_ref().map_or(CHUNK_MAX, TokenBucket::burst);
+    let latency = profile.latency;
+    // Chunks that passed the bucket, with the time they are due.
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(1024);
+    let read = async move {
+        let mut buf = vec![0u8; chunk];
+        loop {
+            shared.stall_over().await;
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if let Some(b) = bucket.as_mut() {
+                loop {
+                    let now = shared.elapsed();
+                    if b.try_take(n, now) {
+                        break;
+                    }
+                    tokio::time::sleep(b.wait_for(n, now)).await;
+                }
+            }
+            shared.stall_over().await;
+            if tx
+                .send((Instant::now() + latency, buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due.into()).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+            delivered.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
 }

@@ -16,14 +16,20 @@
 //!   baselines of sensors whose rule did not change; a bad config is refused.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
+//! - `interop`: the matrix of MQTT servers (rumqttd, Mosquitto, NATS, a
+//!   NATS cluster, RabbitMQ): connect, outage, exact delivery, retained
+//!   status; Mosquitto's ACL under 3.1.1.
+//! - `drain`: a long backlog drains over a simulated cellular link.
 //!
 //! Each scenario runs against the embedded rumqttd broker and against
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
 
 mod analytics;
 mod buffer;
+mod drain;
 mod hostile;
 mod http;
+mod interop;
 mod outage;
 mod pipeline;
 mod powercut;

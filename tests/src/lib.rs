@@ -8,6 +8,9 @@
 //!   metrics file readable, stoppable with SIGTERM; `GATEWAY_BIN` and
 //!   `GATEWAY_RUNNER` swap in another build of it ([`gateway_command`]).
 //! - [`Subscriber`] and [`Publisher`]: plain rumqttc clients.
+//! - [`servers`]: NATS, a NATS cluster and RabbitMQ for the interop
+//!   matrix, and the process plumbing that ties every server to the test
+//!   binary's life.
 //!
 //! Waiting is always for an observable condition with a deadline, never a
 //! sleep that hopes.
@@ -21,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-pub use sensor_sim::uplink::Uplink;
+pub use sensor_sim::uplink::{LinkProfile, LinkStats, Uplink};
+
+pub mod servers;
 
 /// Path of a binary built by this workspace (next to the test executable).
 pub fn bin(name: &str) -> PathBuf {
@@ -131,6 +136,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Lines added to Mosquitto's config.
+    extra_conf: String,
 }
 
 /// Whether Mosquitto can be used; with `REQUIRE_MOSQUITTO=1` its absence
@@ -153,12 +160,29 @@ pub fn mosquitto_available() -> bool {
 
 impl Broker {
     pub async fn start(kind: BrokerKind) -> Broker {
-        let mut b = Broker {
+        let mut b = Broker::unstarted(kind);
+        b.restart().await;
+        b
+    }
+
+    fn unstarted(kind: BrokerKind) -> Broker {
+        Broker {
             kind,
             addr: free_addr(),
             child: None,
             dir: tempfile::tempdir().expect("a temporary directory"),
-        };
+            extra_conf: String::new(),
+        }
+    }
+
+    /// Mosquitto with an ACL for anonymous clients: `acl` holds
+    /// `topic [read|write|readwrite|deny] FILTER` lines (Mosquitto 2.0's
+    /// acl_file syntax); what they do not grant is refused.
+    pub async fn start_mosquitto_with_acl(acl: &str) -> Broker {
+        let mut b = Broker::unstarted(BrokerKind::Mosquitto);
+        let path = b.dir.path().join("acl");
+        std::fs::write(&path, acl).expect("write the ACL file");
+        b.extra_conf = format!("acl_file {}\n", path.display());
         b.restart().await;
         b
     }
@@ -169,28 +193,28 @@ impl Broker {
         let log =
             std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log file");
         let child = match self.kind {
-            BrokerKind::Rumqttd => Command::new(bin("sensor-sim"))
-                .args(["broker", "--listen", &self.addr.to_string()])
-                .env("RUST_LOG", "off")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn(),
+            BrokerKind::Rumqttd => {
+                let mut c = Command::new(bin("sensor-sim"));
+                c.args(["broker", "--listen", &self.addr.to_string()])
+                    .env("RUST_LOG", "off")
+                    .stdout(Stdio::null())
+                    .stderr(log);
+                servers::spawn_tied(c)
+            }
             BrokerKind::Mosquitto => {
                 let conf = self.dir.path().join("mosquitto.conf");
                 std::fs::write(
                     &conf,
                     format!(
-                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n",
-                        self.addr.port()
+                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n{}",
+                        self.addr.port(),
+                        self.extra_conf
                     ),
                 )
                 .expect("write mosquitto.conf");
-                Command::new("mosquitto")
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
+                let mut c = Command::new("mosquitto");
+                c.arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log);
+                servers::spawn_tied(c)
             }
         }
         .expect("start the broker");
@@ -433,17 +457,34 @@ impl Subscriber {
     /// Connects to `addr` and subscribes to `filter`, reconnecting and
     /// resubscribing forever.
     pub async fn start(addr: SocketAddr, filter: &str) -> Subscriber {
+        Subscriber::start_with(addr, filter, &format!("e2e-sub-{}", addr.port()), true).await
+    }
+
+    /// Like [`Subscriber::start`] with a persistent session (clean session
+    /// off) under `client_id`: the broker keeps what arrives while it is
+    /// away.
+    pub async fn start_persistent(addr: SocketAddr, filter: &str, client_id: &str) -> Subscriber {
+        Subscriber::start_with(addr, filter, client_id, false).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        filter: &str,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let suback_count = Arc::new(Mutex::new(0));
         let (m, s, f) = (messages.clone(), suback_count.clone(), filter.to_owned());
         let st = statuses.clone();
-        let id = format!("e2e-sub-{}", addr.port());
+        let id = client_id.to_owned();
         let task = tokio::spawn(async move {
             loop {
                 let mut opts = MqttOptions::new(id.clone(), addr.ip().to_string(), addr.port());
                 opts.set_keep_alive(Duration::from_secs(30));
                 opts.set_max_packet_size(1 << 20, 1 << 20);
+                opts.set_clean_session(clean_session);
                 let (client, mut el) = AsyncClient::new(opts, 16);
                 loop {
                     match el.poll().await {
@@ -523,6 +564,49 @@ pub fn unique_seqs(messages: &[serde_json::Value]) -> Vec<u64> {
         .filter_map(|m| m["seq"].as_u64())
         .filter(|s| seen.insert(*s))
         .collect()
+}
+
+/// Asserts that, per sensor, the summaries' first arrivals come in
+/// sequence order (`messages` deduplicated, in order of arrival).
+pub fn assert_order_per_sensor(messages: &[serde_json::Value]) {
+    let mut per_sensor: HashMap<&str, Vec<u64>> = HashMap::new();
+    for m in messages.iter().filter(|m| m["kind"] == "summary") {
+        per_sensor
+            .entry(m["sensor"].as_str().unwrap_or_default())
+            .or_default()
+            .push(m["seq"].as_u64().unwrap_or_default());
+    }
+    for (sensor, seqs) in &per_sensor {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{sensor}: first arrivals out of order: {seqs:?}"
+        );
+    }
+}
+
+/// Publishes `per_window` readings of each sensor (`plant/<sensor>`) into
+/// each 1 s window of `windows` after `base`, and waits for the PUBACKs.
+pub async fn publish_windows(
+    publisher: &mut Publisher,
+    base: i64,
+    windows: std::ops::Range<i64>,
+    sensors: &[&str],
+    per_window: u64,
+) {
+    for w in windows {
+        for sensor in sensors {
+            for i in 0..per_window {
+                let ts = base + w * 1000 + i as i64 * 10;
+                publisher
+                    .send(
+                        &format!("plant/{sensor}"),
+                        format!(r#"{{"value":{},"ts":{ts}}}"#, w * 100 + i as i64),
+                    )
+                    .await;
+            }
+        }
+    }
+    publisher.flush().await;
 }
 
 /// Keeps the first copy of each `seq` (what an upstream consumer does).
