@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::model::Lane;
-use crate::reject::{CommandReject, Reason, Reject};
+use crate::reject::{CommandReject, Reason, Refusal, Reject};
 
 /// A count that only goes up.
 #[derive(Debug, Default)]
@@ -272,6 +272,16 @@ declare_metrics! {
         "gateway_upstream_disconnects_total",
         "Upstream connections lost or refused.",
     ),
+    /// Publishes the upstream broker refused (MQTT 5 reason codes), per
+    /// [`Refusal`]; the records stay in the buffer and are sent again.
+    upstream_refused: ByReason<Refusal> = own(
+        "gateway_upstream_refused_total",
+        "Publishes the upstream broker refused with an MQTT 5 reason code, by reason (not delivered: the records stay buffered and are sent again).",
+    ),
+    pub upstream_failovers: Counter = own(
+        "gateway_upstream_failovers_total",
+        "Connections made to another node of `brokers` than the previous connection's.",
+    ),
     /// Records still in the buffer when the gateway stopped (delivered
     /// after the next start).
     pub upstream_undelivered_at_shutdown: Counter = own(
@@ -323,6 +333,14 @@ declare_metrics! {
     pub upstream_connected: Gauge = own(
         "gateway_upstream_connected",
         "1 while the upstream broker is connected.",
+    ),
+    pub upstream_node: Gauge = own(
+        "gateway_upstream_node",
+        "The position (from 0) in `brokers` of the node connected now; -1 while none is.",
+    ),
+    pub upstream_protocol_version: Gauge = own(
+        "gateway_upstream_protocol_version",
+        "The MQTT protocol level of the upstream connection: 4 (3.1.1) or 5; 0 before the first connection.",
     ),
     pub upstream_queue_records: Gauge = own(
         "gateway_upstream_queue_records",
@@ -639,6 +657,15 @@ impl Metrics {
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected.total()
+    }
+
+    /// Counts a publish the upstream broker refused.
+    pub fn refused_upstream(&self, reason: Refusal) {
+        self.upstream_refused.inc(reason);
+    }
+
+    pub fn upstream_refused(&self, reason: Refusal) -> u64 {
+        self.upstream_refused.get(reason)
     }
 
     /// Counts a command that was not obeyed.
@@ -1294,7 +1321,7 @@ pub(crate) mod tests {
     fn one_line_summarises_the_main_counters() {
         assert_eq!(
             filled().one_line(),
-            "received=8 accepted=15 rejected=4552 summaries=22 delivered=134 queued=-12 dropped=2197 upstream_connected=false"
+            "received=8 accepted=15 rejected=5448 summaries=22 delivered=134 queued=-22 dropped=2533 upstream_connected=false"
         );
     }
 

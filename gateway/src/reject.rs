@@ -2,7 +2,8 @@
 //!
 //! [`Reject`] names every reason a message or reading does not enter a
 //! window, [`CommandReject`] every reason a command from the command topic is
-//! not obeyed. The processor decides them, the sources (the guard's
+//! not obeyed, [`Refusal`] every reason the upstream broker gives for not
+//! taking a record. The processor decides them, the sources (the guard's
 //! oversize messages) and the upstream link report them, and
 //! [`crate::metrics`] counts them by name. A reason an outsider can trigger
 //! is logged at most once per interval: [`Throttle`] is the rate limit of one
@@ -104,6 +105,21 @@ reasons! {
         NotActive = "not_active",
         /// Too many commands at once; dropped.
         Overloaded = "overloaded",
+    }
+}
+
+reasons! {
+    /// Why the upstream broker refused a publish (an MQTT 5 PUBACK reason
+    /// code of 0x80 or above). The record is not delivered: it stays in the
+    /// buffer and is sent again.
+    pub enum Refusal {
+        NotAuthorized = "not_authorized",
+        QuotaExceeded = "quota_exceeded",
+        TopicNameInvalid = "topic_name_invalid",
+        PayloadFormatInvalid = "payload_format_invalid",
+        PacketIdInUse = "packet_id_in_use",
+        Unspecified = "unspecified_error",
+        ImplementationSpecific = "implementation_specific_error",
     }
 }
 

@@ -199,7 +199,7 @@ fn link_changed(old: &Config, new: &Config) -> bool {
         format!(
             "{:?}",
             (
-                &u.broker,
+                (&u.brokers, u.protocol),
                 &u.client_id,
                 &u.command_topic,
                 u.qos,
@@ -287,10 +287,9 @@ impl Reloader {
         let plan = ReloadPlan::between(&self.running, new);
         // Everything that can fail is prepared before anything is applied.
         let link = if plan.upstream_changed {
-            match upstream::mqtt_options(&plan.config.upstream) {
-                Ok(opts) => Some(SinkSettings {
-                    cfg: plan.config.upstream.clone(),
-                    opts,
+            match upstream::link_plan(&plan.config.upstream) {
+                Ok(link_plan) => Some(SinkSettings {
+                    plan: link_plan,
                     status: StatusIdentity::new(&plan.config, self.started_ms),
                 }),
                 Err(e) => {

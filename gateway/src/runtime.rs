@@ -64,7 +64,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let opts = upstream::mqtt_options(&config.upstream)?;
+    let link_plan = upstream::link_plan(&config.upstream)?;
     let http_listener = match &config.http {
         Some(h) => Some(crate::http::bind(h.listen).await.with_context(|| {
             format!(
@@ -152,10 +152,17 @@ pub async fn run(
         reemitted,
         live.core.clone(),
     ));
+    // The sources are known to the metrics before the sink's first status
+    // (the birth) lists them, whichever task starts first.
+    for source in &config.sources {
+        match source {
+            SourceConfig::Mqtt(m) => drop(metrics.mqtt_source(&m.name)),
+            SourceConfig::Serial(s) => drop(metrics.serial_port(&s.name)),
+        }
+    }
     let sink = tracker.spawn(upstream::run(
         upstream::SinkSettings {
-            cfg: config.upstream.clone(),
-            opts,
+            plan: link_plan,
             status: upstream::StatusIdentity::new(&config, started_ms),
         },
         buffer,

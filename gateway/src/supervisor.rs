@@ -269,7 +269,7 @@ pub fn ip_allow_dropin(
             crate::config::SourceConfig::Serial(_) => None,
         })
         .collect();
-    brokers.push(("upstream", &config.upstream.broker));
+    brokers.extend(config.upstream.brokers.iter().map(|b| ("upstream", b)));
     let mut out = format!(
         "# The addresses the brokers of {} need, for the unit's IPAddressAllow=.\n\
          # Install: systemctl edit sensor-gateway (paste this), or save it as\n\

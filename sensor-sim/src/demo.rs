@@ -131,10 +131,10 @@ pub async fn run(total: Duration) -> anyhow::Result<bool> {
             SourceConfig::Serial(p) => p.device = node_link.clone(),
         }
     }
-    config.upstream.broker = BrokerAddr {
+    config.upstream.brokers = vec![BrokerAddr {
         host: "127.0.0.1".into(),
         port: uplink.listen.port(),
-    };
+    }];
     config.gateway.state_dir = state_dir.path().to_owned();
     let scenario = Scenario::parse(DEMO_SCENARIO)?;
     println!(

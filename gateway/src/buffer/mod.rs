@@ -911,6 +911,33 @@ impl Buffer {
         }
     }
 
+    /// Upstream refused the record `seq` for now (an MQTT 5 PUBACK reason
+    /// such as "not authorized" or "quota exceeded"): it is not delivered,
+    /// so it goes back to be sent again, first in its lane, and its lane
+    /// does not settle past it. Returns false when `seq` is not in flight.
+    pub fn retry_later(&mut self, seq: u64) -> bool {
+        let Some((lane, m)) = self.inflight.remove(&seq) else {
+            return false;
+        };
+        let resend = &mut self.lanes[lane].resend;
+        let at = resend.partition_point(|r| r.rec.seq < seq);
+        resend.insert(at, m);
+        true
+    }
+
+    /// The topic of the in-flight record `seq` (for a log line).
+    pub fn in_flight_topic(&self, seq: u64) -> Option<String> {
+        self.inflight
+            .get(&seq)
+            .map(|(_, m)| m.rec.topic.chars().take(LOG_TEXT_MAX).collect())
+    }
+
+    /// `buffer.max_age` in ms (0: records never expire); upstream derives
+    /// each message's expiry from it.
+    pub fn max_age_ms(&self) -> i64 {
+        self.cfg.max_age_ms
+    }
+
     /// Upstream refused to take the record `seq`, handed out by
     /// [`Buffer::next_unsent`] and not acknowledged (its topic is too long
     /// or holds a wildcard, say): it is set aside instead of blocking its

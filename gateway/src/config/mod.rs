@@ -36,7 +36,7 @@ pub use rules::{Delivery, SensorRule};
 pub use serial::{FlowControl, Parity, SerialSourceConfig};
 pub use sources::{MqttSourceConfig, SourceConfig};
 pub use stats::StatSet;
-pub use upstream::{TlsConfig, UpstreamConfig};
+pub use upstream::{Protocol, TlsConfig, UpstreamConfig, MAX_BROKERS};
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};

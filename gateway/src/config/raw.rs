@@ -122,7 +122,9 @@ pub struct RawPipeline {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    pub broker: Spanned<String>,
+    pub broker: Option<Spanned<String>>,
+    pub brokers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub protocol: Option<Spanned<String>>,
     pub client_id: Option<Spanned<String>>,
     pub summary_topic: Option<Spanned<String>>,
     pub alarm_topic: Option<Spanned<String>>,

@@ -34,12 +34,13 @@ fn minimal_config_gets_defaults() {
     assert_eq!(m.topics, vec!["plant/+/+/+".to_owned()]);
     assert_eq!(m.payload, PayloadFormat::json_default());
     assert_eq!(
-        c.upstream.broker,
-        BrokerAddr {
+        c.upstream.brokers,
+        vec![BrokerAddr {
             host: "127.0.0.1".into(),
             port: 1884
-        }
+        }]
     );
+    assert_eq!(c.upstream.protocol, crate::config::Protocol::V5);
     assert_eq!(
         c.upstream.summary_topic.as_str(),
         "gateways/{gateway}/summary/{sensor}"
@@ -432,4 +433,42 @@ fn the_clock_is_trusted_from_the_build_time_unless_configured_and_a_bad_date_is_
     assert!(diags[0]
         .message
         .contains("`yesterday` is not a date and time"));
+}
+
+#[test]
+fn a_cluster_is_listed_in_brokers_in_the_order_tried() {
+    let text = MINIMAL.replace(
+        "broker = \"127.0.0.1:1884\"",
+        "brokers = [\"a.fleet:8883\", \"b.fleet:8883\", \"c.fleet\"]\nprotocol = \"3.1.1\"",
+    );
+    let c = parse(&text).unwrap();
+    let listed: Vec<String> = c.upstream.brokers.iter().map(|b| b.to_string()).collect();
+    assert_eq!(listed, ["a.fleet:8883", "b.fleet:8883", "c.fleet:1883"]);
+    assert_eq!(c.upstream.protocol, crate::config::Protocol::V311);
+    // `check` prints what it read, and what it prints reads back.
+    let rendered = c.render_effective();
+    assert!(rendered.contains("brokers = [\"a.fleet:8883\", \"b.fleet:8883\", \"c.fleet:1883\"]\nprotocol = \"3.1.1\""), "{rendered}");
+}
+
+#[test]
+fn broker_lists_that_cannot_be_meant_are_refused() {
+    let both = MINIMAL.replace(
+        "broker = \"127.0.0.1:1884\"",
+        "broker = \"a:1\"\nbrokers = [\"b:1\"]",
+    );
+    assert!(messages(&both)[0].contains("both `broker` and `brokers`"));
+    let twice = MINIMAL.replace(
+        "broker = \"127.0.0.1:1884\"",
+        "brokers = [\"a:1\", \"a:1\"]",
+    );
+    assert!(messages(&twice)[0].contains("`a:1` is listed twice"));
+    let empty = MINIMAL.replace("broker = \"127.0.0.1:1884\"", "brokers = []");
+    assert!(messages(&empty)[0].contains("`brokers` is empty"));
+    let none = MINIMAL.replace("broker = \"127.0.0.1:1884\"", "");
+    assert!(messages(&none)[0].contains("needs `broker`"));
+    let v4 = MINIMAL.replace(
+        "broker = \"127.0.0.1:1884\"",
+        "broker = \"a:1\"\nprotocol = \"4\"",
+    );
+    assert!(messages(&v4)[0].contains("unknown protocol `4`"));
 }

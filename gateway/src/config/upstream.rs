@@ -7,14 +7,37 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::diag::{duration_text, Cx};
+use super::diag::{duration_text, named, Cx, Named};
 use super::mqtt::{credentials, qos_number, BrokerAddr};
 use super::raw::{RawTls, RawUpstream};
 use crate::topic::OutputTemplate;
 
+/// The most nodes `brokers` may list.
+pub const MAX_BROKERS: usize = 16;
+
+/// The MQTT protocol version the upstream link speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1: a PUBACK carries no reason, so a publish the broker
+    /// refuses (an ACL, say) is acknowledged like any other.
+    V311,
+    /// MQTT 5: PUBACK reason codes, topic aliases, message expiry, user
+    /// properties, receive maximum and session expiry. A broker that does
+    /// not speak it is spoken to in 3.1.1 instead (logged once).
+    V5,
+}
+
+named!(Protocol, "protocol":
+    V5 => "5" ["(the default; falls back to 3.1.1 where the broker lacks it)"],
+    V311 => "3.1.1",
+);
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    pub broker: BrokerAddr,
+    /// The nodes of the upstream broker (or cluster), tried in this order,
+    /// at least one.
+    pub brokers: Vec<BrokerAddr>,
+    pub protocol: Protocol,
     pub client_id: String,
     pub summary_topic: OutputTemplate,
     /// Where alarm and anomaly events go.
@@ -51,8 +74,8 @@ impl UpstreamConfig {
         let d = duration_text;
         let _ = writeln!(
             s,
-            "[upstream]\nbroker = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nstatus_topic = {:?}\nstatus_interval = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
-            self.broker, self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, self.status_topic, d(self.status_interval), qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
+            "[upstream]\nbrokers = [{}]\nprotocol = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nstatus_topic = {:?}\nstatus_interval = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
+            self.brokers.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", "), self.protocol.name(), self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, self.status_topic, d(self.status_interval), qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
         );
         if let Some(t) = &self.tls {
             let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
@@ -77,7 +100,7 @@ impl Cx<'_> {
             let (text, span) = v
                 .as_ref()
                 .map(|t| (t.get_ref().clone(), t.span()))
-                .unwrap_or_else(|| (default.to_owned(), raw.broker.span()));
+                .unwrap_or_else(|| (default.to_owned(), 0..0));
             match OutputTemplate::parse(&text, labels) {
                 Ok(t) if t.max_len(gateway_id) > crate::topic::MAX_TOPIC_BYTES => {
                     self.at(
@@ -141,7 +164,8 @@ impl Cx<'_> {
                 self.at(q.span(), "upstream QoS must be 1", Some("summaries are delivered at least once: the gateway counts a summary delivered only on the broker's PUBACK".into()));
             }
         }
-        let broker = self.broker(&raw.broker, raw.tls.is_some());
+        let brokers = self.brokers(&raw, raw.tls.is_some());
+        let protocol = self.choice(&raw.protocol, Protocol::V5);
         let client_id = self.client_id(raw.client_id, format!("sensor-gateway-{gateway_id}"), None);
         let keep_alive = self.duration(&raw.keep_alive, Duration::from_secs(30));
         let reconnect_backoff_max =
@@ -149,7 +173,8 @@ impl Cx<'_> {
         let inflight = self.positive(&raw.inflight, "inflight", 32);
         let shutdown_grace = self.duration(&raw.shutdown_grace, Duration::from_secs(5));
         Some(UpstreamConfig {
-            broker: broker?,
+            brokers: brokers?,
+            protocol,
             client_id,
             summary_topic: summary_topic?,
             alarm_topic: alarm_topic?,
@@ -165,6 +190,70 @@ impl Cx<'_> {
             credentials: credentials(raw.username, raw.password),
             tls: tls?,
         })
+    }
+
+    /// `broker` or `brokers` (one of them, a list of at most
+    /// [`MAX_BROKERS`] distinct addresses); `None` (reported) otherwise.
+    fn brokers(&mut self, raw: &RawUpstream, tls: bool) -> Option<Vec<BrokerAddr>> {
+        let list: Vec<&Spanned<String>> = match (&raw.broker, &raw.brokers) {
+            (Some(b), None) => vec![b],
+            (None, Some(l)) if !l.get_ref().is_empty() => l.get_ref().iter().collect(),
+            (None, Some(l)) => {
+                self.at(
+                    l.span(),
+                    "`brokers` is empty",
+                    Some("name at least one broker, such as [\"broker.plant.local:8883\"]".into()),
+                );
+                return None;
+            }
+            (Some(b), Some(_)) => {
+                self.at(
+                    b.span(),
+                    "`[upstream]` sets both `broker` and `brokers`",
+                    Some(
+                        "keep one: `brokers = [..]` lists the nodes of a cluster, tried in order"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+            (None, None) => {
+                self.at(
+                    0..0,
+                    "`[upstream]` needs `broker` (or `brokers` for a cluster)",
+                    Some("for example broker = \"broker.plant.local:8883\"".into()),
+                );
+                return None;
+            }
+        };
+        if list.len() > MAX_BROKERS {
+            self.at(
+                list[MAX_BROKERS].span(),
+                format!(
+                    "`brokers` lists {} addresses, more than {MAX_BROKERS}",
+                    list.len()
+                ),
+                Some("list the nodes of one cluster".into()),
+            );
+            return None;
+        }
+        let mut out: Vec<BrokerAddr> = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for v in list {
+            match self.broker(v, tls) {
+                Some(b) if out.contains(&b) => {
+                    self.at(
+                        v.span(),
+                        format!("`{b}` is listed twice in `brokers`"),
+                        Some("list each node once".into()),
+                    );
+                    ok = false;
+                }
+                Some(b) => out.push(b),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     /// A topic the gateway subscribes or publishes to as is: `{gateway}` is

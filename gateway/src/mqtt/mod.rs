@@ -34,6 +34,11 @@ pub enum Session {
     /// set a little above `inflight`, so the caller's own window is what
     /// limits.
     Clean { inflight: u16 },
+    /// MQTT 5 only: the upstream link. It publishes like a clean session
+    /// (its own window limits), but the broker keeps its subscriptions and
+    /// their QoS 1 messages for `expiry` after a disconnect, so commands
+    /// sent while the gateway is away arrive when it is back.
+    Resumable { inflight: u16, expiry: Duration },
 }
 
 /// The settings of one gateway MQTT client.
@@ -63,12 +68,55 @@ pub fn options(s: ClientSettings<'_>) -> MqttOptions {
             opts.set_clean_session(false);
             opts.set_manual_acks(true);
         }
-        Session::Clean { inflight } => {
+        Session::Clean { inflight } | Session::Resumable { inflight, .. } => {
             opts.set_clean_session(true);
             opts.set_inflight(inflight.saturating_add(8));
         }
     }
     opts.set_max_packet_size(s.max_packet.0, s.max_packet.1);
+    if let Some((u, p)) = s.credentials {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    opts
+}
+
+/// What an MQTT 5 client announces beyond the common settings.
+pub struct V5Settings {
+    /// The most topic aliases the client accepts from the broker (0: none).
+    pub topic_alias_max: u16,
+}
+
+/// Builds the rumqttc options of one MQTT 5 client.
+pub fn options_v5(s: ClientSettings<'_>, v5: V5Settings) -> rumqttc::v5::MqttOptions {
+    let (host, port, transport) = match s.endpoint {
+        Endpoint::Tcp(b) => (b.host.clone(), b.port, Transport::Tcp),
+        Endpoint::Tls(b, tls) => (b.host.clone(), b.port, Transport::tls_with_config(tls)),
+        Endpoint::Unix(path) => (path.to_string_lossy().into_owned(), 0, Transport::Unix),
+    };
+    let mut opts = rumqttc::v5::MqttOptions::new(s.client_id, host, port);
+    opts.set_transport(transport);
+    opts.set_keep_alive(s.keep_alive.max(Duration::from_secs(1)));
+    match s.session {
+        Session::Persistent => {
+            opts.set_clean_start(false);
+            opts.set_session_expiry_interval(Some(u32::MAX));
+            opts.set_manual_acks(true);
+        }
+        Session::Clean { inflight } => {
+            opts.set_clean_start(true);
+            opts.set_outgoing_inflight_upper_limit(inflight.saturating_add(8));
+        }
+        Session::Resumable { inflight, expiry } => {
+            opts.set_clean_start(false);
+            let secs = u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX);
+            opts.set_session_expiry_interval(Some(secs));
+            opts.set_outgoing_inflight_upper_limit(inflight.saturating_add(8));
+        }
+    }
+    // rumqttc v5 takes one limit for both directions.
+    let max = s.max_packet.0.max(s.max_packet.1);
+    opts.set_max_packet_size(Some(u32::try_from(max).unwrap_or(u32::MAX)));
+    opts.set_topic_alias_max(Some(v5.topic_alias_max));
     if let Some((u, p)) = s.credentials {
         opts.set_credentials(u.clone(), p.clone());
     }
@@ -83,6 +131,26 @@ pub async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// [`disconnect`] for an MQTT 5 client.
+pub async fn disconnect_v5(
+    client: &rumqttc::v5::AsyncClient,
+    eventloop: &mut rumqttc::v5::EventLoop,
+) {
+    if client.try_disconnect().is_ok() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => {
+                        break
+                    }
                     Ok(_) => {}
                 }
             }

@@ -1,11 +1,13 @@
 //! The upstream sink: delivers records to the upstream broker with QoS 1.
 //!
-//! Two tasks cooperate. The *link* task ([`drive_link`]) owns a rumqttc event
-//! loop, a fresh one per connection attempt so that rumqttc never replays a
-//! previous session behind our back, and reports what happens on the wire as
-//! [`LinkEvent`]s. The *sink* task ([`run`]) owns the [`Buffer`]: it publishes
+//! Two tasks cooperate. The *link* task ([`link::drive_link`]) owns the
+//! connection to one node of the upstream broker at a time, in MQTT 5 or
+//! 3.1.1 ([`wire`]), and reports what happens on the wire as
+//! [`link::LinkEvent`]s. The *sink* task ([`run`]) owns the [`Buffer`]: it publishes
 //! unsent records while fewer than `inflight` await a PUBACK, and advances
-//! only on the broker's PUBACK. rumqttc's `publish` returns no packet id, so
+//! only on the broker's PUBACK (an MQTT 5 PUBACK with a refusing reason code
+//! keeps the record: it is sent again later, see [`SinkState::refused`]).
+//! rumqttc's `publish` returns no packet id, so
 //! the sink correlates them itself: publishes leave the client in the order
 //! they were queued, so the n-th `Outgoing::Publish(pkid)` of a connection
 //! belongs to the n-th record published on it.
@@ -22,7 +24,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,26 +33,18 @@ use crate::buffer::Buffer;
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::model::Record;
-use crate::mqtt::{self, ClientSettings, Endpoint, Session};
+use crate::mqtt;
 use crate::processor::Command;
-use crate::reject::CommandLogLimiter;
 
+mod link;
 pub mod status;
+mod wire;
 
+pub use link::LinkPlan;
+use link::{LinkDuties, LinkEvent};
 pub use status::StatusIdentity;
-
-/// What the link task reports to the sink.
-#[derive(Debug)]
-enum LinkEvent {
-    /// Connected (CONNACK received); publish through this client.
-    Up { epoch: u64, client: AsyncClient },
-    /// A publish left the client with this packet id.
-    Sent { epoch: u64, pkid: u16 },
-    /// The broker acknowledged this packet id.
-    Acked { epoch: u64, pkid: u16 },
-    /// The connection is gone.
-    Down { epoch: u64 },
-}
+pub use wire::Refusal;
+use wire::RefusalExt;
 
 /// The largest packet the upstream link sends or takes.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
@@ -73,23 +66,17 @@ pub fn unpublishable(topic: &str, payload_len: usize) -> Option<&'static str> {
     }
 }
 
-/// Builds the rumqttc options for the upstream connection.
-pub fn mqtt_options(cfg: &UpstreamConfig) -> anyhow::Result<MqttOptions> {
-    let endpoint = match &cfg.tls {
-        None => Endpoint::Tcp(&cfg.broker),
-        Some(tls) => Endpoint::Tls(&cfg.broker, mqtt::tls::client_config(tls)?),
+/// Reads what the upstream connection needs from files (TLS certificates
+/// and keys), once, at start and at a reload.
+pub fn link_plan(cfg: &UpstreamConfig) -> anyhow::Result<LinkPlan> {
+    let tls = match &cfg.tls {
+        None => None,
+        Some(tls) => Some(mqtt::tls::client_config(tls)?),
     };
-    Ok(mqtt::options(ClientSettings {
-        client_id: &cfg.client_id,
-        endpoint,
-        keep_alive: cfg.keep_alive,
-        credentials: cfg.credentials.as_ref(),
-        // rumqttc's own window is larger than ours, so ours is what limits.
-        session: Session::Clean {
-            inflight: cfg.inflight,
-        },
-        max_packet: (MAX_PACKET_BYTES, MAX_PACKET_BYTES),
-    }))
+    Ok(LinkPlan {
+        cfg: cfg.clone(),
+        tls,
+    })
 }
 
 /// At most one log line per rejection reason of commands in this interval.
@@ -116,17 +103,8 @@ pub struct SinkIo {
 
 /// What the sink connects with and how it introduces itself.
 pub struct SinkSettings {
-    pub cfg: UpstreamConfig,
-    pub opts: MqttOptions,
+    pub plan: LinkPlan,
     pub status: StatusIdentity,
-}
-
-/// What the link does besides carrying records: commands in, status out.
-struct LinkDuties {
-    command_topic: String,
-    commands: mpsc::Sender<Command>,
-    status: StatusIdentity,
-    status_interval: Duration,
 }
 
 /// The link task of one connection configuration, with what the sink needs
@@ -145,13 +123,12 @@ impl LinkTask {
         metrics: &Arc<Metrics>,
         commands: &mpsc::Sender<Command>,
     ) -> (LinkTask, UpstreamConfig) {
-        let SinkSettings { cfg, opts, status } = settings;
+        let SinkSettings { plan, status } = settings;
+        let cfg = plan.cfg.clone();
         let (tx, events) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(drive_link(
-            opts,
-            cfg.reconnect_backoff_max,
-            usize::from(cfg.inflight) * 2 + 16,
+        let task = tokio::spawn(link::drive_link(
+            plan,
             tx,
             metrics.clone(),
             cancel.clone(),
@@ -198,13 +175,7 @@ pub async fn run(
     let (mut link, mut cfg) = LinkTask::spawn(settings, &metrics, &commands);
     let mut relink_open = true;
 
-    let mut state = SinkState {
-        epoch: 0,
-        client: None,
-        awaiting_pkid: VecDeque::new(),
-        pkid_to_seq: HashMap::new(),
-    };
-    let mut window = usize::from(cfg.inflight);
+    let mut state = SinkState::new(cfg.inflight);
     let mut input_open = true;
     let mut deadline: Option<Instant> = None;
     // When `maintain` runs next: after activity, or when a buffer timer is
@@ -213,14 +184,14 @@ pub async fn run(
     let mut blocked = false;
     let mut stopping = false;
     let mut maintain = true;
-    tracing::info!(broker = %cfg.broker, client_id = %cfg.client_id, "Starting upstream sink.");
+    tracing::info!(brokers = ?cfg.brokers, client_id = %cfg.client_id, "Starting upstream sink.");
     loop {
         probe.answer();
         let now = crate::now_ms();
         // Timers and writes after new records or when a timer is due; never per PUBACK,
         // so draining a backlog costs O(1) per record.
         if maintain {
-            buffer.maintain(now, state.client.is_some());
+            buffer.maintain(now, state.publisher.is_some());
             maintain = false;
             maintain_at = buffer.next_due(now).map(|at| {
                 Instant::now() + Duration::from_millis(u64::try_from(at - now).unwrap_or(0))
@@ -230,7 +201,7 @@ pub async fn run(
         // burst shares one fsync (`next_due` includes it); nothing is
         // published before it.
         if buffer.commit_due().is_none() {
-            state.pump(&mut buffer, window, &cfg, &metrics, now);
+            state.pump(&mut buffer, &metrics, now);
         }
         if !input_open && buffer.is_empty() {
             break;
@@ -249,8 +220,12 @@ pub async fn run(
         // While records wait for a connected upstream, or the core waits for
         // room, something is pending: look again at least every
         // MAINTAIN_AFTER, as the fixed tick did.
-        if blocked || (state.client.is_some() && !buffer.is_empty()) {
+        if blocked || (state.publisher.is_some() && !buffer.is_empty()) {
             maintain_at = earliest(maintain_at, Instant::now() + MAINTAIN_AFTER);
+        }
+        // Refused records go back at their time.
+        if let Some(&(at, _)) = state.parked.front() {
+            maintain_at = earliest(maintain_at, at);
         }
         tokio::select! {
             _ = probe.asked() => {}
@@ -278,9 +253,9 @@ pub async fn run(
             },
             ev = link.events.recv() => match ev {
                 Some(ev) => {
-                    let was_up = state.client.is_some();
-                    state.on_link_event(ev, &mut buffer, &metrics);
-                    maintain |= was_up != state.client.is_some();
+                    let was_up = state.publisher.is_some();
+                    state.on_link_event(ev, &mut buffer, &metrics, &cfg);
+                    maintain |= was_up != state.publisher.is_some();
                     maintain_at = earliest(maintain_at, Instant::now() + MAINTAIN_AFTER);
                 }
                 None => break,
@@ -290,16 +265,18 @@ pub async fn run(
                     relink_open = false;
                     continue;
                 };
-                tracing::info!(broker = %new.cfg.broker, client_id = %new.cfg.client_id, "Reconnecting upstream with the reloaded settings; the buffer stays.");
+                tracing::info!(brokers = ?new.plan.cfg.brokers, client_id = %new.plan.cfg.client_id, "Reconnecting upstream with the reloaded settings; the buffer stays.");
                 link.stop().await;
                 (link, cfg) = LinkTask::spawn(new, &metrics, &commands);
                 // What was in flight is sent again on the new connection.
-                state.on_link_event(LinkEvent::Down { epoch: state.epoch }, &mut buffer, &metrics);
+                state.on_link_event(LinkEvent::Down { epoch: state.epoch }, &mut buffer, &metrics, &cfg);
                 state.epoch = 0;
-                window = usize::from(cfg.inflight);
                 maintain = true;
             }
-            _ = sleep_until(maintain_at) => maintain = true,
+            _ = sleep_until(maintain_at) => {
+                maintain = true;
+                state.unpark_due(&mut buffer, Instant::now());
+            }
             _ = shutdown.cancelled(), if !stopping => {
                 stopping = true;
                 deadline = earliest(deadline, Instant::now() + cfg.shutdown_grace + SHUTDOWN_FLUSH_BOUND);
@@ -341,29 +318,61 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// The longest a refused record waits before it is sent again.
+const REFUSAL_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// At most one log line per refusal reason in this interval.
+const REFUSAL_LOG_INTERVAL_MS: i64 = 60_000;
+
 struct SinkState {
     epoch: u64,
-    client: Option<AsyncClient>,
+    publisher: Option<wire::Publisher>,
+    /// QoS 1 publishes awaiting PUBACK at once: `upstream.inflight`, or
+    /// fewer when the broker's receive maximum (MQTT 5) says so.
+    window: usize,
+    inflight_cfg: u16,
     /// Seqs published on this connection whose packet id is not known yet.
     awaiting_pkid: VecDeque<u64>,
     /// In flight on this connection: packet id to seq and when the PUBLISH
     /// left the client (for `gateway_upstream_puback_latency_seconds`).
     pkid_to_seq: HashMap<u16, (u64, Instant)>,
+    /// Records the broker refused, with when each is sent again, in that
+    /// order. They stay in flight for the buffer (their lane does not
+    /// settle past them), so there are never more than `window`.
+    parked: VecDeque<(Instant, u64)>,
+    /// How long the next refused record waits: doubles with each refusal
+    /// up to [`REFUSAL_RETRY_MAX`], back to one second once a record that
+    /// had been refused is acknowledged.
+    refusal_backoff: Backoff,
+    /// Seqs refused at least once (at most `window`): their acknowledgement
+    /// ends the refusal backoff.
+    refused: std::collections::HashSet<u64>,
+    refusal_log: crate::reject::LogLimiter<Refusal>,
 }
 
 impl SinkState {
-    fn pump(
-        &mut self,
-        buffer: &mut Buffer,
-        window: usize,
-        cfg: &UpstreamConfig,
-        metrics: &Metrics,
-        now_ms: i64,
-    ) {
-        let Some(client) = &self.client else {
+    fn new(inflight: u16) -> SinkState {
+        SinkState {
+            epoch: 0,
+            publisher: None,
+            window: usize::from(inflight),
+            inflight_cfg: inflight,
+            awaiting_pkid: VecDeque::new(),
+            pkid_to_seq: HashMap::new(),
+            parked: VecDeque::new(),
+            refusal_backoff: Backoff::new(Duration::from_secs(1), REFUSAL_RETRY_MAX),
+            refused: std::collections::HashSet::new(),
+            refusal_log: crate::reject::LogLimiter::new(REFUSAL_LOG_INTERVAL_MS),
+        }
+    }
+
+    fn pump(&mut self, buffer: &mut Buffer, metrics: &Metrics, now_ms: i64) {
+        let Some(publisher) = &mut self.publisher else {
             return;
         };
-        while buffer.in_flight() < window {
+        let max_age_ms = buffer.max_age_ms();
+        let schema = SCHEMA_TEXT;
+        while buffer.in_flight() < self.window {
             let Some(rec) = buffer.next_unsent(now_ms) else {
                 break;
             };
@@ -375,7 +384,14 @@ impl SinkState {
             // The buffer keeps the record until its PUBACK; the client takes
             // its own copy of topic and payload (its non-blocking publish
             // accepts nothing shared).
-            match client.try_publish(rec.topic.as_str(), cfg.qos, false, rec.payload.as_slice()) {
+            let msg = wire::Message {
+                topic: &rec.topic,
+                payload: &rec.payload,
+                expiry_s: expiry_s(max_age_ms, rec.ts_ms, now_ms),
+                content_type: wire::JSON,
+                properties: &[("schema", schema)],
+            };
+            match publisher.publish(&msg) {
                 Ok(()) => {
                     self.awaiting_pkid.push_back(rec.seq);
                     metrics.upstream_published.inc();
@@ -384,29 +400,63 @@ impl SinkState {
                     // The link is going down: take the records back and wait
                     // for the next connection.
                     tracing::debug!(error = %e, "Publish not queued; will retry.");
-                    buffer.rewind();
-                    self.awaiting_pkid.clear();
-                    self.pkid_to_seq.clear();
-                    self.client = None;
+                    self.disconnected(buffer);
                     break;
                 }
             }
         }
     }
 
-    fn on_link_event(&mut self, ev: LinkEvent, buffer: &mut Buffer, metrics: &Metrics) {
+    /// The connection is gone: what was in flight (refused records too) is
+    /// sent again on the next one.
+    fn disconnected(&mut self, buffer: &mut Buffer) -> usize {
+        self.publisher = None;
+        self.awaiting_pkid.clear();
+        self.pkid_to_seq.clear();
+        self.parked.clear();
+        buffer.rewind()
+    }
+
+    /// Refused records whose time has come go back to be sent again.
+    fn unpark_due(&mut self, buffer: &mut Buffer, now: Instant) {
+        while let Some(&(at, seq)) = self.parked.front() {
+            if at > now {
+                break;
+            }
+            self.parked.pop_front();
+            buffer.retry_later(seq);
+        }
+    }
+
+    fn on_link_event(
+        &mut self,
+        ev: LinkEvent,
+        buffer: &mut Buffer,
+        metrics: &Metrics,
+        cfg: &UpstreamConfig,
+    ) {
         match ev {
-            LinkEvent::Up { epoch, client } => {
+            LinkEvent::Up {
+                epoch,
+                publisher,
+                receive_max,
+            } => {
+                let protocol = publisher.protocol();
+                let resent = self.disconnected(buffer);
                 self.epoch = epoch;
-                self.client = Some(client);
-                self.awaiting_pkid.clear();
-                self.pkid_to_seq.clear();
-                let resent = buffer.rewind();
+                self.publisher = Some(publisher);
+                self.window = receive_max
+                    .map_or(self.inflight_cfg, |r| r.min(self.inflight_cfg).max(1))
+                    .into();
                 metrics.upstream_retransmitted.add(resent as u64);
                 metrics.upstream_connected.set(1);
+                if self.window < usize::from(cfg.inflight) {
+                    tracing::info!(inflight = self.window, configured = cfg.inflight, "The broker takes fewer publishes at once (receive maximum) than upstream.inflight; using its limit.");
+                }
                 if !buffer.is_empty() {
                     tracing::info!(
                         backlog = buffer.len(),
+                        protocol = ?protocol,
                         "Upstream is back; delivering the backlog, alarms first."
                     );
                 }
@@ -416,152 +466,74 @@ impl SinkState {
                     self.pkid_to_seq.insert(pkid, (seq, Instant::now()));
                 }
             }
-            LinkEvent::Acked { epoch, pkid } if epoch == self.epoch => {
+            LinkEvent::Acked {
+                epoch,
+                pkid,
+                refused: None,
+            } if epoch == self.epoch => {
                 if let Some((seq, sent)) = self.pkid_to_seq.remove(&pkid) {
                     buffer.ack(seq);
                     metrics.upstream_acked.inc();
                     metrics.upstream_puback_latency.observe(sent.elapsed());
+                    if self.refused.remove(&seq) {
+                        self.refusal_backoff.connected(std::time::Instant::now());
+                    }
+                }
+            }
+            LinkEvent::Acked {
+                epoch,
+                pkid,
+                refused: Some(why),
+            } if epoch == self.epoch => {
+                if let Some((seq, _)) = self.pkid_to_seq.remove(&pkid) {
+                    self.refuse(seq, why, buffer, metrics);
                 }
             }
             LinkEvent::Down { epoch } if epoch == self.epoch => {
-                self.client = None;
-                self.awaiting_pkid.clear();
-                self.pkid_to_seq.clear();
-                buffer.rewind();
+                self.disconnected(buffer);
                 metrics.upstream_connected.set(0);
             }
             _ => {}
         }
     }
-}
 
-/// Owns the connection: connects, reports events, reconnects with backoff,
-/// forever, until cancelled.
-async fn drive_link(
-    opts: MqttOptions,
-    backoff_max: Duration,
-    request_capacity: usize,
-    tx: mpsc::UnboundedSender<LinkEvent>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-    duties: LinkDuties,
-) {
-    let LinkDuties {
-        command_topic,
-        commands,
-        status,
-        status_interval,
-    } = duties;
-    let mut backoff = Backoff::new(Duration::from_millis(250), backoff_max);
-    let mut command_log = CommandLogLimiter::new(COMMAND_LOG_INTERVAL_MS);
-    let mut epoch = 0u64;
-    let broker = format!("{}:{}", opts.broker_address().0, opts.broker_address().1);
-    'outer: loop {
-        epoch += 1;
-        // The last will is rendered for each connection: it names the
-        // running configuration and sources (a reload changes them).
-        let mut opts = opts.clone();
-        opts.set_last_will(status.last_will(&metrics));
-        let (client, mut eventloop) = AsyncClient::new(opts, request_capacity);
-        let mut was_up = false;
-        let mut status_due = tokio::time::interval(status_interval);
-        status_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let ev = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    if was_up {
-                        // A clean offline replaces the birth; a clean
-                        // DISCONNECT then discards the last will.
-                        let bye = status.offline(true, &metrics, Some(crate::now_ms()));
-                        let _ = client.try_publish(status.topic.clone(), QoS::AtMostOnce, true, bye);
-                    }
-                    mqtt::disconnect(&client, &mut eventloop).await;
-                    break 'outer;
-                }
-                _ = status_due.tick(), if was_up => {
-                    publish_status(&client, &status, &metrics);
-                    continue;
-                }
-                ev = eventloop.poll() => ev,
-            };
-            let link_ev = match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff.connected(std::time::Instant::now());
-                    was_up = true;
-                    metrics.upstream_connections.inc();
-                    tracing::info!(%broker, "Connected to upstream.");
-                    if let Err(e) =
-                        client.try_subscribe(command_topic.clone(), rumqttc::QoS::AtLeastOnce)
-                    {
-                        tracing::error!(topic = %command_topic, error = %e, "Cannot subscribe to the command topic.");
-                    }
-                    // The birth; the periodic status follows one interval on.
-                    publish_status(&client, &status, &metrics);
-                    status_due.reset();
-                    LinkEvent::Up {
-                        epoch,
-                        client: client.clone(),
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent { epoch, pkid },
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == command_topic => {
-                    // Anyone who can publish on the command topic chooses
-                    // what arrives here: every outcome is counted, logged
-                    // at most once per reason per interval, and bounded
-                    // (the channel to the core is; a full one drops).
-                    metrics.commands_received.inc();
-                    let result =
-                        crate::processor::parse_command(&p.payload, p.retain).and_then(|cmd| {
-                            commands
-                                .try_send(cmd)
-                                .map_err(|_| crate::processor::CommandError::Overloaded)
-                        });
-                    if let Err(e) = result {
-                        metrics.reject_command(e.reason());
-                        if let Some(suppressed) = command_log.allow(e.reason(), crate::now_ms()) {
-                            tracing::warn!(topic = %command_topic, reason = e.reason().name(), suppressed_since_last = suppressed, error = %e, "Rejected a command; counted in gateway_commands_rejected_total.");
-                        }
-                    }
-                    continue;
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked {
-                    epoch,
-                    pkid: ack.pkid,
-                },
-                Ok(_) => continue,
-                Err(e) => {
-                    metrics.upstream_disconnects.inc();
-                    let now = std::time::Instant::now();
-                    let delay = backoff.failed(now);
-                    if let Some(unlogged) = backoff.log_due(now) {
-                        if was_up {
-                            tracing::warn!(%broker, error = %e, retry_in = ?delay, "Lost the upstream connection; buffering and retrying.");
-                        } else {
-                            tracing::warn!(%broker, error = %e, retry_in = ?delay, failed_attempts_not_logged = unlogged, "Cannot connect to upstream; buffering and retrying (logged at most every 5 minutes while it lasts).");
-                        }
-                    }
-                    let _ = tx.send(LinkEvent::Down { epoch });
-                    tokio::select! {
-                        _ = cancel.cancelled() => break 'outer,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    continue 'outer;
-                }
-            };
-            if tx.send(link_ev).is_err() {
-                break 'outer;
-            }
+    /// The broker refused the record `seq` (MQTT 5 reason code): it is not
+    /// delivered. It is counted, logged with the fix, and sent again after
+    /// a backoff; meanwhile it holds a place of the in-flight window.
+    fn refuse(&mut self, seq: u64, why: Refusal, buffer: &mut Buffer, metrics: &Metrics) {
+        metrics.refused_upstream(why);
+        let delay = self.refusal_backoff.failed(std::time::Instant::now());
+        if self.refused.len() < self.window.max(1) * 4 {
+            self.refused.insert(seq);
+        }
+        self.parked.push_back((Instant::now() + delay, seq));
+        if let Some(suppressed) = self.refusal_log.allow(why, crate::now_ms()) {
+            let topic = buffer.in_flight_topic(seq).unwrap_or_default();
+            tracing::warn!(seq, topic = %topic, reason = why.name(), retry_in = ?delay, suppressed_since_last = suppressed, fix = why.fix(), "Upstream refused a record; it is kept in the buffer and sent again (counted in gateway_upstream_refused_total).");
         }
     }
 }
 
-/// Publishes the retained online status (QoS 0: see [`status`]).
-fn publish_status(client: &AsyncClient, status: &StatusIdentity, metrics: &Metrics) {
-    let msg = status.online(metrics, crate::now_ms());
-    if let Err(e) = client.try_publish(status.topic.clone(), QoS::AtMostOnce, true, msg) {
-        tracing::debug!(error = %e, "Status not queued; the next one follows.");
+/// The payload schema, as the `schema` user property says it.
+const SCHEMA_TEXT: &str = {
+    // One digit per version so far; a compile error when that changes.
+    const _: () = assert!(crate::model::payload::SCHEMA < 10);
+    match crate::model::payload::SCHEMA {
+        1 => "1",
+        _ => "?",
     }
+};
+
+/// The MQTT 5 message expiry of a record measured at `ts_ms`: what is left
+/// of `buffer.max_age` (at least a second), none when records never expire.
+fn expiry_s(max_age_ms: i64, ts_ms: i64, now_ms: i64) -> Option<u32> {
+    if max_age_ms <= 0 {
+        return None;
+    }
+    let left_ms = max_age_ms
+        .saturating_sub(now_ms.saturating_sub(ts_ms))
+        .max(1000);
+    Some(u32::try_from((left_ms + 999) / 1000).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
