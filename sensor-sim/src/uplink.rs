@@ -308,3 +308,76 @@ async fn shuttle(
     };
     tokio::join!(read, write);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on a free port.
+    async fn echo() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_shaped_link_carries_every_byte_in_order_and_counts_them() {
+        let profile = LinkProfile {
+            stall_every: Some(Duration::from_millis(100)),
+            stall_for: Duration::from_millis(20),
+            ..LinkProfile::cellular(2_000_000, Duration::from_millis(10))
+        };
+        let link = Uplink::start_with("127.0.0.1:0".parse().unwrap(), echo().await, profile)
+            .await
+            .expect("start");
+        let sent: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let stream = TcpStream::connect(link.listen).await.expect("connect");
+        let (mut r, mut w) = stream.into_split();
+        let data = sent.clone();
+        let writer = tokio::spawn(async move { w.write_all(&data).await });
+        let mut got = vec![0u8; sent.len()];
+        r.read_exact(&mut got).await.expect("the echo");
+        writer.await.expect("join").expect("write");
+        assert_eq!(got, sent);
+        // A chunk is counted just after it is written: the count may trail
+        // the echo by a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut stats = link.stats();
+        while stats.bytes_down < 50_000 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            stats = link.stats();
+        }
+        assert_eq!((stats.bytes_up, stats.bytes_down), (50_000, 50_000));
+        assert_eq!(stats.connections, 1);
+    }
+
+    #[tokio::test]
+    async fn a_reset_closes_the_connection_and_the_next_one_is_accepted() {
+        let link = Uplink::start("127.0.0.1:0".parse().unwrap(), echo().await)
+            .await
+            .expect("start");
+        let mut first = TcpStream::connect(link.listen).await.expect("connect");
+        first.write_all(b"x").await.expect("write");
+        let mut one = [0u8; 1];
+        first.read_exact(&mut one).await.expect("echo");
+        link.reset();
+        let mut rest = Vec::new();
+        let n = first.read_to_end(&mut rest).await.unwrap_or(0);
+        assert_eq!(n, 0, "closed by the reset");
+        let mut second = TcpStream::connect(link.listen)
+            .await
+            .expect("connect again");
+        second.write_all(b"y").await.expect("write");
+        second.read_exact(&mut one).await.expect("echo");
+        assert_eq!(&one, b"y");
+        assert_eq!(link.stats().resets, 1);
+    }
+}

@@ -79,7 +79,7 @@ fn alarm_payload(seq: u64, sensor: &str, ts: i64) -> String {
 
 /// Writes `hours` of summaries of every sensor, then the alarms, into the
 /// buffer under `state`; returns (summaries, alarms, payload bytes).
-fn write_backlog(
+pub fn write_backlog(
     config: &sensor_gateway::Config,
     state: &std::path::Path,
     hours: f64,

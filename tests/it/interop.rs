@@ -27,16 +27,26 @@ use crate::aligned_base_ms;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     V311,
+    /// MQTT 5, falling back to 3.1.1 where the server does not speak it.
+    V5,
 }
 
 impl Protocol {
-    /// The `[upstream]` line that selects it (none: the gateway speaks
-    /// 3.1.1 only so far).
+    /// The `[upstream]` line that selects it.
     fn config_line(self) -> &'static str {
         match self {
-            Protocol::V311 => "",
+            Protocol::V311 => "protocol = \"3.1.1\"",
+            Protocol::V5 => "protocol = \"5\"",
         }
     }
+}
+
+/// The test gateway's config with `protocol` upstream.
+pub fn protocol_config(source: SocketAddr, upstream: SocketAddr, protocol: Protocol) -> String {
+    gateway_config(source, upstream, "").replace(
+        "[upstream]\n",
+        &format!("[upstream]\n{}\n", protocol.config_line()),
+    )
 }
 
 /// A server under test, as the case sees it.
@@ -198,11 +208,7 @@ async fn delivery_through_an_outage(server: &mut impl Server, protocol: Protocol
     let consumer_id = format!("e2e-consumer-{}", uplink.listen.port());
     let sub =
         Subscriber::start_persistent(server.consumer_addr(), "gateways/#", &consumer_id).await;
-    let config = gateway_config(source.addr, uplink.listen, "").replace(
-        "[upstream]\n",
-        &format!("[upstream]\n{}\n", protocol.config_line()),
-    );
-    let mut gw = Gateway::start(&config);
+    let mut gw = Gateway::start(&protocol_config(source.addr, uplink.listen, protocol));
     gw.wait_ready().await;
     let mut publisher = Publisher::connect(source.addr).await;
     let base = aligned_base_ms();
@@ -252,67 +258,64 @@ async fn delivery_through_an_outage(server: &mut impl Server, protocol: Protocol
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interop_rumqttd_delivers_everything_through_an_outage_mqtt311() {
+/// rumqttd: supports MQTT 5 and retained messages everywhere.
+async fn rumqttd(protocol: Protocol) {
     let mut server = Broker::start(BrokerKind::Rumqttd).await;
-    let seen = delivery_through_an_outage(&mut server, Protocol::V311).await;
+    let seen = delivery_through_an_outage(&mut server, protocol).await;
     seen.expect_status(LateStatus::Retained, LateStatus::Retained);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interop_mosquitto_delivers_everything_through_an_outage_mqtt311() {
+/// Mosquitto 2.0: supports MQTT 5 and retained messages everywhere.
+async fn mosquitto(protocol: Protocol) {
     if !mosquitto_available() {
         return;
     }
     let mut server = Broker::start(BrokerKind::Mosquitto).await;
-    let seen = delivery_through_an_outage(&mut server, Protocol::V311).await;
+    let seen = delivery_through_an_outage(&mut server, protocol).await;
     seen.expect_status(LateStatus::Retained, LateStatus::Retained);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interop_nats_delivers_everything_through_an_outage_mqtt311() {
+/// NATS 2.9 speaks 3.1.1 only: asked for 5, the gateway falls back.
+async fn nats(protocol: Protocol) {
     if !server_available("nats-server", "nats-server") {
         return;
     }
     let mut server = Nats::start().await;
-    let seen = delivery_through_an_outage(&mut server, Protocol::V311).await;
+    eprintln!("NATS started in {:?}", server.started_in);
+    let seen = delivery_through_an_outage(&mut server, protocol).await;
     seen.expect_status(LateStatus::Retained, LateStatus::Retained);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interop_nats_cluster_delivers_everything_through_a_node_crash_mqtt311() {
+/// The gateway on node 1 of a NATS cluster, the consumer on node 2.
+async fn nats_cluster(protocol: Protocol, test: &str) {
     if !server_available("nats-server", "nats-server")
         || !heavy_enabled(
-            "interop_nats_cluster_delivers_everything_through_a_node_crash_mqtt311",
+            test,
             "a 3-node NATS cluster takes seconds to elect a JetStream leader",
         )
     {
         return;
     }
     let mut server = NatsCluster::start().await;
-    let seen = delivery_through_an_outage(&mut server, Protocol::V311).await;
+    eprintln!("the NATS cluster started in {:?}", server.started_in);
+    let seen = delivery_through_an_outage(&mut server, protocol).await;
     seen.expect_status(LateStatus::Retained, LateStatus::Retained);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interop_rabbitmq_delivers_everything_through_a_quorum_queue_mqtt311() {
+/// RabbitMQ 3.10 speaks 3.1.1 only (asked for 5, the gateway falls back)
+/// and sends retained messages only to subscriptions without wildcards.
+/// The consumer's persistent QoS 1 subscription is a quorum queue: the
+/// summaries it counted arrived through it.
+async fn rabbitmq(protocol: Protocol, test: &str) {
     if !server_available(RABBITMQ_SERVER, "rabbitmq-server")
-        || !heavy_enabled(
-            "interop_rabbitmq_delivers_everything_through_a_quorum_queue_mqtt311",
-            "RabbitMQ takes about 10 s to start",
-        )
+        || !heavy_enabled(test, "RabbitMQ takes about 10 s to start")
     {
         return;
     }
     let rabbit = RabbitMq::shared();
     eprintln!("RabbitMQ started in {:?}", rabbit.started_in);
-    let mut server = SharedRabbit(rabbit);
-    let seen = delivery_through_an_outage(&mut server, Protocol::V311).await;
-    // RabbitMQ 3.10 keeps retained messages, but sends them only to
-    // subscriptions without wildcards.
+    let seen = delivery_through_an_outage(&mut SharedRabbit(rabbit), protocol).await;
     seen.expect_status(LateStatus::Retained, LateStatus::Nothing);
-    // The consumer's persistent QoS 1 subscription is a quorum queue: the
-    // summaries it counted arrived through it.
     let queues = rabbit.queues();
     assert!(
         queues.iter().any(
@@ -320,6 +323,63 @@ async fn interop_rabbitmq_delivers_everything_through_a_quorum_queue_mqtt311() {
         ),
         "no quorum queue for the consumer: {queues:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_rumqttd_delivers_everything_through_an_outage_mqtt311() {
+    rumqttd(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_rumqttd_delivers_everything_through_an_outage_mqtt5() {
+    rumqttd(Protocol::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_mosquitto_delivers_everything_through_an_outage_mqtt311() {
+    mosquitto(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_mosquitto_delivers_everything_through_an_outage_mqtt5() {
+    mosquitto(Protocol::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_nats_delivers_everything_through_an_outage_mqtt311() {
+    nats(Protocol::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_nats_falls_back_from_mqtt5_and_delivers_everything() {
+    nats(Protocol::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_nats_cluster_delivers_everything_through_a_node_crash_mqtt311() {
+    nats_cluster(
+        Protocol::V311,
+        "interop_nats_cluster_delivers_everything_through_a_node_crash_mqtt311",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_rabbitmq_delivers_everything_through_a_quorum_queue_mqtt311() {
+    rabbitmq(
+        Protocol::V311,
+        "interop_rabbitmq_delivers_everything_through_a_quorum_queue_mqtt311",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_rabbitmq_falls_back_from_mqtt5_and_delivers_everything() {
+    rabbitmq(
+        Protocol::V5,
+        "interop_rabbitmq_falls_back_from_mqtt5_and_delivers_everything",
+    )
+    .await;
 }
 
 /// Under MQTT 3.1.1, Mosquitto acknowledges a publish its ACL denies and
@@ -334,7 +394,7 @@ async fn acl_denied_topic_is_acknowledged_and_lost_under_mqtt311_mosquitto() {
     let source = Broker::start(BrokerKind::Rumqttd).await;
     let upstream = Broker::start_mosquitto_with_acl(MOSQUITTO_ACL_DENYING_M2).await;
     let sub = Subscriber::start(upstream.addr, "gateways/#").await;
-    let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, ""));
+    let mut gw = Gateway::start(&protocol_config(source.addr, upstream.addr, Protocol::V311));
     gw.wait_ready().await;
     let mut publisher = Publisher::connect(source.addr).await;
     publish_windows(
@@ -364,3 +424,57 @@ topic readwrite gateways/#
 topic deny gateways/+/summary/l1/m2/#
 topic readwrite plant/#
 ";
+
+/// `brokers` lists the three nodes of a NATS cluster; the gateway is on
+/// node 1 (listed first) when it is killed in the middle of draining a
+/// backlog of thousands of records: the gateway fails over to another node
+/// and everything arrives, in order per sensor after deduplication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_mid_drain_loses_nothing_nats() {
+    if !server_available("nats-server", "nats-server")
+        || !heavy_enabled(
+            "cluster_failover_mid_drain_loses_nothing_nats",
+            "a 3-node NATS cluster and a backlog of thousands of records",
+        )
+    {
+        return;
+    }
+    let mut cluster = NatsCluster::start().await;
+    let nodes = cluster.mqtt_addrs();
+    let source = Broker::start(BrokerKind::Rumqttd).await;
+    let sub = Subscriber::start_persistent(nodes[1], "gateways/#", "e2e-failover-consumer").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let list: Vec<String> = nodes.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = gateway_config(source.addr, nodes[0], "")
+        .replace(
+            &format!("broker = \"{}\"", nodes[0]),
+            &format!("brokers = [{}]", list.join(", ")),
+        )
+        .replace("@STATE_DIR@", &state.display().to_string());
+    let config =
+        sensor_gateway::Config::parse(&text, std::path::Path::new("t.toml")).expect("valid config");
+    // 4 hours of 10 s windows of 2 sensors: 2,880 summaries and 3 alarms.
+    let (summaries, alarms, _) = crate::drain::write_backlog(&config, &state, 4.0);
+    let total = summaries + alarms;
+    let mut gw = Gateway::start_in(dir, &text, &state);
+    gw.wait_ready().await;
+    sub.wait_for_unique(300, Duration::from_secs(60)).await;
+    cluster.nodes[0].process.kill();
+    let before = unique_seqs(&sub.snapshot()).len() as u64;
+    assert!(
+        before < total,
+        "node 1 was killed after the drain ended: make the backlog longer"
+    );
+    let messages = sub
+        .wait_for_unique(total as usize, Duration::from_secs(180))
+        .await;
+    let unique = dedupe(&messages);
+    assert_eq!(unique.len() as u64, total, "every record exactly once");
+    assert_order_per_sensor(&unique);
+    assert!(
+        gw.metric("gateway_upstream_connections_total") >= 2.0,
+        "the gateway connected to another node"
+    );
+    eprintln!("failover: node 1 killed after {before} of {total} records arrived");
+}

@@ -245,14 +245,21 @@ impl NatsNode {
 /// A single NATS node.
 pub struct Nats {
     pub node: NatsNode,
+    /// How long the start took.
+    pub started_in: Duration,
     _dir: tempfile::TempDir,
 }
 
 impl Nats {
     pub async fn start() -> Nats {
+        let t0 = Instant::now();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let node = NatsNode::start(dir.path(), "n1", None).await;
-        Nats { node, _dir: dir }
+        Nats {
+            node,
+            started_in: t0.elapsed(),
+            _dir: dir,
+        }
     }
 }
 
@@ -260,11 +267,14 @@ impl Nats {
 /// metadata leader is elected.
 pub struct NatsCluster {
     pub nodes: Vec<NatsNode>,
+    /// How long the start took, the leader election included.
+    pub started_in: Duration,
     _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
     pub async fn start() -> NatsCluster {
+        let t0 = Instant::now();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let routes: Vec<u16> = (0..3).map(|_| free_addr().port()).collect();
         let mut nodes = Vec::new();
@@ -272,8 +282,13 @@ impl NatsCluster {
             let name = format!("n{}", i + 1);
             nodes.push(NatsNode::start(dir.path(), &name, Some((*own, &routes))).await);
         }
-        let cluster = NatsCluster { nodes, _dir: dir };
+        let mut cluster = NatsCluster {
+            nodes,
+            started_in: Duration::ZERO,
+            _dir: dir,
+        };
         cluster.wait_leader(Duration::from_secs(60)).await;
+        cluster.started_in = t0.elapsed();
         cluster
     }
 
