@@ -18,6 +18,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "json" => json(data),
         "serial_port" => serial_port(data),
         "mqtt_guard" => mqtt_guard(data),
+        "envelope" => envelope(data),
         _ => return false,
     }
     true
@@ -33,6 +34,7 @@ pub const TARGETS: &[&str] = &[
     "json",
     "serial_port",
     "mqtt_guard",
+    "envelope",
 ];
 
 /// The source guard's two stream parsers, fed the same bytes in chunks
@@ -62,6 +64,38 @@ pub fn mqtt_guard(data: &[u8]) {
             Err(_) => break,
         }
     }
+}
+
+/// Envelope decoding never panics, and what decodes is written again, in
+/// the same encoding and compression, as an envelope that decodes to the
+/// same entries.
+pub fn envelope(data: &[u8]) {
+    use crate::envelope::{decode, BatchBuilder, EnvelopeSettings};
+    let Ok(d) = decode(data) else {
+        return;
+    };
+    let settings = EnvelopeSettings {
+        encoding: d.encoding,
+        compression: d.compression,
+        max_records: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+    let mut b = BatchBuilder::new(&settings);
+    for e in &d.entries {
+        let rec = crate::model::Record {
+            seq: e.seq,
+            lane: e.lane,
+            ts_ms: 0,
+            topic: e.topic.clone(),
+            payload: e.payload.to_string().into_bytes(),
+        };
+        assert!(b.push(&rec).is_ok(), "a decoded payload is JSON");
+    }
+    let again = b.finish().map(|bytes| decode(&bytes));
+    assert!(
+        matches!(&again, Ok(Ok(a)) if a.entries == d.entries),
+        "re-encoded envelope differs: {again:?}"
+    );
 }
 
 /// MQTT payload decoding never panics.

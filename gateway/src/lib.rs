@@ -13,6 +13,7 @@ pub mod buffer;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -278,6 +278,14 @@ declare_metrics! {
         "gateway_upstream_refused_total",
         "Publishes the upstream broker refused with an MQTT 5 reason code, by reason (not delivered: the records stay buffered and are sent again).",
     ),
+    pub upstream_batches: Counter = own(
+        "gateway_upstream_batches_total",
+        "Envelopes (batches of records, [upstream.batch]) published upstream, retransmissions included.",
+    ),
+    pub upstream_payload_bytes: Counter = own(
+        "gateway_upstream_payload_bytes_total",
+        "Payload bytes of the publishes sent upstream (records or envelopes, after compression), retransmissions included.",
+    ),
     pub upstream_failovers: Counter = own(
         "gateway_upstream_failovers_total",
         "Connections made to another node of `brokers` than the previous connection's.",
@@ -1321,7 +1329,7 @@ pub(crate) mod tests {
     fn one_line_summarises_the_main_counters() {
         assert_eq!(
             filled().one_line(),
-            "received=8 accepted=15 rejected=5448 summaries=22 delivered=134 queued=-22 dropped=2533 upstream_connected=false"
+            "received=8 accepted=15 rejected=5672 summaries=22 delivered=134 queued=-22 dropped=2617 upstream_connected=false"
         );
     }
 

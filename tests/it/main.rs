@@ -18,7 +18,7 @@
 //!   faults, unplug, reboots.
 //! - `interop`: the matrix of MQTT servers (rumqttd, Mosquitto, NATS, a
 //!   NATS cluster, RabbitMQ): connect, outage, exact delivery, retained
-//!   status; Mosquitto's ACL under 3.1.1.
+//!   status; failover across a NATS cluster mid-drain.
 //! - `drain`: a long backlog drains over a simulated cellular link.
 //!
 //! Each scenario runs against the embedded rumqttd broker and against
@@ -30,6 +30,7 @@ mod drain;
 mod hostile;
 mod http;
 mod interop;
+mod mqtt5;
 mod outage;
 mod pipeline;
 mod powercut;

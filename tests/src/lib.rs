@@ -15,6 +15,8 @@
 //! Waiting is always for an observable condition with a deadline, never a
 //! sleep that hopes.
 
+pub mod workload;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -136,7 +138,7 @@ pub struct Broker {
     pub addr: SocketAddr,
     child: Option<Child>,
     dir: tempfile::TempDir,
-    /// Lines added to Mosquitto's config.
+    /// More lines of mosquitto.conf (Mosquitto only).
     extra_conf: String,
 }
 
@@ -160,31 +162,47 @@ pub fn mosquitto_available() -> bool {
 
 impl Broker {
     pub async fn start(kind: BrokerKind) -> Broker {
-        let mut b = Broker::unstarted(kind);
-        b.restart().await;
-        b
+        Broker::start_with(kind, "", &[]).await
     }
 
-    fn unstarted(kind: BrokerKind) -> Broker {
-        Broker {
+    /// Mosquitto with more lines in its configuration and files (name,
+    /// text) written beside it first; `@DIR@` in the lines is the broker's
+    /// own directory (for an ACL or password file).
+    pub async fn start_mosquitto(extra_conf: &str, files: &[(&str, &str)]) -> Broker {
+        Broker::start_with(BrokerKind::Mosquitto, extra_conf, files).await
+    }
+
+    async fn start_with(kind: BrokerKind, extra_conf: &str, files: &[(&str, &str)]) -> Broker {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write a broker file");
+        }
+        let extra_conf = extra_conf.replace("@DIR@", &dir.path().display().to_string());
+        let mut b = Broker {
             kind,
             addr: free_addr(),
             child: None,
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            extra_conf: String::new(),
-        }
-    }
-
-    /// Mosquitto with an ACL for anonymous clients: `acl` holds
-    /// `topic [read|write|readwrite|deny] FILTER` lines (Mosquitto 2.0's
-    /// acl_file syntax); what they do not grant is refused.
-    pub async fn start_mosquitto_with_acl(acl: &str) -> Broker {
-        let mut b = Broker::unstarted(BrokerKind::Mosquitto);
-        let path = b.dir.path().join("acl");
-        std::fs::write(&path, acl).expect("write the ACL file");
-        b.extra_conf = format!("acl_file {}\n", path.display());
+            dir,
+            extra_conf,
+        };
         b.restart().await;
         b
+    }
+
+    /// The broker's own directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Asks Mosquitto to read its ACL and password files again (SIGHUP).
+    pub fn reload(&self) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .args(["-HUP", &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -HUP failed");
+        }
     }
 
     /// Starts (again) on the same port.
@@ -206,7 +224,7 @@ impl Broker {
                 std::fs::write(
                     &conf,
                     format!(
-                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n{}",
+                        "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n{}\n",
                         self.addr.port(),
                         self.extra_conf
                     ),
@@ -443,8 +461,9 @@ impl Drop for Gateway {
     }
 }
 
-/// An upstream consumer that records every JSON message it receives;
-/// the gateway's status messages (topics ending in `/status`) apart.
+/// An upstream consumer that records every JSON message it receives, and
+/// every record of every batch envelope; the gateway's status messages
+/// (topics ending in `/status`) apart.
 pub struct Subscriber {
     pub messages: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Status messages: (payload, retained), in order of arrival.
@@ -493,6 +512,18 @@ impl Subscriber {
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().expect("lock") += 1,
                         Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if sensor_gateway::envelope::is_envelope(&p.payload) {
+                                // A batch: its records, in order (a bad one shows
+                                // in what the test reads).
+                                let mut m = m.lock().expect("lock");
+                                match sensor_gateway::envelope::decode(&p.payload) {
+                                    Ok(d) => m.extend(d.entries.into_iter().map(|e| e.payload)),
+                                    Err(e) => m.push(serde_json::json!({
+                                        "undecodable_envelope": e.to_string()
+                                    })),
+                                }
+                                continue;
+                            }
                             let v = serde_json::from_slice(&p.payload)
                                 .unwrap_or(serde_json::Value::Null);
                             if p.topic.ends_with("/status") {

@@ -4,13 +4,14 @@
 //! fields rejected; stage two checks values and their relations and builds
 //! the typed [`Config`], one file per section (`gateway.rs`, `sources.rs`
 //! with `mqtt.rs` and `serial.rs`, `rules.rs` with `stats.rs`,
-//! `pipeline.rs`, `upstream.rs`, `buffer.rs`, `http.rs`, `clock.rs`), each with its type, its
+//! `pipeline.rs`, `upstream.rs` with `batch.rs`, `buffer.rs`, `http.rs`, `clock.rs`), each with its type, its
 //! validation and how `check` prints it. Both stages collect every mistake
 //! they find as a [`Diagnostic`] with a line and column and a hint
 //! (`diag.rs`), so an operator fixes a file in one pass rather than one
 //! error per restart. This file reads the file and runs the sections in
 //! order.
 
+mod batch;
 mod buffer;
 mod clock;
 mod diag;
@@ -25,6 +26,7 @@ mod sources;
 mod stats;
 mod upstream;
 
+pub use batch::BatchConfig;
 pub use buffer::{BufferConfig, Durability, WhenFull};
 pub use clock::ClockConfig;
 pub use diag::Diagnostic;

@@ -140,6 +140,18 @@ pub struct RawUpstream {
     pub username: Option<String>,
     pub password: Option<String>,
     pub tls: Option<RawTls>,
+    pub batch: Option<RawBatch>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    pub max_records: Option<Spanned<usize>>,
+    pub max_bytes: Option<Spanned<usize>>,
+    pub max_delay: Option<Spanned<String>>,
+    pub encoding: Option<Spanned<String>>,
+    pub compression: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

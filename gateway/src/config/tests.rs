@@ -472,3 +472,58 @@ fn broker_lists_that_cannot_be_meant_are_refused() {
     );
     assert!(messages(&v4)[0].contains("unknown protocol `4`"));
 }
+
+#[test]
+fn batching_is_off_unless_configured() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.upstream.batch, BatchConfig::off("gw-1"));
+    assert!(!c.upstream.batch.enveloped());
+    assert_eq!(c.upstream.batch.topic, "gateways/gw-1/batch");
+}
+
+#[test]
+fn a_batch_section_is_read_and_rendered_back() {
+    let text = format!(
+        "{MINIMAL}\n[upstream.batch]\nmax_records = 100\nmax_bytes = 32768\nmax_delay = \"30s\"\nencoding = \"cbor\"\ncompression = \"zstd\"\ntopic = \"fleet/{{gateway}}/b\"\n"
+    );
+    let c = parse(&text).unwrap();
+    let b = &c.upstream.batch;
+    assert_eq!(
+        (b.max_records, b.max_bytes, b.max_delay),
+        (100, 32768, Duration::from_secs(30))
+    );
+    assert_eq!(
+        (b.encoding, b.compression),
+        (
+            crate::envelope::Encoding::Cbor,
+            crate::envelope::Compression::Zstd
+        )
+    );
+    assert_eq!(b.topic, "fleet/gw-1/b");
+    assert!(b.enveloped());
+    let again = parse(&c.render_effective()).unwrap();
+    assert_eq!(again.upstream.batch, c.upstream.batch);
+}
+
+#[test]
+fn every_batch_mistake_is_reported_with_its_line() {
+    let text = format!(
+        "{MINIMAL}\n[upstream.batch]\nmax_records = 5000\nmax_bytes = 2000000\nmax_delay = \"0s\"\nencoding = \"xml\"\ncompression = \"zsdt\"\ntopic = \"a/+/b\"\n"
+    );
+    let diags = parse(&text).unwrap_err();
+    let lines: Vec<usize> = diags.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![14, 15, 16, 17, 18, 19], "{diags:#?}");
+    assert!(diags[0]
+        .message
+        .contains("`max_records` must be within 1..=1000"));
+    assert!(diags[3].message.contains("unknown encoding `xml`"));
+    assert!(diags[4]
+        .hint
+        .as_deref()
+        .is_some_and(|h| h.contains("\"zstd\"")));
+    assert!(diags.iter().all(|d| d.hint.is_some()), "{diags:#?}");
+}
+
+// The largest batch fits an upstream packet twice over, so CBOR entries
+// that outgrow their JSON estimate still fit.
+const _: () = assert!(2 * BatchConfig::MAX_BYTES <= crate::upstream::MAX_PACKET_BYTES);

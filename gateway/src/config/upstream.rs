@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::batch::BatchConfig;
 use super::diag::{duration_text, named, Cx, Named};
 use super::mqtt::{credentials, qos_number, BrokerAddr};
 use super::raw::{RawTls, RawUpstream};
@@ -59,6 +60,8 @@ pub struct UpstreamConfig {
     pub shutdown_grace: Duration,
     pub credentials: Option<(String, String)>,
     pub tls: Option<TlsConfig>,
+    /// `[upstream.batch]`: envelopes, or one plain message per record.
+    pub batch: BatchConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,7 @@ impl UpstreamConfig {
         if let Some(t) = &self.tls {
             let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
         }
+        self.batch.render(s);
     }
 }
 
@@ -172,6 +176,7 @@ impl Cx<'_> {
             self.duration(&raw.reconnect_backoff_max, Duration::from_secs(30));
         let inflight = self.positive(&raw.inflight, "inflight", 32);
         let shutdown_grace = self.duration(&raw.shutdown_grace, Duration::from_secs(5));
+        let batch = self.batch(raw.batch.as_ref(), gateway_id);
         Some(UpstreamConfig {
             brokers: brokers?,
             protocol,
@@ -189,6 +194,7 @@ impl Cx<'_> {
             shutdown_grace,
             credentials: credentials(raw.username, raw.password),
             tls: tls?,
+            batch,
         })
     }
 
@@ -258,7 +264,7 @@ impl Cx<'_> {
 
     /// A topic the gateway subscribes or publishes to as is: `{gateway}` is
     /// its only placeholder, and wildcards are refused.
-    fn plain_topic(
+    pub(super) fn plain_topic(
         &mut self,
         raw: &Option<Spanned<String>>,
         name: &str,

@@ -36,6 +36,7 @@ use crate::model::Record;
 use crate::mqtt;
 use crate::processor::Command;
 
+mod batch;
 mod link;
 pub mod status;
 mod wire;
@@ -175,7 +176,7 @@ pub async fn run(
     let (mut link, mut cfg) = LinkTask::spawn(settings, &metrics, &commands);
     let mut relink_open = true;
 
-    let mut state = SinkState::new(cfg.inflight);
+    let mut state = SinkState::new(&cfg);
     let mut input_open = true;
     let mut deadline: Option<Instant> = None;
     // When `maintain` runs next: after activity, or when a buffer timer is
@@ -201,7 +202,7 @@ pub async fn run(
         // burst shares one fsync (`next_due` includes it); nothing is
         // published before it.
         if buffer.commit_due().is_none() {
-            state.pump(&mut buffer, &metrics, now);
+            state.pump(&mut buffer, &metrics, now, !input_open || stopping);
         }
         if !input_open && buffer.is_empty() {
             break;
@@ -223,8 +224,12 @@ pub async fn run(
         if blocked || (state.publisher.is_some() && !buffer.is_empty()) {
             maintain_at = earliest(maintain_at, Instant::now() + MAINTAIN_AFTER);
         }
-        // Refused records go back at their time.
+        // Refused records go back at their time; an open batch goes out at
+        // its `max_delay`.
         if let Some(&(at, _)) = state.parked.front() {
+            maintain_at = earliest(maintain_at, at);
+        }
+        if let Some(at) = state.batch_due() {
             maintain_at = earliest(maintain_at, at);
         }
         tokio::select! {
@@ -270,7 +275,7 @@ pub async fn run(
                 (link, cfg) = LinkTask::spawn(new, &metrics, &commands);
                 // What was in flight is sent again on the new connection.
                 state.on_link_event(LinkEvent::Down { epoch: state.epoch }, &mut buffer, &metrics, &cfg);
-                state.epoch = 0;
+                state.reconfigure(&cfg);
                 maintain = true;
             }
             _ = sleep_until(maintain_at) => {
@@ -331,15 +336,22 @@ struct SinkState {
     /// fewer when the broker's receive maximum (MQTT 5) says so.
     window: usize,
     inflight_cfg: u16,
-    /// Seqs published on this connection whose packet id is not known yet.
-    awaiting_pkid: VecDeque<u64>,
-    /// In flight on this connection: packet id to seq and when the PUBLISH
-    /// left the client (for `gateway_upstream_puback_latency_seconds`).
-    pkid_to_seq: HashMap<u16, (u64, Instant)>,
-    /// Records the broker refused, with when each is sent again, in that
-    /// order. They stay in flight for the buffer (their lane does not
-    /// settle past them), so there are never more than `window`.
-    parked: VecDeque<(Instant, u64)>,
+    /// Publishes on this connection whose packet id is not known yet.
+    awaiting_pkid: VecDeque<Unit>,
+    /// In flight on this connection: packet id to records and when the
+    /// PUBLISH left the client (for `gateway_upstream_puback_latency_seconds`).
+    pkid_to_seq: HashMap<u16, (Unit, Instant)>,
+    /// Publishes the broker refused, with when each is sent again, in that
+    /// order. Their records stay in flight for the buffer (their lane does
+    /// not settle past them); they hold their places of the window.
+    parked: VecDeque<(Instant, Unit)>,
+    /// The open batch, when `[upstream.batch]` sends envelopes.
+    batcher: Option<batch::Batcher>,
+    /// Payload bytes of the publishes on the wire (awaiting their PUBACK).
+    inflight_bytes: usize,
+    /// Bounds `inflight_bytes` on a slow link ([`AckRate`]).
+    ack_rate: AckRate,
+    keep_alive: Duration,
     /// How long the next refused record waits: doubles with each refusal
     /// up to [`REFUSAL_RETRY_MAX`], back to one second once a record that
     /// had been refused is acknowledged.
@@ -351,8 +363,13 @@ struct SinkState {
 }
 
 impl SinkState {
-    fn new(inflight: u16) -> SinkState {
+    fn new(cfg: &UpstreamConfig) -> SinkState {
+        let inflight = cfg.inflight;
         SinkState {
+            batcher: cfg
+                .batch
+                .enveloped()
+                .then(|| batch::Batcher::new(cfg.batch.clone())),
             epoch: 0,
             publisher: None,
             window: usize::from(inflight),
@@ -363,16 +380,59 @@ impl SinkState {
             refusal_backoff: Backoff::new(Duration::from_secs(1), REFUSAL_RETRY_MAX),
             refused: std::collections::HashSet::new(),
             refusal_log: crate::reject::LogLimiter::new(REFUSAL_LOG_INTERVAL_MS),
+            inflight_bytes: 0,
+            ack_rate: AckRate::new(),
+            keep_alive: cfg.keep_alive,
         }
     }
 
-    fn pump(&mut self, buffer: &mut Buffer, metrics: &Metrics, now_ms: i64) {
-        let Some(publisher) = &mut self.publisher else {
+    /// New connection settings (a reload), once the old link is gone.
+    fn reconfigure(&mut self, cfg: &UpstreamConfig) {
+        self.epoch = 0;
+        self.keep_alive = cfg.keep_alive;
+        self.ack_rate.reset();
+        self.inflight_cfg = cfg.inflight;
+        self.window = usize::from(cfg.inflight);
+        self.batcher = cfg
+            .batch
+            .enveloped()
+            .then(|| batch::Batcher::new(cfg.batch.clone()));
+    }
+
+    /// Publishes in flight or refused and waiting: what the window limits.
+    fn messages_in_flight(&self) -> usize {
+        self.awaiting_pkid.len() + self.pkid_to_seq.len() + self.parked.len()
+    }
+
+    /// Whether another publish may go out: the window has room, and the
+    /// link has taken what is on it ([`AckRate`]; one publish always may).
+    fn has_room(&self) -> bool {
+        self.messages_in_flight() < self.window
+            && (self.inflight_bytes == 0
+                || self.inflight_bytes < self.ack_rate.limit(self.keep_alive))
+    }
+
+    /// A publish of `bytes` went to the client.
+    fn sent(&mut self, unit: Unit) {
+        if self.inflight_bytes == 0 {
+            self.ack_rate.started(Instant::now());
+        }
+        self.inflight_bytes += unit.bytes();
+        self.awaiting_pkid.push_back(unit);
+    }
+
+    /// Publishes what waits, while the window has room. `flush`: an open
+    /// batch goes out without waiting for more records (shutdown).
+    fn pump(&mut self, buffer: &mut Buffer, metrics: &Metrics, now_ms: i64, flush: bool) {
+        if self.batcher.is_some() {
+            self.pump_batches(buffer, metrics, now_ms, flush);
             return;
-        };
+        }
         let max_age_ms = buffer.max_age_ms();
-        let schema = SCHEMA_TEXT;
-        while buffer.in_flight() < self.window {
+        while self.has_room() {
+            let Some(publisher) = self.publisher.as_mut() else {
+                return;
+            };
             let Some(rec) = buffer.next_unsent(now_ms) else {
                 break;
             };
@@ -389,12 +449,13 @@ impl SinkState {
                 payload: &rec.payload,
                 expiry_s: expiry_s(max_age_ms, rec.ts_ms, now_ms),
                 content_type: wire::JSON,
-                properties: &[("schema", schema)],
+                properties: &[("schema", SCHEMA_TEXT)],
             };
             match publisher.publish(&msg) {
                 Ok(()) => {
-                    self.awaiting_pkid.push_back(rec.seq);
+                    self.sent(Unit::One(rec.seq, rec.payload.len()));
                     metrics.upstream_published.inc();
+                    metrics.upstream_payload_bytes.add(rec.payload.len() as u64);
                 }
                 Err(e) => {
                     // The link is going down: take the records back and wait
@@ -407,6 +468,60 @@ impl SinkState {
         }
     }
 
+    /// [`Self::pump`] with envelopes: each publish carries a batch.
+    fn pump_batches(&mut self, buffer: &mut Buffer, metrics: &Metrics, now_ms: i64, flush: bool) {
+        let max_age_ms = buffer.max_age_ms();
+        while self.publisher.is_some() && self.has_room() {
+            let Some(b) = self.batcher.as_mut() else {
+                return;
+            };
+            b.fill(buffer, now_ms);
+            if !b.ready(Instant::now(), flush) {
+                return;
+            }
+            let sealed = match b.seal() {
+                Ok(sealed) => sealed,
+                Err(seqs) => {
+                    for seq in seqs {
+                        buffer.set_aside(seq, "unencodable", now_ms);
+                    }
+                    continue;
+                }
+            };
+            let count = sealed.seqs.len().to_string();
+            let msg = wire::Message {
+                topic: &b.cfg.topic,
+                payload: &sealed.payload,
+                expiry_s: expiry_s(max_age_ms, sealed.oldest_ts_ms, now_ms),
+                content_type: crate::envelope::content_type(&b.settings),
+                properties: &[("schema", SCHEMA_TEXT), ("records", &count)],
+            };
+            let Some(publisher) = self.publisher.as_mut() else {
+                return;
+            };
+            match publisher.publish(&msg) {
+                Ok(()) => {
+                    metrics.upstream_published.inc();
+                    metrics.upstream_batches.inc();
+                    metrics
+                        .upstream_payload_bytes
+                        .add(sealed.payload.len() as u64);
+                    self.sent(Unit::Batch(sealed.seqs, sealed.payload.len()));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Publish not queued; will retry.");
+                    self.disconnected(buffer);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// When the open batch is due (its `max_delay`).
+    fn batch_due(&self) -> Option<Instant> {
+        self.batcher.as_ref().and_then(|b| b.due_at())
+    }
+
     /// The connection is gone: what was in flight (refused records too) is
     /// sent again on the next one.
     fn disconnected(&mut self, buffer: &mut Buffer) -> usize {
@@ -414,17 +529,22 @@ impl SinkState {
         self.awaiting_pkid.clear();
         self.pkid_to_seq.clear();
         self.parked.clear();
+        self.inflight_bytes = 0;
+        self.ack_rate.acked(0, Instant::now(), true);
+        if let Some(b) = &mut self.batcher {
+            b.reset();
+        }
         buffer.rewind()
     }
 
     /// Refused records whose time has come go back to be sent again.
     fn unpark_due(&mut self, buffer: &mut Buffer, now: Instant) {
-        while let Some(&(at, seq)) = self.parked.front() {
-            if at > now {
-                break;
+        while self.parked.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, unit)) = self.parked.pop_front() {
+                for &seq in unit.seqs() {
+                    buffer.retry_later(seq);
+                }
             }
-            self.parked.pop_front();
-            buffer.retry_later(seq);
         }
     }
 
@@ -462,8 +582,8 @@ impl SinkState {
                 }
             }
             LinkEvent::Sent { epoch, pkid } if epoch == self.epoch && pkid != 0 => {
-                if let Some(seq) = self.awaiting_pkid.pop_front() {
-                    self.pkid_to_seq.insert(pkid, (seq, Instant::now()));
+                if let Some(unit) = self.awaiting_pkid.pop_front() {
+                    self.pkid_to_seq.insert(pkid, (unit, Instant::now()));
                 }
             }
             LinkEvent::Acked {
@@ -471,12 +591,17 @@ impl SinkState {
                 pkid,
                 refused: None,
             } if epoch == self.epoch => {
-                if let Some((seq, sent)) = self.pkid_to_seq.remove(&pkid) {
-                    buffer.ack(seq);
-                    metrics.upstream_acked.inc();
+                if let Some((unit, sent)) = self.pkid_to_seq.remove(&pkid) {
                     metrics.upstream_puback_latency.observe(sent.elapsed());
-                    if self.refused.remove(&seq) {
-                        self.refusal_backoff.connected(std::time::Instant::now());
+                    self.inflight_bytes = self.inflight_bytes.saturating_sub(unit.bytes());
+                    self.ack_rate
+                        .acked(unit.bytes(), Instant::now(), self.inflight_bytes == 0);
+                    for &seq in unit.seqs() {
+                        buffer.ack(seq);
+                        metrics.upstream_acked.inc();
+                        if self.refused.remove(&seq) {
+                            self.refusal_backoff.connected(std::time::Instant::now());
+                        }
                     }
                 }
             }
@@ -485,8 +610,9 @@ impl SinkState {
                 pkid,
                 refused: Some(why),
             } if epoch == self.epoch => {
-                if let Some((seq, _)) = self.pkid_to_seq.remove(&pkid) {
-                    self.refuse(seq, why, buffer, metrics);
+                if let Some((unit, _)) = self.pkid_to_seq.remove(&pkid) {
+                    self.inflight_bytes = self.inflight_bytes.saturating_sub(unit.bytes());
+                    self.refuse(unit, why, buffer, metrics);
                 }
             }
             LinkEvent::Down { epoch } if epoch == self.epoch => {
@@ -500,17 +626,122 @@ impl SinkState {
     /// The broker refused the record `seq` (MQTT 5 reason code): it is not
     /// delivered. It is counted, logged with the fix, and sent again after
     /// a backoff; meanwhile it holds a place of the in-flight window.
-    fn refuse(&mut self, seq: u64, why: Refusal, buffer: &mut Buffer, metrics: &Metrics) {
+    fn refuse(&mut self, unit: Unit, why: Refusal, buffer: &mut Buffer, metrics: &Metrics) {
+        let seq = unit.seqs().first().copied().unwrap_or(0);
         metrics.refused_upstream(why);
-        let delay = self.refusal_backoff.failed(std::time::Instant::now());
+        // Refusals that arrive while others wait join their round: the
+        // backoff grows once per round, not once per record.
+        let now = Instant::now();
+        let at = match self.parked.back() {
+            Some(&(at, _)) if at > now => at,
+            _ => now + self.refusal_backoff.failed(std::time::Instant::now()),
+        };
+        let delay = at - now;
         if self.refused.len() < self.window.max(1) * 4 {
             self.refused.insert(seq);
         }
-        self.parked.push_back((Instant::now() + delay, seq));
+        self.parked.push_back((at, unit));
         if let Some(suppressed) = self.refusal_log.allow(why, crate::now_ms()) {
             let topic = buffer.in_flight_topic(seq).unwrap_or_default();
             tracing::warn!(seq, topic = %topic, reason = why.name(), retry_in = ?delay, suppressed_since_last = suppressed, fix = why.fix(), "Upstream refused a record; it is kept in the buffer and sent again (counted in gateway_upstream_refused_total).");
         }
+    }
+}
+
+/// The records one publish carries: one, or an envelope's.
+/// (With the payload bytes of the publish.)
+enum Unit {
+    One(u64, usize),
+    Batch(Vec<u64>, usize),
+}
+
+impl Unit {
+    fn seqs(&self) -> &[u64] {
+        match self {
+            Unit::One(seq, _) => std::slice::from_ref(seq),
+            Unit::Batch(seqs, _) => seqs,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Unit::One(_, b) | Unit::Batch(_, b) => *b,
+        }
+    }
+}
+
+/// The rate at which the broker acknowledges payload bytes, measured over
+/// intervals of at least a second while something is in flight, smoothed.
+/// On a slow link (a cellular uplink with a bandwidth cap) it bounds what
+/// the sink puts in flight, so that a keep-alive ping never waits longer
+/// than half the keep-alive behind queued publishes and PUBACKs do not
+/// take longer than the broker or the link allows.
+#[derive(Debug)]
+struct AckRate {
+    bytes_per_s: Option<f64>,
+    interval_start: Option<Instant>,
+    interval_bytes: usize,
+}
+
+impl AckRate {
+    /// What may be in flight before anything was measured, and the least
+    /// ever allowed.
+    const FLOOR_BYTES: usize = 32 * 1024;
+    /// The most that is ever in flight, however fast the link.
+    const CEILING_BYTES: usize = 16 * 1024 * 1024;
+
+    fn new() -> AckRate {
+        AckRate {
+            bytes_per_s: None,
+            interval_start: None,
+            interval_bytes: 0,
+        }
+    }
+
+    /// Something was sent while nothing was in flight: measuring starts.
+    fn started(&mut self, now: Instant) {
+        if self.interval_start.is_none() {
+            self.interval_start = Some(now);
+            self.interval_bytes = 0;
+        }
+    }
+
+    /// `bytes` were acknowledged; `idle` when nothing is in flight after.
+    fn acked(&mut self, bytes: usize, now: Instant, idle: bool) {
+        let Some(start) = self.interval_start else {
+            return;
+        };
+        self.interval_bytes += bytes;
+        let elapsed = now.saturating_duration_since(start).as_secs_f64();
+        if elapsed >= 1.0 {
+            let rate = self.interval_bytes as f64 / elapsed;
+            self.bytes_per_s = Some(match self.bytes_per_s {
+                None => rate,
+                Some(r) => 0.7 * r + 0.3 * rate,
+            });
+            self.interval_start = Some(now);
+            self.interval_bytes = 0;
+        }
+        if idle {
+            // An idle link measures nothing; the next burst starts anew.
+            self.interval_start = None;
+        }
+    }
+
+    /// The most payload bytes to have in flight with this keep-alive.
+    fn limit(&self, keep_alive: Duration) -> usize {
+        match self.bytes_per_s {
+            None => Self::FLOOR_BYTES,
+            Some(r) => {
+                let bytes = r * keep_alive.as_secs_f64() / 2.0;
+                (bytes as usize).clamp(Self::FLOOR_BYTES, Self::CEILING_BYTES)
+            }
+        }
+    }
+
+    /// Forget the link (a new connection may be another node or path).
+    fn reset(&mut self) {
+        *self = AckRate::new();
     }
 }
 
@@ -555,6 +786,37 @@ mod tests {
             earliest(earliest(None, flush_bound), grace_end),
             Some(grace_end)
         );
+    }
+
+    #[test]
+    fn on_a_slow_link_what_is_in_flight_follows_the_acknowledged_rate() {
+        let t0 = Instant::now();
+        let ka = Duration::from_secs(30);
+        let mut r = AckRate::new();
+        // Nothing measured yet: a small start.
+        assert_eq!(r.limit(ka), AckRate::FLOOR_BYTES);
+        r.started(t0);
+        // 8 KB/s, a 64 kbit/s uplink: half a keep-alive of it.
+        for s in 1..=10 {
+            r.acked(8_000, t0 + Duration::from_secs(s), false);
+        }
+        assert_eq!(r.limit(ka), 120_000);
+        // A fast link: bounded by the ceiling.
+        let mut fast = AckRate::new();
+        fast.started(t0);
+        fast.acked(100_000_000, t0 + Duration::from_secs(1), true);
+        assert_eq!(fast.limit(ka), AckRate::CEILING_BYTES);
+        // An idle spell measures nothing: the rate stands.
+        fast.acked(10, t0 + Duration::from_secs(100), true);
+        assert_eq!(fast.limit(ka), AckRate::CEILING_BYTES);
+    }
+
+    #[test]
+    fn message_expiry_is_what_is_left_of_max_age() {
+        assert_eq!(expiry_s(0, 0, 5_000), None);
+        assert_eq!(expiry_s(60_000, 10_000, 20_000), Some(50));
+        // Already older than max_age: the broker still gets a second.
+        assert_eq!(expiry_s(60_000, 0, 600_000), Some(1));
     }
 
     #[test]
