@@ -175,6 +175,9 @@ fn main() -> ExitCode {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", c.render_effective());
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
                 eprintln!("{}: OK", config.display());
                 ExitCode::SUCCESS
             }
@@ -192,7 +195,12 @@ fn main() -> ExitCode {
         } => {
             init_logging(log_format);
             let config = match Config::load(&config_path) {
-                Ok(c) => c,
+                Ok(c) => {
+                    for w in &c.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    c
+                }
                 Err(e) => {
                     // One log record per mistake: each carries its own
                     // priority under journald.

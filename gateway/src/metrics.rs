@@ -514,6 +514,12 @@ declare_metrics! {
     ),
     pub clock_jumps_forward: Counter = member(&CLOCK_JUMPS, "forward"),
     pub clock_jumps_backward: Counter = member(&CLOCK_JUMPS, "backward"),
+    /// Set at start, at each reload and once a day; 0 without a client
+    /// certificate.
+    pub tls_client_cert_expiry_seconds: Gauge = own(
+        "gateway_tls_client_cert_expiry_seconds",
+        "Seconds until the upstream TLS client certificate (cert_file) expires, negative once expired; 0 without one. A warning is logged when fewer than 30 days remain.",
+    ),
 }
 
 /// What one serial port reports. The port's decoder is owned by its task;

@@ -107,7 +107,9 @@ impl ReloadPlan {
         let sources_changed = (0..n_old.min(n_new))
             .filter(|&i| {
                 let (a, b) = (&old.sources[i], &config.sources[i]);
-                differs(a, b) || (payload_bound_changed && matches!(b, SourceConfig::Mqtt(_)))
+                differs(a, b)
+                    || credentials(a) != credentials(b)
+                    || (payload_bound_changed && matches!(b, SourceConfig::Mqtt(_)))
             })
             .collect();
 
@@ -185,8 +187,8 @@ impl ReloadPlan {
 
 /// Whether two values of the configuration differ. Its types hold glob
 /// matchers, templates and TLS settings that have no `PartialEq`; their
-/// `Debug` text shows every field, so it is what is compared (in memory,
-/// never logged: it holds credentials).
+/// `Debug` text shows every field but passwords (which it hides, so
+/// credentials are compared on their own), so it is what is compared.
 fn differs<T: Debug>(a: &T, b: &T) -> bool {
     format!("{a:?}") != format!("{b:?}")
 }
@@ -214,7 +216,15 @@ fn link_changed(old: &Config, new: &Config) -> bool {
             )
         )
     };
-    link(old) != link(new)
+    link(old) != link(new) || old.upstream.credentials != new.upstream.credentials
+}
+
+/// An MQTT source's credentials (the password, which `Debug` hides).
+fn credentials(s: &SourceConfig) -> Option<&crate::config::Credentials> {
+    match s {
+        SourceConfig::Mqtt(m) => m.credentials.as_deref(),
+        SourceConfig::Serial(_) => None,
+    }
 }
 
 fn source_name(s: &SourceConfig) -> &str {
@@ -246,10 +256,17 @@ impl Reloader {
     /// Waits for the trigger and applies each reload; ends at shutdown
     /// (dropping the sources' sender, so the core sees its input close once
     /// the sources have stopped).
+    /// The client certificates' expiry is reported at start, after each
+    /// reload and once a day in between.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut expiry = tokio::time::interval(crate::mqtt::tls::EXPIRY_CHECK_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = expiry.tick() => {
+                    self.report_cert_expiry();
+                    continue;
+                }
                 _ = self.trigger.signal.notified() => {}
             }
             crate::supervisor::reloading();
@@ -260,6 +277,26 @@ impl Reloader {
                 self.metrics.reloads_rejected.inc();
             }
             crate::supervisor::reloaded(applied, &self.metrics);
+            self.report_cert_expiry();
+        }
+    }
+
+    /// Sets `gateway_tls_client_cert_expiry_seconds` from the upstream's
+    /// client certificate and warns of every client certificate (upstream
+    /// and sources) with fewer than 30 days left.
+    fn report_cert_expiry(&self) {
+        let now_s = crate::now_ms() / 1000;
+        let gauge = &self.metrics.tls_client_cert_expiry_seconds;
+        match &self.running.upstream.tls {
+            Some(tls) => crate::mqtt::tls::report_cert_expiry(tls, "upstream", now_s, Some(gauge)),
+            None => gauge.set(0),
+        }
+        for s in &self.running.sources {
+            if let SourceConfig::Mqtt(m) = s {
+                if let Some(tls) = &m.tls {
+                    crate::mqtt::tls::report_cert_expiry(tls, &m.name, now_s, None);
+                }
+            }
         }
     }
 

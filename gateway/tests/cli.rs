@@ -190,3 +190,80 @@ fn under_journald_each_config_mistake_is_one_error_line_with_file_and_line() {
     assert!(lines.iter().any(|l| l.contains(&at(7))), "{text}");
     assert!(lines.iter().any(|l| l.contains(&at(13))), "{text}");
 }
+
+/// `check` on `path`: its exit code, standard output and standard error.
+fn check(path: &Path) -> (Option<i32>, String, String) {
+    let out = gateway()
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A config in `dir` whose `[upstream]` ends with `account` (on line 6).
+fn config_with_account(dir: &Path, account: &str) -> std::path::PathBuf {
+    let path = dir.join("gateway.toml");
+    let text = format!(
+        "[gateway]\nid = \"gw\"\n\n[upstream]\nbroker = \"127.0.0.1:1883\"\n{account}\n\n[[source]]\nkind = \"mqtt\"\nbroker = \"127.0.0.1:1883\"\ntopic_template = \"plant/{{sensor}}\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A config whose upstream reads its password from a file of `mode`.
+fn config_with_password_file(dir: &Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = dir.join("upstream-password");
+    std::fs::write(&secret, "hunter2-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+    let account = format!(
+        "username = \"gw\"\npassword_file = \"{}\"",
+        secret.display()
+    );
+    config_with_account(dir, &account)
+}
+
+#[test]
+fn a_password_file_readable_by_others_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with_password_file(dir.path(), 0o644);
+    let (code, _, err) = check(&path);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("gateway.toml:7:17: the password file"),
+        "{err}"
+    );
+    assert!(err.contains("has mode 0644"), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn a_private_password_file_is_accepted_and_check_never_prints_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with_password_file(dir.path(), 0o600);
+    let (code, stdout, stderr) = check(&path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("password_file = "), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+}
+
+#[test]
+fn an_inline_password_works_with_a_warning_and_is_not_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let account = "username = \"gw\"\npassword = \"hunter2-secret\"";
+    let path = config_with_account(dir.path(), account);
+    let (code, stdout, stderr) = check(&path);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("gateway.toml:7:12"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("password = \"...\""), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+}

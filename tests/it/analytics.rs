@@ -54,6 +54,12 @@ window = "1s"
 
 [sensor.alarm]
 stale_after = "3s"
+
+[[sensor]]
+match = "*/level"
+unit = "%"
+delivery = "on_change"
+deadband = 0.5
 "#;
 
 /// Distinct events (by seq) of `kind` ("alarm" or "anomaly").
@@ -77,7 +83,7 @@ const HIGH_HIGH: &str = "line1/m1/vibration:high_high";
 async fn wear_scenario_raises_drift_before_the_alarms_and_survives_a_crash() {
     let source = Broker::start(BrokerKind::Rumqttd).await;
     let upstream = Broker::start(BrokerKind::Rumqttd).await;
-    let sub = Subscriber::start(upstream.addr, "gateways/#").await;
+    let sub = Subscriber::start_keeping_topics(upstream.addr, "gateways/#").await;
     let mut gw = Gateway::start(&gateway_config(source.addr, upstream.addr, RULES));
     gw.wait_ready().await;
 
@@ -199,6 +205,16 @@ async fn wear_scenario_raises_drift_before_the_alarms_and_survives_a_crash() {
             )
             .await;
     }
+    // A tank level reported by exception: 10.0 and 12.0 are sent, 10.1 is
+    // within the deadband.
+    for (i, level) in [10.0, 10.1, 12.0].into_iter().enumerate() {
+        plant
+            .send(
+                "plant/line1/t1/level",
+                format!(r#"{{"value":{level},"ts":{}}}"#, now_ms() + i as i64),
+            )
+            .await;
+    }
     plant.flush().await;
     // Acknowledged: clears when the condition does.
     wait_until("the zone C alarm to clear", Duration::from_secs(15), || {
@@ -229,8 +245,26 @@ async fn wear_scenario_raises_drift_before_the_alarms_and_survives_a_crash() {
         gw.metric("gateway_commands_rejected_total{reason=\"malformed\"}") >= 1.0
     })
     .await;
+    wait_until("the two level values", Duration::from_secs(10), || {
+        events(&sub, "value").len() == 2
+    })
+    .await;
     let status = gw.terminate(Duration::from_secs(15)).await;
     assert!(status.success(), "{}", gw.log());
+    wait_until("the clean offline status", Duration::from_secs(10), || {
+        sub.status_snapshot()
+            .last()
+            .is_some_and(|(v, _)| v["state"] == "offline")
+    })
+    .await;
+    // Every message of the run matches the schema of its topic.
+    let checked = crate::schemas::check_upstream(&sub);
+    for kind in ["summary", "alarm", "anomaly", "value", "status"] {
+        assert!(
+            checked.get(kind) > Some(&0),
+            "no {kind} checked: {checked:?}"
+        );
+    }
 }
 
 fn now_ms() -> i64 {

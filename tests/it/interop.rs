@@ -183,11 +183,13 @@ fn assert_exact(messages: &[serde_json::Value], summaries: u64, readings: u64) {
 }
 
 /// What a new consumer of `filter` gets within 5 s.
-async fn probe_late_status(addr: SocketAddr, filter: &str) -> LateStatus {
-    let late = Subscriber::start(addr, filter).await;
+async fn probe_late_status(addr: SocketAddr, filter: &str, gateway: &str) -> LateStatus {
+    let late = Subscriber::start_as(addr, filter, &format!("e2e-late-{gateway}")).await;
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Some((_, retained)) = late.status_snapshot().first() {
+            // Other tests' gateways may share the server: only this one's.
+            let statuses = late.status_snapshot();
+            if let Some((_, retained)) = statuses.iter().find(|(v, _)| v["gateway"] == gateway) {
                 return if *retained {
                     LateStatus::Retained
                 } else {
@@ -207,10 +209,19 @@ async fn delivery_through_an_outage(server: &mut impl Server, protocol: Protocol
     let uplink = Uplink::start("127.0.0.1:0".parse().unwrap(), server.gateway_addr())
         .await
         .unwrap();
+    // A gateway id of its own: a shared server (RabbitMQ) carries other
+    // tests' gateways at the same time.
+    let id = format!("gw-{}", uplink.listen.port());
     let consumer_id = format!("e2e-consumer-{}", uplink.listen.port());
-    let sub =
-        Subscriber::start_persistent(server.consumer_addr(), "gateways/#", &consumer_id).await;
-    let mut gw = Gateway::start(&protocol_config(source.addr, uplink.listen, protocol));
+    let sub = Subscriber::start_persistent(
+        server.consumer_addr(),
+        &format!("gateways/{id}/#"),
+        &consumer_id,
+    )
+    .await;
+    let config = protocol_config(source.addr, uplink.listen, protocol)
+        .replace("id = \"gw-e2e\"", &format!("id = \"{id}\""));
+    let mut gw = Gateway::start(&config);
     gw.wait_ready().await;
     let mut publisher = Publisher::connect(source.addr).await;
     let base = aligned_base_ms();
@@ -220,8 +231,10 @@ async fn delivery_through_an_outage(server: &mut impl Server, protocol: Protocol
     sub.wait_for_unique(4, Duration::from_secs(30)).await;
 
     // The status topic is retained: a consumer arriving now gets it.
-    let late_status = probe_late_status(server.consumer_addr(), "gateways/gw-e2e/status").await;
-    let late_status_wildcard = probe_late_status(server.consumer_addr(), "gateways/+/status").await;
+    let exact = format!("gateways/{id}/status");
+    let late_status = probe_late_status(server.consumer_addr(), &exact, &id).await;
+    let late_status_wildcard =
+        probe_late_status(server.consumer_addr(), "gateways/+/status", &id).await;
 
     // Outage: the link is cut and the server crashes (where it can).
     uplink.cut();

@@ -7,8 +7,10 @@
 //! - `shutdown`: SIGTERM flushes open windows and delivers them.
 //! - `status`: the retained status topic: birth, periodic, last will, clean offline.
 //! - `systemd`: READY, STATUS, WATCHDOG and STOPPING on a notification socket.
-//! - `tls`: upstream over TLS to Mosquitto; a broker signed by another CA
-//!   is refused.
+//! - `tls`: upstream over mutual TLS with a password file to Mosquitto;
+//!   wrong CA, expired, wrong host and an untrusted client certificate are
+//!   each explained while the records stay buffered; a key that does not
+//!   match its certificate stops `check` and the daemon.
 //! - `http`: `/metrics` parsed as Prometheus parses it during a run;
 //!   `/readyz` 503 while the uplink is cut, 200 once it is back.
 //! - `hostile`: poison messages and hostile publishers cost only themselves.
@@ -20,6 +22,8 @@
 //!   NATS cluster, RabbitMQ): connect, outage, exact delivery, retained
 //!   status; failover across a NATS cluster mid-drain.
 //! - `drain`: a long backlog drains over a simulated cellular link.
+//! - `schemas` (no test of its own): checks what `analytics`, `pipeline` and
+//!   `status` collected upstream against the JSON Schemas in docs/schemas.
 //!
 //! Each scenario runs against the embedded rumqttd broker and against
 //! Mosquitto (skipped when it is not installed, unless REQUIRE_MOSQUITTO=1).
@@ -35,6 +39,7 @@ mod outage;
 mod pipeline;
 mod powercut;
 mod reload;
+mod schemas;
 mod serial;
 mod shutdown;
 mod status;

@@ -23,7 +23,7 @@ async fn counts_and_statistics_are_exact_mosquitto() {
 async fn exact_counts(kind: BrokerKind) {
     let source = Broker::start(kind).await;
     let upstream = Broker::start(kind).await;
-    let sub = Subscriber::start(upstream.addr, "gateways/#").await;
+    let sub = Subscriber::start_keeping_topics(upstream.addr, "gateways/#").await;
     let rules = r#"
 [[sensor]]
 match = "*/temp"
@@ -145,6 +145,8 @@ unit = "degC"
         gw.log().contains("Dropped a reading"),
         "rejections are logged"
     );
+    let checked = crate::schemas::check_upstream(&sub);
+    assert!(checked.get("summary") >= Some(&6), "{checked:?}");
 }
 
 /// A node with a wrong real-time clock stamps one reading in 2100: it is

@@ -28,7 +28,7 @@ fn states(sub: &Subscriber) -> Vec<String> {
 async fn birth_status_and_last_will(kind: BrokerKind) {
     let source = Broker::start(BrokerKind::Rumqttd).await;
     let upstream = Broker::start(kind).await;
-    let sub = Subscriber::start(upstream.addr, "gateways/gw-e2e/status").await;
+    let sub = Subscriber::start_keeping_topics(upstream.addr, "gateways/gw-e2e/status").await;
     // `[upstream]` is the config's last section.
     let config = gateway_config(source.addr, upstream.addr, "") + "status_interval = \"1s\"\n";
     let mut gw = Gateway::start(&config);
@@ -97,4 +97,6 @@ async fn birth_status_and_last_will(kind: BrokerKind) {
     let (bye, _) = sub.status_snapshot().last().cloned().unwrap();
     assert_eq!(bye["clean"], true, "{bye}");
     assert!(bye["backlog_records"].is_i64(), "{bye}");
+    // Birth, periodic, last will and clean offline match the status schema.
+    assert!(crate::schemas::check_upstream(&sub)["status"] >= 5);
 }

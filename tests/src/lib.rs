@@ -468,6 +468,8 @@ pub struct Subscriber {
     pub messages: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Status messages: (payload, retained), in order of arrival.
     pub statuses: Arc<Mutex<Vec<(serde_json::Value, bool)>>>,
+    /// The topic of each of `messages`, when kept (`start_keeping_topics`).
+    topics: Option<Arc<Mutex<Vec<String>>>>,
     suback_count: Arc<Mutex<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -476,14 +478,40 @@ impl Subscriber {
     /// Connects to `addr` and subscribes to `filter`, reconnecting and
     /// resubscribing forever.
     pub async fn start(addr: SocketAddr, filter: &str) -> Subscriber {
-        Subscriber::start_with(addr, filter, &format!("e2e-sub-{}", addr.port()), true).await
+        Self::start_with(
+            addr,
+            filter,
+            &format!("e2e-sub-{}", addr.port()),
+            true,
+            false,
+        )
+        .await
+    }
+
+    /// `start`, keeping the topic of every message too (`with_topics`), so
+    /// that a test can check each payload against what its topic implies.
+    pub async fn start_keeping_topics(addr: SocketAddr, filter: &str) -> Subscriber {
+        Self::start_with(
+            addr,
+            filter,
+            &format!("e2e-sub-{}", addr.port()),
+            true,
+            true,
+        )
+        .await
+    }
+
+    /// Like [`Subscriber::start`] under `client_id` (for servers that
+    /// several tests share, where the default id could clash).
+    pub async fn start_as(addr: SocketAddr, filter: &str, client_id: &str) -> Subscriber {
+        Self::start_with(addr, filter, client_id, true, false).await
     }
 
     /// Like [`Subscriber::start`] with a persistent session (clean session
     /// off) under `client_id`: the broker keeps what arrives while it is
     /// away.
     pub async fn start_persistent(addr: SocketAddr, filter: &str, client_id: &str) -> Subscriber {
-        Subscriber::start_with(addr, filter, client_id, false).await
+        Self::start_with(addr, filter, client_id, false, false).await
     }
 
     async fn start_with(
@@ -491,12 +519,15 @@ impl Subscriber {
         filter: &str,
         client_id: &str,
         clean_session: bool,
+        keep_topics: bool,
     ) -> Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
+        let topics = keep_topics.then(|| Arc::new(Mutex::new(Vec::new())));
         let statuses = Arc::new(Mutex::new(Vec::new()));
         let suback_count = Arc::new(Mutex::new(0));
         let (m, s, f) = (messages.clone(), suback_count.clone(), filter.to_owned());
         let st = statuses.clone();
+        let t = topics.clone();
         let id = client_id.to_owned();
         let task = tokio::spawn(async move {
             loop {
@@ -516,11 +547,22 @@ impl Subscriber {
                                 // A batch: its records, in order (a bad one shows
                                 // in what the test reads).
                                 let mut m = m.lock().expect("lock");
-                                match sensor_gateway::envelope::decode(&p.payload) {
-                                    Ok(d) => m.extend(d.entries.into_iter().map(|e| e.payload)),
-                                    Err(e) => m.push(serde_json::json!({
-                                        "undecodable_envelope": e.to_string()
-                                    })),
+                                let entries = match sensor_gateway::envelope::decode(&p.payload) {
+                                    Ok(d) => d
+                                        .entries
+                                        .into_iter()
+                                        .map(|e| (e.topic, e.payload))
+                                        .collect(),
+                                    Err(e) => vec![(
+                                        p.topic.clone(),
+                                        serde_json::json!({ "undecodable_envelope": e.to_string() }),
+                                    )],
+                                };
+                                for (topic, payload) in entries {
+                                    m.push(payload);
+                                    if let Some(t) = &t {
+                                        t.lock().expect("lock").push(topic);
+                                    }
                                 }
                                 continue;
                             }
@@ -529,7 +571,11 @@ impl Subscriber {
                             if p.topic.ends_with("/status") {
                                 st.lock().expect("lock").push((v, p.retain));
                             } else {
-                                m.lock().expect("lock").push(v);
+                                let mut m = m.lock().expect("lock");
+                                m.push(v);
+                                if let Some(t) = &t {
+                                    t.lock().expect("lock").push(p.topic.clone());
+                                }
                             }
                         }
                         Ok(_) => {}
@@ -542,6 +588,7 @@ impl Subscriber {
         let sub = Subscriber {
             messages,
             statuses,
+            topics,
             suback_count,
             task,
         };
@@ -564,6 +611,23 @@ impl Subscriber {
 
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
         self.messages.lock().expect("lock").clone()
+    }
+
+    /// Every message with its topic, in order of arrival (statuses apart).
+    /// Panics unless the subscriber was started with `start_keeping_topics`.
+    pub fn with_topics(&self) -> Vec<(String, serde_json::Value)> {
+        let messages = self.messages.lock().expect("lock");
+        let topics = self
+            .topics
+            .as_ref()
+            .expect("a subscriber started with start_keeping_topics")
+            .lock()
+            .expect("lock");
+        topics
+            .iter()
+            .cloned()
+            .zip(messages.iter().cloned())
+            .collect()
     }
 
     pub fn status_snapshot(&self) -> Vec<(serde_json::Value, bool)> {

@@ -217,6 +217,8 @@ pub(super) struct Cx<'a> {
     /// Every source's name with where it was set (or, when defaulted, the
     /// source's broker or device): names label metrics and key a reload.
     pub(super) source_names: Vec<(String, Range<usize>)>,
+    /// Settings that work but should change; they do not fail the file.
+    pub(super) warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Cx<'a> {
@@ -229,7 +231,19 @@ impl<'a> Cx<'a> {
             labels: Vec::new(),
             client_ids: Vec::new(),
             source_names: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Records a setting that works but should change.
+    pub(super) fn warn(&mut self, span: Range<usize>, message: &str, hint: &str) {
+        let (line, column) = line_col(self.text, span.start);
+        self.warnings.push(Diagnostic {
+            line,
+            column,
+            message: message.into(),
+            hint: Some(hint.into()),
+        });
     }
 
     /// Reports a mistake at the start of `span`.

@@ -4,7 +4,8 @@
 //! fields rejected; stage two checks values and their relations and builds
 //! the typed [`Config`], one file per section (`gateway.rs`, `sources.rs`
 //! with `mqtt.rs` and `serial.rs`, `rules.rs` with `stats.rs`,
-//! `pipeline.rs`, `upstream.rs` with `batch.rs`, `buffer.rs`, `http.rs`, `clock.rs`), each with its type, its
+//! `pipeline.rs`, `upstream.rs` with `batch.rs` and `tls.rs` (TLS and credentials,
+//! shared with MQTT sources), `buffer.rs`, `http.rs`, `clock.rs`), each with its type, its
 //! validation and how `check` prints it. Both stages collect every mistake
 //! they find as a [`Diagnostic`] with a line and column and a hint
 //! (`diag.rs`), so an operator fixes a file in one pass rather than one
@@ -24,6 +25,7 @@ mod rules;
 mod serial;
 mod sources;
 mod stats;
+mod tls;
 mod upstream;
 
 pub use batch::BatchConfig;
@@ -38,7 +40,8 @@ pub use rules::{Delivery, SensorRule};
 pub use serial::{FlowControl, Parity, SerialSourceConfig};
 pub use sources::{MqttSourceConfig, SourceConfig};
 pub use stats::StatSet;
-pub use upstream::{Protocol, TlsConfig, UpstreamConfig, MAX_BROKERS};
+pub use tls::{ClientAuth, Credentials, Password, TlsConfig};
+pub use upstream::{Protocol, UpstreamConfig, MAX_BROKERS};
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -65,6 +68,10 @@ pub struct Config {
     /// The metrics and health endpoints; `None` (no `[http]`) runs none.
     pub http: Option<HttpConfig>,
     pub clock: ClockConfig,
+    /// Settings that work but should change (`file:line:column: message;
+    /// hint: ...`), such as a password written in the file: `check` prints
+    /// them and the daemon logs them at start.
+    pub warnings: Vec<String>,
 }
 
 /// Everything wrong with a configuration file.
@@ -110,7 +117,10 @@ impl Config {
         let mut cx = Cx::new(text);
         let config = cx.build();
         match config {
-            Some(c) if cx.diags.is_empty() => Ok(c),
+            Some(mut c) if cx.diags.is_empty() => {
+                c.warnings = cx.warnings.iter().map(|d| d.located(path, "; ")).collect();
+                Ok(c)
+            }
             _ => {
                 cx.diags.sort_by_key(|d| (d.line, d.column));
                 cx.diags.dedup();
@@ -299,6 +309,7 @@ impl<'a> Cx<'a> {
             http,
             digest: digest(self.text),
             clock,
+            warnings: Vec::new(),
         })
     }
 

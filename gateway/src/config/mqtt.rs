@@ -1,6 +1,6 @@
 //! What every MQTT connection's settings share, sources and upstream
-//! alike: the broker address, QoS, credentials and client ids (unique
-//! across the file).
+//! alike: the broker address, QoS and client ids (unique across the file).
+//! Credentials and TLS are in `tls.rs`.
 
 use std::fmt;
 use std::ops::Range;
@@ -20,14 +20,6 @@ impl fmt::Display for BrokerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
-}
-
-/// A user name with its password (empty when not given).
-pub(super) fn credentials(
-    user: Option<String>,
-    password: Option<String>,
-) -> Option<(String, String)> {
-    user.map(|u| (u, password.unwrap_or_default()))
 }
 
 /// The number `check` prints for a QoS.

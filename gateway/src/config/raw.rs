@@ -29,8 +29,10 @@ pub struct RawMqttSource {
     pub qos: Option<Spanned<u8>>,
     pub keep_alive: Option<Spanned<String>>,
     pub reconnect_backoff_max: Option<Spanned<String>>,
-    pub username: Option<String>,
-    pub password: Option<String>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
     pub payload: Option<RawPayload>,
 }
 
@@ -137,9 +139,10 @@ pub struct RawUpstream {
     pub reconnect_backoff_max: Option<Spanned<String>>,
     pub inflight: Option<Spanned<u16>>,
     pub shutdown_grace: Option<Spanned<String>>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub tls: Option<RawTls>,
+    pub username: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
     pub batch: Option<RawBatch>,
 }
 
@@ -154,12 +157,17 @@ pub struct RawBatch {
     pub topic: Option<Spanned<String>>,
 }
 
+/// `[upstream.tls]`, or a source's `tls` table. The names of earlier
+/// releases (`client_cert_file`, `client_key_file`) are still read.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub ca_file: Option<Spanned<String>>,
-    pub client_cert_file: Option<Spanned<String>>,
-    pub client_key_file: Option<Spanned<String>>,
+    #[serde(alias = "client_cert_file")]
+    pub cert_file: Option<Spanned<String>>,
+    #[serde(alias = "client_key_file")]
+    pub key_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,9 +9,10 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::diag::{duration_text, named, Cx, Named};
-use super::mqtt::{credentials, qos_number, BrokerAddr};
+use super::mqtt::{qos_number, BrokerAddr};
 use super::raw::{RawMqttSource, RawPayload, RawSerialSource};
 use super::serial::SerialSourceConfig;
+use super::tls::{render_security, Credentials, TlsConfig};
 use crate::decode::{PayloadFormat, TimestampUnit};
 use crate::topic::TopicTemplate;
 
@@ -31,7 +32,10 @@ pub struct MqttSourceConfig {
     pub qos: rumqttc::QoS,
     pub keep_alive: Duration,
     pub reconnect_backoff_max: Duration,
-    pub credentials: Option<(String, String)>,
+    /// Boxed, as `tls`: most sources have neither.
+    pub credentials: Option<Box<Credentials>>,
+    /// TLS to the plant broker; the source's guard speaks it.
+    pub tls: Option<Box<TlsConfig>>,
     pub payload: PayloadFormat,
 }
 
@@ -101,6 +105,7 @@ impl MqttSourceConfig {
             "{}\nname = {:?}\nbroker = \"{}\"\nclient_id = {:?}\ntopic_template = {:?}\ntopics = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}",
             SourceKind::Mqtt.header(), self.name, self.broker, self.client_id, self.template.as_str(), self.topics, qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max)
         );
+        render_security(self.credentials.as_deref(), self.tls.as_deref(), s);
         match &self.payload {
             PayloadFormat::Number => {
                 let _ = writeln!(
@@ -220,7 +225,12 @@ impl<'a> Cx<'a> {
             format!("sensor-gateway-{}-{name}", self.gateway_id),
             Some(raw.broker.span()),
         );
-        let broker = self.broker(&raw.broker, false);
+        let broker = self.broker(&raw.broker, raw.tls.is_some());
+        let tls = match &raw.tls {
+            None => Some(None),
+            Some(t) => self.tls(t, "the source's `tls`").map(|t| Some(Box::new(t))),
+        };
+        let credentials = self.credentials(raw.username, raw.password, raw.password_file);
         let qos = self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce);
         let keep_alive = self.duration(&raw.keep_alive, Duration::from_secs(30));
         let reconnect_backoff_max =
@@ -235,7 +245,8 @@ impl<'a> Cx<'a> {
             qos,
             keep_alive,
             reconnect_backoff_max,
-            credentials: credentials(raw.username, raw.password),
+            credentials: credentials.map(Box::new),
+            tls: tls?,
             payload,
         })
     }

@@ -2,15 +2,15 @@
 //! delivery settings and TLS.
 
 use std::fmt::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
 
 use super::batch::BatchConfig;
 use super::diag::{duration_text, named, Cx, Named};
-use super::mqtt::{credentials, qos_number, BrokerAddr};
-use super::raw::{RawTls, RawUpstream};
+use super::mqtt::{qos_number, BrokerAddr};
+use super::raw::RawUpstream;
+use super::tls::{render_security, Credentials, TlsConfig};
 use crate::topic::OutputTemplate;
 
 /// The most nodes `brokers` may list.
@@ -58,17 +58,10 @@ pub struct UpstreamConfig {
     /// QoS 1 publishes awaiting PUBACK at once.
     pub inflight: u16,
     pub shutdown_grace: Duration,
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<Credentials>,
     pub tls: Option<TlsConfig>,
     /// `[upstream.batch]`: envelopes, or one plain message per record.
     pub batch: BatchConfig,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// PEM CA bundle; the system roots are not used, so it is required.
-    pub ca_file: PathBuf,
-    pub client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 impl UpstreamConfig {
@@ -80,9 +73,7 @@ impl UpstreamConfig {
             "[upstream]\nbrokers = [{}]\nprotocol = \"{}\"\nclient_id = {:?}\nsummary_topic = {:?}\nalarm_topic = {:?}\nvalue_topic = {:?}\ncommand_topic = {:?}\nstatus_topic = {:?}\nstatus_interval = {:?}\nqos = {}\nkeep_alive = {:?}\nreconnect_backoff_max = {:?}\ninflight = {}\nshutdown_grace = {:?}",
             self.brokers.iter().map(|b| format!("\"{b}\"")).collect::<Vec<_>>().join(", "), self.protocol.name(), self.client_id, self.summary_topic.as_str(), self.alarm_topic.as_str(), self.value_topic.as_str(), self.command_topic, self.status_topic, d(self.status_interval), qos_number(self.qos), d(self.keep_alive), d(self.reconnect_backoff_max), self.inflight, d(self.shutdown_grace)
         );
-        if let Some(t) = &self.tls {
-            let _ = writeln!(s, "tls = {{ ca_file = {:?} }}", t.ca_file);
-        }
+        render_security(self.credentials.as_ref(), self.tls.as_ref(), s);
         self.batch.render(s);
     }
 }
@@ -98,7 +89,7 @@ impl Cx<'_> {
     ) -> Option<UpstreamConfig> {
         let tls = match &raw.tls {
             None => Some(None),
-            Some(t) => self.tls(t).map(Some),
+            Some(t) => self.tls(t, "[upstream.tls]").map(Some),
         };
         let mut topic = |v: &Option<Spanned<String>>, name: &str, default: &str| {
             let (text, span) = v
@@ -177,6 +168,7 @@ impl Cx<'_> {
         let inflight = self.positive(&raw.inflight, "inflight", 32);
         let shutdown_grace = self.duration(&raw.shutdown_grace, Duration::from_secs(5));
         let batch = self.batch(raw.batch.as_ref(), gateway_id);
+        let credentials = self.credentials(raw.username, raw.password, raw.password_file);
         Some(UpstreamConfig {
             brokers: brokers?,
             protocol,
@@ -192,7 +184,7 @@ impl Cx<'_> {
             reconnect_backoff_max,
             inflight,
             shutdown_grace,
-            credentials: credentials(raw.username, raw.password),
+            credentials,
             tls: tls?,
             batch,
         })
@@ -283,46 +275,5 @@ impl Cx<'_> {
             );
         }
         text
-    }
-
-    /// Validates `[upstream.tls]`; `None` (reported) when it is unusable.
-    fn tls(&mut self, t: &RawTls) -> Option<TlsConfig> {
-        if t.ca_file.is_none() {
-            self.at(
-                0..0,
-                "`[upstream.tls]` needs `ca_file`",
-                Some(
-                    "point it at the PEM file of the CA that signed the broker's certificate"
-                        .into(),
-                ),
-            );
-        }
-        let client_auth = match (&t.client_cert_file, &t.client_key_file) {
-            (Some(c), Some(k)) => Some(Some((
-                PathBuf::from(c.get_ref()),
-                PathBuf::from(k.get_ref()),
-            ))),
-            (None, None) => Some(None),
-            (Some(c), None) => {
-                self.at(
-                    c.span(),
-                    "`client_cert_file` is set without `client_key_file`",
-                    Some("set both or neither".into()),
-                );
-                None
-            }
-            (None, Some(k)) => {
-                self.at(
-                    k.span(),
-                    "`client_key_file` is set without `client_cert_file`",
-                    Some("set both or neither".into()),
-                );
-                None
-            }
-        };
-        Some(TlsConfig {
-            ca_file: PathBuf::from(t.ca_file.as_ref()?.get_ref()),
-            client_auth: client_auth?,
-        })
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, TlsConfiguration, Transport};
 
-use crate::config::BrokerAddr;
+use crate::config::{BrokerAddr, Credentials};
 
 /// Where a client connects.
 pub enum Endpoint<'a> {
@@ -47,7 +47,7 @@ pub struct ClientSettings<'a> {
     pub endpoint: Endpoint<'a>,
     /// At least one second is used.
     pub keep_alive: Duration,
-    pub credentials: Option<&'a (String, String)>,
+    pub credentials: Option<&'a Credentials>,
     pub session: Session,
     /// The largest packet taken and the largest sent, in bytes.
     pub max_packet: (usize, usize),
@@ -74,8 +74,8 @@ pub fn options(s: ClientSettings<'_>) -> MqttOptions {
         }
     }
     opts.set_max_packet_size(s.max_packet.0, s.max_packet.1);
-    if let Some((u, p)) = s.credentials {
-        opts.set_credentials(u.clone(), p.clone());
+    if let Some(c) = s.credentials {
+        opts.set_credentials(c.username.clone(), c.password.expose().to_owned());
     }
     opts
 }
@@ -117,8 +117,8 @@ pub fn options_v5(s: ClientSettings<'_>, v5: V5Settings) -> rumqttc::v5::MqttOpt
     let max = s.max_packet.0.max(s.max_packet.1);
     opts.set_max_packet_size(Some(u32::try_from(max).unwrap_or(u32::MAX)));
     opts.set_topic_alias_max(Some(v5.topic_alias_max));
-    if let Some((u, p)) = s.credentials {
-        opts.set_credentials(u.clone(), p.clone());
+    if let Some(c) = s.credentials {
+        opts.set_credentials(c.username.clone(), c.password.expose().to_owned());
     }
     opts
 }
@@ -162,10 +162,15 @@ pub async fn disconnect_v5(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Password;
 
     #[test]
     fn a_source_gets_a_persistent_session_with_manual_acknowledgements() {
-        let creds = ("user".to_owned(), "secret".to_owned());
+        let creds = Credentials {
+            username: "user".to_owned(),
+            password: Password::from("secret"),
+            password_file: None,
+        };
         let opts = options(ClientSettings {
             client_id: "gw-src",
             endpoint: Endpoint::Unix(Path::new("/run/gw/source-0.sock")),

@@ -5,7 +5,9 @@
 //! QoS 1 the broker redelivers that message at every reconnect, so one 200 KB
 //! publish would stop ingestion for good. The guard sits between rumqttc and
 //! the broker: rumqttc connects to a Unix socket in the state directory, and
-//! the guard relays every byte to the broker's TCP connection and back,
+//! the guard relays every byte to the broker's connection (TCP, or TLS when
+//! the source has a `tls` table: the guard reads MQTT packets, so it is
+//! where TLS ends) and back,
 //! except PUBLISH packets from the broker that are larger than the limit.
 //! Those it reads past without holding them (memory: one 64 KiB read buffer
 //! per direction, whatever the packet size, up to MQTT's 256 MB), answers
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -359,6 +361,17 @@ pub struct Guard {
     metrics: Arc<Metrics>,
     /// Why the last broker connection failed, for the source's log line.
     last_error: Arc<Mutex<Option<String>>>,
+    /// TLS to the broker, when the source has a `tls` table.
+    tls: Option<GuardTls>,
+}
+
+/// The TLS a guard speaks to its broker.
+struct GuardTls {
+    connector: tokio_rustls::TlsConnector,
+    /// The broker's host, sent as SNI (the name checked may be
+    /// `server_name`, see `mqtt::tls`).
+    name: rustls::pki_types::ServerName<'static>,
+    config: crate::config::TlsConfig,
 }
 
 impl Guard {
@@ -400,7 +413,22 @@ impl Guard {
             source,
             metrics,
             last_error: Arc::new(Mutex::new(None)),
+            tls: None,
         })
+    }
+
+    /// Speaks TLS to the broker, with the settings of the source's `tls`.
+    pub fn with_tls(mut self, cfg: &crate::config::TlsConfig) -> Result<Guard, String> {
+        let config =
+            crate::mqtt::tls::rustls_config(cfg).map_err(|e| format!("{e}; {}", e.hint))?;
+        let name = rustls::pki_types::ServerName::try_from(self.broker.host.clone())
+            .map_err(|e| format!("the broker's host cannot be a TLS name: {e}"))?;
+        self.tls = Some(GuardTls {
+            connector: tokio_rustls::TlsConnector::from(config),
+            name,
+            config: cfg.clone(),
+        });
+        Ok(self)
     }
 
     pub fn path(&self) -> &Path {
@@ -441,7 +469,11 @@ impl Guard {
                 r = self.relay(client, &mut filter, &mut log) => r,
             };
             if let (Err(e), Ok(mut last)) = (result, self.last_error.lock()) {
-                *last = Some(e.to_string());
+                let tls_problem = self
+                    .tls
+                    .as_ref()
+                    .and_then(|t| crate::mqtt::tls::classify(&e).map(|p| p.explain(&t.config)));
+                *last = Some(tls_problem.unwrap_or_else(|| e.to_string()));
             }
         }
         let _ = std::fs::remove_file(&self.path);
@@ -458,8 +490,36 @@ impl Guard {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting timed out"))??;
         broker.set_nodelay(true)?;
+        match &self.tls {
+            None => {
+                let (broker_rd, broker_wr) = broker.into_split();
+                self.pump(client, broker_rd, broker_wr, filter, log).await
+            }
+            Some(tls) => {
+                let stream = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tls.connector.connect(tls.name.clone(), broker),
+                )
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake timed out")
+                })??;
+                let (broker_rd, broker_wr) = tokio::io::split(stream);
+                self.pump(client, broker_rd, broker_wr, filter, log).await
+            }
+        }
+    }
+
+    /// Relays between the client and the broker until either closes.
+    async fn pump(
+        &self,
+        client: UnixStream,
+        mut broker_rd: impl AsyncRead + Unpin,
+        mut broker_wr: impl AsyncWrite + Unpin,
+        filter: &mut InboundFilter,
+        log: &mut Throttle,
+    ) -> io::Result<()> {
         let (mut client_rd, mut client_wr) = client.into_split();
-        let (mut broker_rd, mut broker_wr) = broker.into_split();
         // Replies for discarded publishes; bounded by the broker's in-flight
         // window in practice, and backpressured beyond it.
         let (reply_tx, mut reply_rx) = mpsc::channel::<[u8; 4]>(256);

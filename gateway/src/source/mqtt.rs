@@ -60,11 +60,21 @@ pub async fn run(
             return;
         }
     };
+    let guard = match &cfg.tls {
+        None => guard,
+        Some(tls) => match guard.with_tls(tls) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(source = %cfg.name, error = %e, "Cannot set up TLS to the source's broker; this source stays off.");
+                return;
+            }
+        },
+    };
     let opts = mqtt::options(ClientSettings {
         client_id: &cfg.client_id,
         endpoint: Endpoint::Unix(guard.path()),
         keep_alive: cfg.keep_alive,
-        credentials: cfg.credentials.as_ref(),
+        credentials: cfg.credentials.as_deref(),
         session: Session::Persistent,
         // The guard passes nothing larger, so this limit is never what fails.
         max_packet: (limit.saturating_add(16), 64 * 1024),

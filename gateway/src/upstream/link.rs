@@ -272,6 +272,9 @@ pub(super) async fn drive_link(
                     let now = std::time::Instant::now();
                     let delay = backoff.failed(now);
                     if let Some(unlogged) = backoff.log_due(now) {
+                        // A certificate problem names the file and the fix.
+                        let e =
+                            crate::mqtt::tls::describe_connection_error(&e, plan.cfg.tls.as_ref());
                         let next = brokers.get(nodes.current).unwrap_or(broker);
                         if was_up {
                             tracing::warn!(%broker, error = %e, retry_in = ?delay, %next, "Lost the upstream connection; buffering and retrying.");
