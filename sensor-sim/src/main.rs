@@ -112,6 +112,33 @@ enum Cmd {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// Relay TCP from --listen to --target through a simulated link
+    /// (latency, bandwidth cap, stalls, resets) until killed. Prints what it
+    /// carried when it stops.
+    Uplink {
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        listen: SocketAddr,
+        #[arg(long)]
+        target: SocketAddr,
+        /// One-way latency added in each direction, e.g. "300ms".
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        latency: Duration,
+        /// Bandwidth cap in each direction, in bit/s ("64k", "1.5M").
+        #[arg(long, value_parser = sensor_sim::link::parse_rate)]
+        rate: Option<u64>,
+        /// A stall (nothing moves, connections stay open) about this often...
+        #[arg(long, value_parser = humantime::parse_duration)]
+        stall_every: Option<Duration>,
+        /// ...lasting about this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+        stall_for: Duration,
+        /// Close every relayed connection about this often.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        reset_every: Option<Duration>,
+        /// Seed of the stall and reset times.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// The complete demo: simulated plant, brokers, the gateway, an uplink
     /// outage and a tally. Needs nothing installed.
     Demo {
@@ -290,6 +317,40 @@ fn run(cmd: Cmd) -> anyhow::Result<bool> {
                 Ok(true)
             }
             Cmd::Demo { duration } => sensor_sim::demo::run(duration).await,
+            Cmd::Uplink {
+                listen,
+                target,
+                latency,
+                rate,
+                stall_every,
+                stall_for,
+                reset_every,
+                seed,
+            } => {
+                let profile = sensor_sim::link::LinkProfile {
+                    latency,
+                    rate_bps: rate,
+                    stall_every,
+                    stall_for,
+                    reset_every,
+                    seed,
+                };
+                let uplink =
+                    sensor_sim::uplink::Uplink::start_with(listen, target, profile).await?;
+                tracing::info!(listen = %uplink.listen, %target, "relaying");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                let s = uplink.stats();
+                println!(
+                    "bytes_up={} bytes_down={} connections={} resets={}",
+                    s.bytes_up, s.bytes_down, s.connections, s.resets
+                );
+                Ok(true)
+            }
             Cmd::Broker { .. } | Cmd::Serial { .. } => Ok(true),
         }
     })

@@ -24,6 +24,10 @@
 //!   consumer resumes its session.
 //! - `serial`: simulated nodes on real pseudo-terminals, three formats,
 //!   faults, unplug, reboots.
+//! - `interop`: the matrix of MQTT servers (rumqttd, Mosquitto, NATS, a
+//!   NATS cluster, RabbitMQ): connect, outage, exact delivery, retained
+//!   status; failover across a NATS cluster mid-drain.
+//! - `drain`: a long backlog drains over a simulated cellular link.
 //! - `schemas` (no test of its own): checks what `analytics`, `pipeline` and
 //!   `status` collected upstream against the JSON Schemas in docs/schemas.
 //!
@@ -34,8 +38,10 @@ mod analytics;
 mod bandwidth;
 mod buffer;
 mod consume;
+mod drain;
 mod hostile;
 mod http;
+mod interop;
 mod mqtt5;
 mod outage;
 mod pipeline;

@@ -20,27 +20,7 @@ async fn upstream_outage_loses_nothing_mosquitto() {
     }
 }
 
-async fn publish_windows(
-    publisher: &mut Publisher,
-    base: i64,
-    windows: std::ops::Range<i64>,
-    per_window: u64,
-) {
-    for w in windows {
-        for sensor in ["l1/m1/temp", "l1/m2/temp"] {
-            for i in 0..per_window {
-                let ts = base + w * 1000 + i as i64 * 10;
-                publisher
-                    .send(
-                        &format!("plant/{sensor}"),
-                        format!(r#"{{"value":{},"ts":{ts}}}"#, w * 100 + i as i64),
-                    )
-                    .await;
-            }
-        }
-    }
-    publisher.flush().await;
-}
+const SENSORS: [&str; 2] = ["l1/m1/temp", "l1/m2/temp"];
 
 async fn outage(kind: BrokerKind) {
     let source = Broker::start(kind).await;
@@ -58,13 +38,13 @@ async fn outage(kind: BrokerKind) {
     let base = aligned_base_ms();
 
     // Before the outage: 2 windows x 2 sensors.
-    publish_windows(&mut publisher, base, 0..2, 20).await;
+    publish_windows(&mut publisher, base, 0..2, &SENSORS, 20).await;
     sub.wait_for_unique(4, Duration::from_secs(20)).await;
 
     // Outage: the broker process is killed and the link is down.
     uplink.cut();
     upstream.kill();
-    publish_windows(&mut publisher, base, 2..12, 20).await;
+    publish_windows(&mut publisher, base, 2..12, &SENSORS, 20).await;
     // 10 windows x 2 sensors = 20 summaries wait in the gateway.
     wait_until(
         "20 summaries queued during the outage",

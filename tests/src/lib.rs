@@ -8,6 +8,9 @@
 //!   metrics file readable, stoppable with SIGTERM; `GATEWAY_BIN` and
 //!   `GATEWAY_RUNNER` swap in another build of it ([`gateway_command`]).
 //! - [`Subscriber`] and [`Publisher`]: plain rumqttc clients.
+//! - [`servers`]: NATS, a NATS cluster and RabbitMQ for the interop
+//!   matrix, and the process plumbing that ties every server to the test
+//!   binary's life.
 //!
 //! Waiting is always for an observable condition with a deadline, never a
 //! sleep that hopes.
@@ -23,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-pub use sensor_sim::uplink::Uplink;
+pub use sensor_sim::uplink::{LinkProfile, LinkStats, Uplink};
+
+pub mod servers;
 
 /// Path of a binary built by this workspace (next to the test executable).
 pub fn bin(name: &str) -> PathBuf {
@@ -206,12 +211,14 @@ impl Broker {
         let log =
             std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log file");
         let child = match self.kind {
-            BrokerKind::Rumqttd => Command::new(bin("sensor-sim"))
-                .args(["broker", "--listen", &self.addr.to_string()])
-                .env("RUST_LOG", "off")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn(),
+            BrokerKind::Rumqttd => {
+                let mut c = Command::new(bin("sensor-sim"));
+                c.args(["broker", "--listen", &self.addr.to_string()])
+                    .env("RUST_LOG", "off")
+                    .stdout(Stdio::null())
+                    .stderr(log);
+                servers::spawn_tied(c)
+            }
             BrokerKind::Mosquitto => {
                 let conf = self.dir.path().join("mosquitto.conf");
                 std::fs::write(
@@ -223,12 +230,9 @@ impl Broker {
                     ),
                 )
                 .expect("write mosquitto.conf");
-                Command::new("mosquitto")
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
+                let mut c = Command::new("mosquitto");
+                c.arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log);
+                servers::spawn_tied(c)
             }
         }
         .expect("start the broker");
@@ -457,8 +461,9 @@ impl Drop for Gateway {
     }
 }
 
-/// An upstream consumer that records every JSON message it receives;
-/// the gateway's status messages (topics ending in `/status`) apart.
+/// An upstream consumer that records every JSON message it receives, and
+/// every record of every batch envelope; the gateway's status messages
+/// (topics ending in `/status`) apart.
 pub struct Subscriber {
     pub messages: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Status messages: (payload, retained), in order of arrival.
@@ -473,16 +478,49 @@ impl Subscriber {
     /// Connects to `addr` and subscribes to `filter`, reconnecting and
     /// resubscribing forever.
     pub async fn start(addr: SocketAddr, filter: &str) -> Subscriber {
-        Self::start_with(addr, filter, false).await
+        Self::start_with(
+            addr,
+            filter,
+            &format!("e2e-sub-{}", addr.port()),
+            true,
+            false,
+        )
+        .await
     }
 
     /// `start`, keeping the topic of every message too (`with_topics`), so
     /// that a test can check each payload against what its topic implies.
     pub async fn start_keeping_topics(addr: SocketAddr, filter: &str) -> Subscriber {
-        Self::start_with(addr, filter, true).await
+        Self::start_with(
+            addr,
+            filter,
+            &format!("e2e-sub-{}", addr.port()),
+            true,
+            true,
+        )
+        .await
     }
 
-    async fn start_with(addr: SocketAddr, filter: &str, keep_topics: bool) -> Subscriber {
+    /// Like [`Subscriber::start`] under `client_id` (for servers that
+    /// several tests share, where the default id could clash).
+    pub async fn start_as(addr: SocketAddr, filter: &str, client_id: &str) -> Subscriber {
+        Self::start_with(addr, filter, client_id, true, false).await
+    }
+
+    /// Like [`Subscriber::start`] with a persistent session (clean session
+    /// off) under `client_id`: the broker keeps what arrives while it is
+    /// away.
+    pub async fn start_persistent(addr: SocketAddr, filter: &str, client_id: &str) -> Subscriber {
+        Self::start_with(addr, filter, client_id, false, false).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        filter: &str,
+        client_id: &str,
+        clean_session: bool,
+        keep_topics: bool,
+    ) -> Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let topics = keep_topics.then(|| Arc::new(Mutex::new(Vec::new())));
         let statuses = Arc::new(Mutex::new(Vec::new()));
@@ -490,12 +528,13 @@ impl Subscriber {
         let (m, s, f) = (messages.clone(), suback_count.clone(), filter.to_owned());
         let st = statuses.clone();
         let t = topics.clone();
-        let id = format!("e2e-sub-{}", addr.port());
+        let id = client_id.to_owned();
         let task = tokio::spawn(async move {
             loop {
                 let mut opts = MqttOptions::new(id.clone(), addr.ip().to_string(), addr.port());
                 opts.set_keep_alive(Duration::from_secs(30));
                 opts.set_max_packet_size(1 << 20, 1 << 20);
+                opts.set_clean_session(clean_session);
                 let (client, mut el) = AsyncClient::new(opts, 16);
                 loop {
                     match el.poll().await {
@@ -504,6 +543,29 @@ impl Subscriber {
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => *s.lock().expect("lock") += 1,
                         Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if sensor_gateway::envelope::is_envelope(&p.payload) {
+                                // A batch: its records, in order (a bad one shows
+                                // in what the test reads).
+                                let mut m = m.lock().expect("lock");
+                                let entries = match sensor_gateway::envelope::decode(&p.payload) {
+                                    Ok(d) => d
+                                        .entries
+                                        .into_iter()
+                                        .map(|e| (e.topic, e.payload))
+                                        .collect(),
+                                    Err(e) => vec![(
+                                        p.topic.clone(),
+                                        serde_json::json!({ "undecodable_envelope": e.to_string() }),
+                                    )],
+                                };
+                                for (topic, payload) in entries {
+                                    m.push(payload);
+                                    if let Some(t) = &t {
+                                        t.lock().expect("lock").push(topic);
+                                    }
+                                }
+                                continue;
+                            }
                             let v = serde_json::from_slice(&p.payload)
                                 .unwrap_or(serde_json::Value::Null);
                             if p.topic.ends_with("/status") {
@@ -597,6 +659,49 @@ pub fn unique_seqs(messages: &[serde_json::Value]) -> Vec<u64> {
         .filter_map(|m| m["seq"].as_u64())
         .filter(|s| seen.insert(*s))
         .collect()
+}
+
+/// Asserts that, per sensor, the summaries' first arrivals come in
+/// sequence order (`messages` deduplicated, in order of arrival).
+pub fn assert_order_per_sensor(messages: &[serde_json::Value]) {
+    let mut per_sensor: HashMap<&str, Vec<u64>> = HashMap::new();
+    for m in messages.iter().filter(|m| m["kind"] == "summary") {
+        per_sensor
+            .entry(m["sensor"].as_str().unwrap_or_default())
+            .or_default()
+            .push(m["seq"].as_u64().unwrap_or_default());
+    }
+    for (sensor, seqs) in &per_sensor {
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{sensor}: first arrivals out of order: {seqs:?}"
+        );
+    }
+}
+
+/// Publishes `per_window` readings of each sensor (`plant/<sensor>`) into
+/// each 1 s window of `windows` after `base`, and waits for the PUBACKs.
+pub async fn publish_windows(
+    publisher: &mut Publisher,
+    base: i64,
+    windows: std::ops::Range<i64>,
+    sensors: &[&str],
+    per_window: u64,
+) {
+    for w in windows {
+        for sensor in sensors {
+            for i in 0..per_window {
+                let ts = base + w * 1000 + i as i64 * 10;
+                publisher
+                    .send(
+                        &format!("plant/{sensor}"),
+                        format!(r#"{{"value":{},"ts":{ts}}}"#, w * 100 + i as i64),
+                    )
+                    .await;
+            }
+        }
+    }
+    publisher.flush().await;
 }
 
 /// Keeps the first copy of each `seq` (what an upstream consumer does).
