@@ -32,8 +32,11 @@ const SPILL_AFTER_MS: i64 = 300;
 /// The sink writes what it holds at least every 100 ms (docs/buffer.md).
 const TICK_MS: i64 = 100;
 /// Scheduling slack of a debug build on a shared two-core machine: the
-/// metrics file, the kill and the publisher's clock are each a few ms off.
-const SLACK_MS: i64 = 250;
+/// metrics file, the kill and the publisher's clock are each a few ms off,
+/// and the sink's tick slips while other tests run beside this one
+/// (RabbitMQ boots for about ten seconds on both cores: 250 ms was seen to
+/// be exceeded by 21 ms then).
+const SLACK_MS: i64 = 400;
 /// Readings per second the publisher sends.
 const RATE_PER_S: u64 = 500;
 
