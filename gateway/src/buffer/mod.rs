@@ -140,6 +140,8 @@ enum DiskNext {
 /// The durable outbox of the upstream sink.
 pub struct Buffer {
     cfg: BufferConfig,
+    /// Added to `spill_after` ([`Buffer::set_batch_wait_ms`]).
+    batch_wait_ms: i64,
     state_dir: PathBuf,
     root: PathBuf,
     lanes: Lanes<LaneLog>,
@@ -240,6 +242,7 @@ impl Buffer {
         let next_seq = cursor.reserved.max(seq_file).max(max_seen + 1).max(1);
         report.next_seq = next_seq;
         let mut buffer = Buffer {
+            batch_wait_ms: 0,
             cfg: cfg.clone(),
             state_dir: state_dir.to_owned(),
             root,
@@ -932,6 +935,18 @@ impl Buffer {
             .map(|(_, m)| m.rec.topic.chars().take(LOG_TEXT_MAX).collect())
     }
 
+    /// Records may wait this much longer than `spill_after` before they
+    /// count as unacknowledged for too long: the time a record may wait
+    /// for its batch (`[upstream.batch] max_delay`), so that batching
+    /// alone never writes a record to disk in `outage` mode.
+    pub fn set_batch_wait_ms(&mut self, ms: i64) {
+        self.batch_wait_ms = ms.max(0);
+    }
+
+    fn spill_after_ms(&self) -> i64 {
+        self.cfg.spill_after_ms.saturating_add(self.batch_wait_ms)
+    }
+
     /// `buffer.max_age` in ms (0: records never expire); upstream derives
     /// each message's expiry from it.
     pub fn max_age_ms(&self) -> i64 {
@@ -1112,7 +1127,7 @@ impl Buffer {
         let spill = (self.cfg.durability == Durability::Outage)
             .then(|| self.oldest_unspilled())
             .flatten()
-            .map(|pushed| pushed.saturating_add(self.cfg.spill_after_ms));
+            .map(|pushed| pushed.saturating_add(self.spill_after_ms()));
         let has_disk = self.lanes.iter().any(|l| !l.segments.is_empty());
         let unsynced = self.sync_wanted
             || (self.cursor_dirty && has_disk)
@@ -1167,7 +1182,7 @@ impl Buffer {
     /// unacknowledged. Amortised O(1): settled entries are dropped from the
     /// front as they are met.
     fn spill_overdue(&mut self, now_ms: i64) -> bool {
-        let spill_after = self.cfg.spill_after_ms;
+        let spill_after = self.spill_after_ms();
         for lane in LANES {
             loop {
                 let l = &self.lanes[lane];

@@ -127,6 +127,25 @@ fn outage_mode_does_not_touch_disk_while_upstream_acknowledges() {
 }
 
 #[test]
+fn a_record_waiting_for_its_batch_is_not_written_in_outage_mode() {
+    let f = Fixture::new();
+    let mut b = f.open(&cfg(Durability::Outage));
+    b.set_batch_wait_ms(30_000);
+    b.maintain(0, true);
+    let s0 = b.next_seq();
+    b.push(rec(s0, Lane::Summary), 0);
+    b.maintain(2_100, true);
+    b.maintain(31_000, true);
+    assert_eq!(
+        f.segments(),
+        0,
+        "within max_delay + spill_after: memory only"
+    );
+    b.maintain(32_100, true);
+    assert_eq!(f.segments(), 1, "unacknowledged beyond both: written");
+}
+
+#[test]
 fn outage_mode_writes_when_upstream_is_down_and_when_acks_are_late() {
     let f = Fixture::new();
     let c = cfg(Durability::Outage);

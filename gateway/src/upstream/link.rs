@@ -96,12 +96,24 @@ impl LinkPlan {
     }
 }
 
+/// How long a node that refused MQTT 5 is spoken to in 3.1.1 before MQTT 5
+/// is tried again (at its next connection attempt; a working connection is
+/// never dropped for it). A reset during one MQTT 5 CONNECT on a flaky link
+/// looks like a refusal; this is how long such a mistake can last.
+const V5_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// The node tried next and the protocol each node is spoken to in.
 struct Nodes {
     count: usize,
     current: usize,
+    configured: Protocol,
     /// Per node: the protocol to use (3.1.1 once a node refused MQTT 5).
     speaks: Vec<Protocol>,
+    /// Per node: when it was last moved to 3.1.1.
+    downgraded_at: Vec<Option<std::time::Instant>>,
+    /// Per node: it has accepted an MQTT 5 connection, so a failed MQTT 5
+    /// attempt later is a failure, not a refusal of the protocol.
+    spoke_v5: Vec<bool>,
     /// An attempt in 3.1.1 right after a node refused MQTT 5: if it fails
     /// too, the node is not marked as 3.1.1-only.
     trial: bool,
@@ -109,25 +121,53 @@ struct Nodes {
 
 impl Nodes {
     fn new(count: usize, protocol: Protocol) -> Nodes {
+        let count = count.max(1);
         Nodes {
-            count: count.max(1),
+            count,
             current: 0,
-            speaks: vec![protocol; count.max(1)],
+            configured: protocol,
+            speaks: vec![protocol; count],
+            downgraded_at: vec![None; count],
+            spoke_v5: vec![false; count],
             trial: false,
+        }
+    }
+
+    /// The protocol of the next attempt on the current node: MQTT 5 again
+    /// once [`V5_RETRY_AFTER`] has passed since the node refused it.
+    fn protocol(&mut self, now: std::time::Instant) -> Protocol {
+        let n = self.current;
+        if self.speaks[n] == Protocol::V311
+            && self.configured == Protocol::V5
+            && !self.trial
+            && self.downgraded_at[n].is_some_and(|at| now.duration_since(at) >= V5_RETRY_AFTER)
+        {
+            self.speaks[n] = Protocol::V5;
+            self.downgraded_at[n] = None;
+        }
+        self.speaks[n]
+    }
+
+    /// The current node accepted a connection in `protocol`.
+    fn connected(&mut self, protocol: Protocol) {
+        if protocol == Protocol::V5 {
+            self.spoke_v5[self.current] = true;
         }
     }
 
     /// An attempt failed (or a connection was lost). Returns true when the
     /// same node is to be tried again at once in 3.1.1.
     fn failed(&mut self, protocol: Protocol, up: bool, e: &LinkError) -> bool {
-        if !up && protocol == Protocol::V5 && e.suggests_v311() {
+        if !up && protocol == Protocol::V5 && !self.spoke_v5[self.current] && e.suggests_v311() {
             self.speaks[self.current] = Protocol::V311;
+            self.downgraded_at[self.current] = Some(std::time::Instant::now());
             self.trial = true;
             return true;
         }
         if self.trial {
             // 3.1.1 did not help either: the refusal was something else.
             self.speaks[self.current] = Protocol::V5;
+            self.downgraded_at[self.current] = None;
             self.trial = false;
         }
         self.current = (self.current + 1) % self.count;
@@ -164,7 +204,7 @@ pub(super) async fn drive_link(
         let Some(broker) = brokers.get(node) else {
             return;
         };
-        let protocol = nodes.speaks[node];
+        let protocol = nodes.protocol(std::time::Instant::now());
         // The last will is rendered for each connection: it names the
         // running configuration and sources (a reload changes them).
         let mut conn = Conn::new(
@@ -203,6 +243,7 @@ pub(super) async fn drive_link(
                     alias_max,
                 }) => {
                     backoff.connected(std::time::Instant::now());
+                    nodes.connected(protocol);
                     was_up = true;
                     metrics.upstream_connections.inc();
                     if last_node.is_some_and(|n| n != node) {
@@ -370,6 +411,29 @@ mod tests {
         assert!(n.failed(Protocol::V5, false, &eof()));
         assert!(!n.failed(Protocol::V311, false, &refused()));
         assert_eq!((n.current, n.speaks[0], n.trial), (1, Protocol::V5, false));
+    }
+
+    #[test]
+    fn a_node_that_once_spoke_mqtt5_is_never_moved_to_3_1_1() {
+        let mut n = Nodes::new(1, Protocol::V5);
+        n.connected(Protocol::V5);
+        // A reset during a later MQTT 5 CONNECT (a flaky cellular link).
+        assert!(!n.failed(Protocol::V5, false, &eof()));
+        assert_eq!(n.speaks[0], Protocol::V5);
+    }
+
+    #[test]
+    fn mqtt5_is_tried_again_an_hour_after_a_node_refused_it() {
+        let t0 = std::time::Instant::now();
+        let mut n = Nodes::new(1, Protocol::V5);
+        assert!(n.failed(Protocol::V5, false, &eof()));
+        n.trial = false;
+        n.connected(Protocol::V311);
+        assert_eq!(n.protocol(t0), Protocol::V311);
+        assert_eq!(
+            n.protocol(t0 + V5_RETRY_AFTER + Duration::from_secs(1)),
+            Protocol::V5
+        );
     }
 
     #[test]

@@ -177,6 +177,7 @@ pub async fn run(
     let mut relink_open = true;
 
     let mut state = SinkState::new(&cfg);
+    buffer.set_batch_wait_ms(batch_wait_ms(&cfg));
     let mut input_open = true;
     let mut deadline: Option<Instant> = None;
     // When `maintain` runs next: after activity, or when a buffer timer is
@@ -229,8 +230,10 @@ pub async fn run(
         if let Some(&(at, _)) = state.parked.front() {
             maintain_at = earliest(maintain_at, at);
         }
-        if let Some(at) = state.batch_due() {
-            maintain_at = earliest(maintain_at, at);
+        if state.publisher.is_some() && state.has_room() {
+            if let Some(at) = state.batch_due() {
+                maintain_at = earliest(maintain_at, at);
+            }
         }
         tokio::select! {
             _ = probe.asked() => {}
@@ -276,6 +279,7 @@ pub async fn run(
                 // What was in flight is sent again on the new connection.
                 state.on_link_event(LinkEvent::Down { epoch: state.epoch }, &mut buffer, &metrics, &cfg);
                 state.reconfigure(&cfg);
+                buffer.set_batch_wait_ms(batch_wait_ms(&cfg));
                 maintain = true;
             }
             _ = sleep_until(maintain_at) => {
@@ -352,11 +356,12 @@ struct SinkState {
     /// Bounds `inflight_bytes` on a slow link ([`AckRate`]).
     ack_rate: AckRate,
     keep_alive: Duration,
-    /// How long the next refused record waits: doubles with each refusal
-    /// up to [`REFUSAL_RETRY_MAX`], back to one second once a record that
-    /// had been refused is acknowledged.
+    /// How long the next refused record waits: doubles with each round of
+    /// refusals up to [`REFUSAL_RETRY_MAX`]; once a record that had been
+    /// refused is acknowledged it starts again from one second (after
+    /// the backoff's own quiet period).
     refusal_backoff: Backoff,
-    /// Seqs refused at least once (at most `window`): their acknowledgement
+    /// Seqs refused at least once (at most four windows' worth): their acknowledgement
     /// ends the refusal backoff.
     refused: std::collections::HashSet<u64>,
     refusal_log: crate::reject::LogLimiter<Refusal>,
@@ -461,7 +466,7 @@ impl SinkState {
                     // The link is going down: take the records back and wait
                     // for the next connection.
                     tracing::debug!(error = %e, "Publish not queued; will retry.");
-                    self.disconnected(buffer);
+                    self.disconnected(buffer, metrics);
                     break;
                 }
             }
@@ -510,7 +515,7 @@ impl SinkState {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "Publish not queued; will retry.");
-                    self.disconnected(buffer);
+                    self.disconnected(buffer, metrics);
                     return;
                 }
             }
@@ -524,7 +529,7 @@ impl SinkState {
 
     /// The connection is gone: what was in flight (refused records too) is
     /// sent again on the next one.
-    fn disconnected(&mut self, buffer: &mut Buffer) -> usize {
+    fn disconnected(&mut self, buffer: &mut Buffer, metrics: &Metrics) {
         self.publisher = None;
         self.awaiting_pkid.clear();
         self.pkid_to_seq.clear();
@@ -534,7 +539,8 @@ impl SinkState {
         if let Some(b) = &mut self.batcher {
             b.reset();
         }
-        buffer.rewind()
+        // What was handed out goes out again on the next connection.
+        metrics.upstream_retransmitted.add(buffer.rewind() as u64);
     }
 
     /// Refused records whose time has come go back to be sent again.
@@ -562,13 +568,12 @@ impl SinkState {
                 receive_max,
             } => {
                 let protocol = publisher.protocol();
-                let resent = self.disconnected(buffer);
+                self.disconnected(buffer, metrics);
                 self.epoch = epoch;
                 self.publisher = Some(publisher);
                 self.window = receive_max
                     .map_or(self.inflight_cfg, |r| r.min(self.inflight_cfg).max(1))
                     .into();
-                metrics.upstream_retransmitted.add(resent as u64);
                 metrics.upstream_connected.set(1);
                 if self.window < usize::from(cfg.inflight) {
                     tracing::info!(inflight = self.window, configured = cfg.inflight, "The broker takes fewer publishes at once (receive maximum) than upstream.inflight; using its limit.");
@@ -612,11 +617,14 @@ impl SinkState {
             } if epoch == self.epoch => {
                 if let Some((unit, _)) = self.pkid_to_seq.remove(&pkid) {
                     self.inflight_bytes = self.inflight_bytes.saturating_sub(unit.bytes());
+                    // A refusal measures nothing about the link.
+                    self.ack_rate
+                        .acked(0, Instant::now(), self.inflight_bytes == 0);
                     self.refuse(unit, why, buffer, metrics);
                 }
             }
             LinkEvent::Down { epoch } if epoch == self.epoch => {
-                self.disconnected(buffer);
+                self.disconnected(buffer, metrics);
                 metrics.upstream_connected.set(0);
             }
             _ => {}
@@ -742,6 +750,15 @@ impl AckRate {
     /// Forget the link (a new connection may be another node or path).
     fn reset(&mut self) {
         *self = AckRate::new();
+    }
+}
+
+/// How long a record may wait for its batch: `max_delay` when batching.
+fn batch_wait_ms(cfg: &UpstreamConfig) -> i64 {
+    if cfg.batch.enveloped() {
+        i64::try_from(cfg.batch.max_delay.as_millis()).unwrap_or(i64::MAX)
+    } else {
+        0
     }
 }
 
