@@ -273,7 +273,8 @@ async fn delivery_through_an_outage(server: &mut impl Server, protocol: Protocol
     }
 }
 
-/// rumqttd: supports MQTT 5 and retained messages everywhere.
+/// rumqttd (`sensor-sim broker`, a 3.1.1 listener: with protocol 5 the
+/// gateway falls back): retained messages everywhere.
 async fn rumqttd(protocol: Protocol) {
     let mut server = Broker::start(BrokerKind::Rumqttd).await;
     let seen = delivery_through_an_outage(&mut server, protocol).await;
