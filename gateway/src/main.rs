@@ -304,10 +304,13 @@ fn main() -> ExitCode {
             pid_file,
         } => {
             init_logging(log_format);
-            let config = match Config::load(&config_path) {
+            let config = match Config::load_to_run(&config_path) {
                 Ok(c) => {
                     for w in &c.warnings {
                         tracing::warn!("{w}");
+                    }
+                    for d in &c.deferred {
+                        tracing::error!("{d}. The gateway runs and buffers; the upstream link reads the files again at every connection attempt and connects once they can be used.");
                     }
                     c
                 }

@@ -64,7 +64,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let link_plan = upstream::link_plan(&config.upstream)?;
+    let link_plan = upstream::link_plan_to_run(&config.upstream);
     let http_listener = match &config.http {
         Some(h) => Some(crate::http::bind(h.listen).await.with_context(|| {
             format!(

@@ -219,6 +219,11 @@ pub(super) struct Cx<'a> {
     pub(super) source_names: Vec<(String, Range<usize>)>,
     /// Settings that work but should change; they do not fail the file.
     pub(super) warnings: Vec<Diagnostic>,
+    /// Files a setting names that cannot be used now (the upstream's TLS
+    /// certificates and key): `check` and a reload refuse the file, but a
+    /// starting gateway runs, buffers, and reads the files again until
+    /// they can be used.
+    pub(super) deferred: Vec<Diagnostic>,
 }
 
 impl<'a> Cx<'a> {
@@ -232,7 +237,19 @@ impl<'a> Cx<'a> {
             client_ids: Vec::new(),
             source_names: Vec::new(),
             warnings: Vec::new(),
+            deferred: Vec::new(),
         }
+    }
+
+    /// Records a file that cannot be used now ([`Cx::deferred`]).
+    pub(super) fn defer(&mut self, span: Range<usize>, message: String, hint: String) {
+        let (line, column) = line_col(self.text, span.start);
+        self.deferred.push(Diagnostic {
+            line,
+            column,
+            message,
+            hint: Some(hint),
+        });
     }
 
     /// Records a setting that works but should change.

@@ -72,6 +72,12 @@ pub struct Config {
     /// hint: ...`), such as a password written in the file: `check` prints
     /// them and the daemon logs them at start.
     pub warnings: Vec<String>,
+    /// Files the configuration names that cannot be used now (the
+    /// upstream's TLS certificates and key), as `file:line:column: ...`:
+    /// `check` and a reload refuse such a file; a starting gateway logs
+    /// them, runs and buffers, and its upstream link reads the files again
+    /// at every attempt until they can be used.
+    pub deferred: Vec<String>,
 }
 
 /// Everything wrong with a configuration file.
@@ -112,13 +118,34 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Validates `text`; `path` is used in messages only.
+    /// Reads and validates the file at `path` for a starting gateway: files
+    /// the upstream's TLS names that cannot be used now do not stop it
+    /// ([`Config::deferred`]); every other mistake does.
+    pub fn load_to_run(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse_as(&text, path, false)
+    }
+
+    /// Validates `text`; `path` is used in messages only. A file the
+    /// configuration names that cannot be used is a mistake here.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_as(text, path, true)
+    }
+
+    fn parse_as(text: &str, path: &Path, strict: bool) -> Result<Config, ConfigError> {
         let mut cx = Cx::new(text);
         let config = cx.build();
+        if strict {
+            let deferred = std::mem::take(&mut cx.deferred);
+            cx.diags.extend(deferred);
+        }
         match config {
             Some(mut c) if cx.diags.is_empty() => {
                 c.warnings = cx.warnings.iter().map(|d| d.located(path, "; ")).collect();
+                c.deferred = cx.deferred.iter().map(|d| d.located(path, "; ")).collect();
                 Ok(c)
             }
             _ => {
@@ -310,6 +337,7 @@ impl<'a> Cx<'a> {
             digest: digest(self.text),
             clock,
             warnings: Vec::new(),
+            deferred: Vec::new(),
         })
     }
 

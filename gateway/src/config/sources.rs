@@ -228,7 +228,9 @@ impl<'a> Cx<'a> {
         let broker = self.broker(&raw.broker, raw.tls.is_some());
         let tls = match &raw.tls {
             None => Some(None),
-            Some(t) => self.tls(t, "the source's `tls`").map(|t| Some(Box::new(t))),
+            Some(t) => self
+                .tls(t, "the source's `tls`", false)
+                .map(|t| Some(Box::new(t))),
         };
         let credentials = self.credentials(raw.username, raw.password, raw.password_file);
         let qos = self.qos(&raw.qos, rumqttc::QoS::AtLeastOnce);

@@ -527,3 +527,25 @@ fn every_batch_mistake_is_reported_with_its_line() {
 // The largest batch fits an upstream packet twice over, so CBOR entries
 // that outgrow their JSON estimate still fit.
 const _: () = assert!(2 * BatchConfig::MAX_BYTES <= crate::upstream::MAX_PACKET_BYTES);
+
+#[test]
+fn an_unusable_upstream_tls_file_fails_check_but_not_a_starting_gateway() {
+    let text = MINIMAL.replace(
+        "broker = \"127.0.0.1:1884\"",
+        "broker = \"127.0.0.1:1884\"\n\n[upstream.tls]\nca_file = \"/nonexistent/fleet-ca.pem\"",
+    );
+    // `check` and a reload: a mistake with its line.
+    let strict = messages(&text);
+    assert!(
+        strict
+            .iter()
+            .any(|m| m.contains("/nonexistent/fleet-ca.pem")),
+        "{strict:?}"
+    );
+    // A starting gateway runs and buffers; the file is named for the log.
+    let c = Config::parse_as(&text, Path::new("t.toml"), false).unwrap();
+    assert_eq!(c.deferred.len(), 1, "{:?}", c.deferred);
+    assert!(c.deferred[0].starts_with("t.toml:"), "{}", c.deferred[0]);
+    assert!(c.deferred[0].contains("/nonexistent/fleet-ca.pem"));
+    assert!(c.upstream.tls.is_some());
+}

@@ -136,8 +136,15 @@ const CREDENTIALS_DIRECTORY: &str = "${CREDENTIALS_DIRECTORY}";
 
 impl Cx<'_> {
     /// Validates a `tls` table; `table` names it in messages
-    /// (`[upstream.tls]`, "the source's `tls`").
-    pub(super) fn tls(&mut self, t: &Spanned<RawTls>, table: &str) -> Option<TlsConfig> {
+    /// (`[upstream.tls]`, "the source's `tls`"). With `defer_files`, a file
+    /// that cannot be used now (unreadable, malformed, a key of another
+    /// certificate) is [`Cx::defer`]red instead of failing the table.
+    pub(super) fn tls(
+        &mut self,
+        t: &Spanned<RawTls>,
+        table: &str,
+        defer_files: bool,
+    ) -> Option<TlsConfig> {
         let raw = t.get_ref();
         let path = |v: &Option<Spanned<String>>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
         let client_auth = match (&raw.cert_file, &raw.key_file) {
@@ -206,12 +213,21 @@ impl Cx<'_> {
             }
         }
         if let Err(e) = tls::rustls_config(&cfg) {
-            self.at(
+            if !defer_files {
+                self.at(
+                    span_of(e.setting),
+                    format!("{table}: {}", e.message),
+                    Some(e.hint),
+                );
+                return None;
+            }
+            self.defer(
                 span_of(e.setting),
                 format!("{table}: {}", e.message),
-                Some(e.hint),
+                e.hint,
             );
-            return None;
+            cfg.files_digest = files_digest(&cfg);
+            return Some(cfg);
         }
         if let Some(auth) = &cfg.client_auth {
             let not_after = tls::client_chain(&auth.cert_file)

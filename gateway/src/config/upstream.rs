@@ -89,7 +89,7 @@ impl Cx<'_> {
     ) -> Option<UpstreamConfig> {
         let tls = match &raw.tls {
             None => Some(None),
-            Some(t) => self.tls(t, "[upstream.tls]").map(Some),
+            Some(t) => self.tls(t, "[upstream.tls]", true).map(Some),
         };
         let mut topic = |v: &Option<Spanned<String>>, name: &str, default: &str| {
             let (text, span) = v

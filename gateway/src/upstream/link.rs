@@ -178,7 +178,7 @@ impl Nodes {
 /// Connects, reports events, reconnects with backoff, forever, until
 /// cancelled.
 pub(super) async fn drive_link(
-    plan: LinkPlan,
+    mut plan: LinkPlan,
     tx: mpsc::UnboundedSender<LinkEvent>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -204,6 +204,28 @@ pub(super) async fn drive_link(
         let Some(broker) = brokers.get(node) else {
             return;
         };
+        // TLS files that could not be used are read again at every
+        // attempt: fixing them needs no restart.
+        if let (Some(tls), None) = (&plan.cfg.tls, &plan.tls) {
+            match crate::mqtt::tls::client_config(tls) {
+                Ok(t) => {
+                    tracing::info!("The upstream's TLS files can be used now.");
+                    plan.tls = Some(t);
+                }
+                Err(e) => {
+                    let now = std::time::Instant::now();
+                    let delay = backoff.failed(now);
+                    if let Some(unlogged) = backoff.log_due(now) {
+                        tracing::error!(error = %e, fix = %e.hint, retry_in = ?delay, failed_attempts_not_logged = unlogged, "Cannot connect to upstream: its TLS files cannot be used; buffering, and reading them again at every attempt. Fix the file named here.");
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => break 'outer,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue 'outer;
+                }
+            }
+        }
         let protocol = nodes.protocol(std::time::Instant::now());
         // The last will is rendered for each connection: it names the
         // running configuration and sources (a reload changes them).

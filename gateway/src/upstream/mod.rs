@@ -68,7 +68,9 @@ pub fn unpublishable(topic: &str, payload_len: usize) -> Option<&'static str> {
 }
 
 /// Reads what the upstream connection needs from files (TLS certificates
-/// and keys), once, at start and at a reload.
+/// and keys), at start and at a reload. A reload refuses files that cannot
+/// be used; at start the link reads them again at every attempt instead
+/// (the gateway buffers meanwhile), so this fails only for a reload.
 pub fn link_plan(cfg: &UpstreamConfig) -> anyhow::Result<LinkPlan> {
     let tls = match &cfg.tls {
         None => None,
@@ -78,6 +80,19 @@ pub fn link_plan(cfg: &UpstreamConfig) -> anyhow::Result<LinkPlan> {
         cfg: cfg.clone(),
         tls,
     })
+}
+
+/// [`link_plan`] for a starting gateway: TLS files that cannot be used yet
+/// are left for the link to read again.
+pub fn link_plan_to_run(cfg: &UpstreamConfig) -> LinkPlan {
+    let tls = cfg
+        .tls
+        .as_ref()
+        .and_then(|tls| mqtt::tls::client_config(tls).ok());
+    LinkPlan {
+        cfg: cfg.clone(),
+        tls,
+    }
 }
 
 /// At most one log line per rejection reason of commands in this interval.
