@@ -41,6 +41,17 @@ pub enum Session {
     Resumable { inflight: u16, expiry: Duration },
 }
 
+impl Endpoint<'_> {
+    /// Host, port and rumqttc transport, for either protocol's options.
+    fn parts(self) -> (String, u16, Transport) {
+        match self {
+            Endpoint::Tcp(b) => (b.host.clone(), b.port, Transport::Tcp),
+            Endpoint::Tls(b, tls) => (b.host.clone(), b.port, Transport::tls_with_config(tls)),
+            Endpoint::Unix(path) => (path.to_string_lossy().into_owned(), 0, Transport::Unix),
+        }
+    }
+}
+
 /// The settings of one gateway MQTT client.
 pub struct ClientSettings<'a> {
     pub client_id: &'a str,
@@ -55,11 +66,7 @@ pub struct ClientSettings<'a> {
 
 /// Builds the rumqttc options of one client.
 pub fn options(s: ClientSettings<'_>) -> MqttOptions {
-    let (host, port, transport) = match s.endpoint {
-        Endpoint::Tcp(b) => (b.host.clone(), b.port, Transport::Tcp),
-        Endpoint::Tls(b, tls) => (b.host.clone(), b.port, Transport::tls_with_config(tls)),
-        Endpoint::Unix(path) => (path.to_string_lossy().into_owned(), 0, Transport::Unix),
-    };
+    let (host, port, transport) = s.endpoint.parts();
     let mut opts = MqttOptions::new(s.client_id, host, port);
     opts.set_transport(transport);
     opts.set_keep_alive(s.keep_alive.max(Duration::from_secs(1)));
@@ -88,11 +95,7 @@ pub struct V5Settings {
 
 /// Builds the rumqttc options of one MQTT 5 client.
 pub fn options_v5(s: ClientSettings<'_>, v5: V5Settings) -> rumqttc::v5::MqttOptions {
-    let (host, port, transport) = match s.endpoint {
-        Endpoint::Tcp(b) => (b.host.clone(), b.port, Transport::Tcp),
-        Endpoint::Tls(b, tls) => (b.host.clone(), b.port, Transport::tls_with_config(tls)),
-        Endpoint::Unix(path) => (path.to_string_lossy().into_owned(), 0, Transport::Unix),
-    };
+    let (host, port, transport) = s.endpoint.parts();
     let mut opts = rumqttc::v5::MqttOptions::new(s.client_id, host, port);
     opts.set_transport(transport);
     opts.set_keep_alive(s.keep_alive.max(Duration::from_secs(1)));
